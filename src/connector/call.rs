@@ -1,0 +1,370 @@
+//! Calling: unicast with ack-or-fail, multicast with the ack window, and the response inbox.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName};
+use http::{Request, Response, StatusCode};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::fragment::{split_body, DefragOutcome};
+use super::{new_msg_id, Ctx, Inner};
+use crate::error::Error;
+use crate::transport::{Subscription, TransportError, TransportErrorKind};
+use crate::wire::frame::{self, Fragment, Frame, OpCode};
+use crate::wire::subject::is_valid_instance_id;
+use crate::wire::{self, codec, BusUrl};
+
+/// A unicast that is not acknowledged within this time has no responder: 404 `ack timeout`.
+/// Also the multicast ack window. Microbus's value, part of the protocol.
+pub const ACK_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// One network hop: a handler's deadline is the caller's budget less this, and a call with
+/// less than this left fails at once with 408.
+pub const NETWORK_HOP: Duration = Duration::from_millis(250);
+
+/// Deepest call chain allowed before 508 `call depth overflow` (Microbus's `maxCallDepth`).
+pub const MAX_CALL_DEPTH: u32 = 64;
+
+/// Budget of a call whose context has no deadline. Microbus would wait forever once acked;
+/// a gateway must not hold a request for a crashed responder without bound.
+pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(20);
+
+/// What the inbox hands to a waiting call.
+pub(crate) enum Delivery {
+    Ack {
+        from_id: String,
+        proceed: bool,
+    },
+    Response {
+        from_id: String,
+        res: Response<Bytes>,
+    },
+}
+
+/// Removes the waiter when the call ends, however it ends.
+struct Waiter<'a> {
+    inner: &'a Inner,
+    msg_id: String,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.msg_id);
+    }
+}
+
+/// A request ready to publish: subject, fragments, and where later fragments go.
+struct Outgoing {
+    url: BusUrl,
+    method: String,
+    subject: String,
+    fragments: Vec<Bytes>,
+    deadline: Instant,
+}
+
+fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
+    let inner = &ctx.conn.inner;
+    let url = BusUrl::from_uri(req.uri()).map_err(|e| Error::bad_request(e.to_string()))?;
+    if ctx.depth >= MAX_CALL_DEPTH {
+        return Err(Error::call_depth_overflow());
+    }
+    let deadline = ctx
+        .deadline
+        .unwrap_or_else(|| Instant::now() + DEFAULT_CALL_BUDGET);
+    if deadline.saturating_duration_since(Instant::now()) <= NETWORK_HOP {
+        return Err(Error::timeout());
+    }
+    let method = req.method().as_str().to_owned();
+    let subject = wire::request_subject(
+        &inner.plane,
+        url.port,
+        &url.host,
+        &method,
+        &url.decoded_path(),
+    )
+    .map_err(|e| Error::bad_request(e.to_string()))?;
+    *req.uri_mut() = url.to_uri();
+
+    let headers = req.headers_mut();
+    // The connector owns the frame; a caller cannot forge it.
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.starts_with(frame::MICROBUS_PREFIX)
+                && !k.starts_with(frame::BAGGAGE_PREFIX)
+                && k != frame::CLOCK_SHIFT
+        })
+        .cloned()
+        .collect();
+    for k in forged {
+        headers.remove(k);
+    }
+    if let Some(inbound) = &ctx.frame {
+        propagate(inbound, headers);
+    }
+    frame::set(headers, frame::FROM_HOST, &inner.hostname);
+    frame::set(headers, frame::FROM_ID, &inner.id);
+    if inner.version > 0 {
+        frame::set(headers, frame::FROM_VERSION, &inner.version.to_string());
+    }
+    frame::set(headers, frame::OP_CODE, OpCode::Req.as_str());
+    frame::set(headers, frame::CALL_DEPTH, &(ctx.depth + 1).to_string());
+    let fragments = split_body(req.body(), inner.max_fragment);
+    Ok(Outgoing {
+        url,
+        method,
+        subject,
+        fragments,
+        deadline,
+    })
+}
+
+/// Copy `X-Forwarded-*`, `Microbus-Baggage-*`, `Accept-Language` and `Microbus-Clock-Shift`
+/// from the inbound request unless the caller set them.
+fn propagate(inbound: &HeaderMap, outbound: &mut HeaderMap) {
+    for name in inbound.keys() {
+        if frame::is_propagated_header(name.as_str()) && !outbound.contains_key(name) {
+            for v in inbound.get_all(name) {
+                outbound.append(name.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn transport_error(e: TransportError) -> Error {
+    match e.kind() {
+        TransportErrorKind::PayloadTooLarge => {
+            Error::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        _ => Error::unavailable(format!("bus unavailable: {e}")),
+    }
+}
+
+/// Encode fragment `index` (0-based) of `req` and publish it to `subject`.
+async fn publish_fragment(
+    inner: &Inner,
+    req: &mut Request<Bytes>,
+    out: &Outgoing,
+    index: usize,
+    subject: String,
+) -> Result<(), Error> {
+    let total = out.fragments.len();
+    if total > 1 {
+        let fr = Fragment {
+            index: index + 1,
+            total,
+        };
+        frame::set(req.headers_mut(), frame::FRAGMENT, &fr.render());
+    }
+    let budget_ms = out
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis();
+    if budget_ms == 0 {
+        return Err(Error::timeout());
+    }
+    frame::set(
+        req.headers_mut(),
+        frame::TIME_BUDGET,
+        &budget_ms.to_string(),
+    );
+    *req.body_mut() = out.fragments[index].clone();
+    let payload = codec::encode_request(req).map_err(|e| Error::bad_request(e.to_string()))?;
+    inner
+        .bus
+        .publish(subject, payload)
+        .await
+        .map_err(transport_error)
+}
+
+/// Send fragments 2..N to the instance that acknowledged fragment 1.
+async fn publish_rest(
+    inner: &Inner,
+    req: &mut Request<Bytes>,
+    out: &Outgoing,
+    responder: &str,
+) -> Result<(), Error> {
+    if !is_valid_instance_id(responder) {
+        return Err(Error::internal("invalid responder id in ack"));
+    }
+    let direct = wire::request_subject(
+        &inner.plane,
+        out.url.port,
+        &format!("{responder}.{}", out.url.host),
+        &out.method,
+        &out.url.decoded_path(),
+    )
+    .map_err(|e| Error::bad_request(e.to_string()))?;
+    for i in 1..out.fragments.len() {
+        publish_fragment(inner, req, out, i, direct.clone()).await?;
+    }
+    Ok(())
+}
+
+fn register(inner: &Inner) -> (Waiter<'_>, mpsc::UnboundedReceiver<Delivery>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut pending = inner.pending.lock().expect("pending lock");
+    let msg_id = loop {
+        let id = new_msg_id();
+        if !pending.contains_key(&id) {
+            break id;
+        }
+    };
+    pending.insert(msg_id.clone(), tx);
+    (Waiter { inner, msg_id }, rx)
+}
+
+fn outcome(res: Response<Bytes>) -> Result<Response<Bytes>, Error> {
+    match Frame(res.headers()).op_code() {
+        Some(OpCode::Err) => Err(Error::from_err_response(res.status(), res.body())),
+        _ => Ok(res),
+    }
+}
+
+pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+    let inner = &ctx.conn.inner;
+    let out = prepare(ctx, &mut req)?;
+    let (waiter, mut rx) = register(inner);
+    frame::set(req.headers_mut(), frame::MSG_ID, &waiter.msg_id);
+    publish_fragment(inner, &mut req, &out, 0, out.subject.clone()).await?;
+
+    let ack_deadline = Instant::now() + ACK_TIMEOUT;
+    let mut acked = false;
+    loop {
+        tokio::select! {
+            delivery = rx.recv() => match delivery {
+                Some(Delivery::Ack { from_id, proceed }) => {
+                    if !acked && proceed && out.fragments.len() > 1 {
+                        publish_rest(inner, &mut req, &out, &from_id).await?;
+                    }
+                    acked = true;
+                }
+                Some(Delivery::Response { res, .. }) => return outcome(res),
+                None => return Err(Error::internal("response channel closed")),
+            },
+            _ = tokio::time::sleep_until(ack_deadline), if !acked => {
+                return Err(Error::ack_timeout());
+            }
+            _ = tokio::time::sleep_until(out.deadline) => return Err(Error::timeout()),
+        }
+    }
+}
+
+pub(crate) async fn multicast(
+    ctx: &Ctx,
+    mut req: Request<Bytes>,
+) -> Vec<Result<Response<Bytes>, Error>> {
+    let inner = &ctx.conn.inner;
+    let out = match prepare(ctx, &mut req) {
+        Ok(out) => out,
+        Err(e) => return vec![Err(e)],
+    };
+    let (waiter, mut rx) = register(inner);
+    frame::set(req.headers_mut(), frame::MSG_ID, &waiter.msg_id);
+    if let Err(e) = publish_fragment(inner, &mut req, &out, 0, out.subject.clone()).await {
+        return vec![Err(e)];
+    }
+
+    let window_end = Instant::now() + ACK_TIMEOUT;
+    let mut window_passed = false;
+    let mut acked: HashSet<String> = HashSet::new();
+    let mut responded: HashSet<String> = HashSet::new();
+    let mut results = Vec::new();
+    loop {
+        if window_passed && acked.is_subset(&responded) {
+            return results;
+        }
+        tokio::select! {
+            delivery = rx.recv() => match delivery {
+                Some(Delivery::Ack { from_id, proceed }) => {
+                    if proceed && out.fragments.len() > 1 && !acked.contains(&from_id) {
+                        if let Err(e) = publish_rest(inner, &mut req, &out, &from_id).await {
+                            results.push(Err(e));
+                        }
+                    }
+                    acked.insert(from_id);
+                }
+                Some(Delivery::Response { from_id, res }) => {
+                    acked.insert(from_id.clone());
+                    responded.insert(from_id);
+                    results.push(outcome(res));
+                }
+                None => return results,
+            },
+            _ = tokio::time::sleep_until(window_end), if !window_passed => window_passed = true,
+            _ = tokio::time::sleep_until(out.deadline) => {
+                results.push(Err(Error::timeout()));
+                return results;
+            }
+        }
+    }
+}
+
+/// Read the response inbox: acks and responses, reassembled, routed by message id.
+pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
+    loop {
+        let msg = tokio::select! {
+            _ = inner.stop_inbox.cancelled() => break,
+            msg = sub.next() => match msg { Some(m) => m, None => break },
+        };
+        let res = match codec::decode_response(msg.payload) {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed response");
+                continue;
+            }
+        };
+        let f = Frame(res.headers());
+        let (Some(msg_id), Some(from_id)) = (f.msg_id(), f.from_id()) else {
+            tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
+            continue;
+        };
+        let (msg_id, from_id) = (msg_id.to_owned(), from_id.to_owned());
+        let delivery = match f.op_code() {
+            Some(OpCode::Ack) => Delivery::Ack {
+                proceed: res.status() == StatusCode::CONTINUE,
+                from_id,
+            },
+            _ => match f.fragment().filter(|fr| fr.total > 1) {
+                None => Delivery::Response { from_id, res },
+                Some(fr) => {
+                    let key = format!("{from_id}|{msg_id}");
+                    match inner.response_defrag.add(key, fr, res) {
+                        DefragOutcome::Complete(res) => Delivery::Response { from_id, res },
+                        DefragOutcome::Pending => continue,
+                        DefragOutcome::Orphan | DefragOutcome::Rejected(_) => {
+                            tracing::warn!(host = %inner.hostname, %msg_id, "dropping response fragment");
+                            continue;
+                        }
+                    }
+                }
+            },
+        };
+        let waiter = inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .get(&msg_id)
+            .cloned();
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(delivery);
+            }
+            None => {
+                if matches!(delivery, Delivery::Response { .. }) {
+                    tracing::info!(host = %inner.hostname, %msg_id, "Response received after timeout");
+                }
+            }
+        }
+    }
+    sub.drain().await;
+}

@@ -1,0 +1,538 @@
+//! The connector: one microservice instance on the bus, serving endpoints and calling others.
+//!
+//! ```no_run
+//! use busgate::{BusConfig, Ctx, Error, Service};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//!
+//! async fn hello(_ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+//!     Ok(Response::new(Bytes::from(format!("Hello from {}", req.uri().path()))))
+//! }
+//!
+//! # async fn run() -> Result<(), busgate::StartError> {
+//! let conn = Service::new("hello.example")
+//!     .get("/hello", hello)
+//!     .start(&BusConfig::in_process())
+//!     .await?;
+//! conn.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod call;
+mod control;
+pub(crate) mod fragment;
+mod route;
+mod serve;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use call::{ACK_TIMEOUT, DEFAULT_CALL_BUDGET, MAX_CALL_DEPTH, NETWORK_HOP};
+pub use route::{Handler, HandlerFuture, Queue, RouteSpec};
+
+use crate::config::{BusConfig, Deployment};
+use crate::error::Error;
+use crate::transport::{Bus, ConnectionState, TransportError};
+use crate::wire::{self, is_valid_service_hostname, WireError};
+use call::Delivery;
+use fragment::Defragmenter;
+use route::Endpoint;
+
+/// Bytes of each NATS payload kept free for the HTTP head of a fragment (Microbus: 64 KiB).
+pub const FRAGMENT_HEADROOM: usize = 64 * 1024;
+
+/// How long shutdown waits for in-flight handlers before cancelling them (Microbus: 8 s).
+pub const DRAIN_PATIENCE: Duration = Duration::from_secs(8);
+
+/// How long shutdown waits after cancelling before it gives up on stragglers (Microbus: 4 s).
+pub const CANCEL_PATIENCE: Duration = Duration::from_secs(4);
+
+/// Why a service could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid hostname '{0}': letters, digits, '-', '_' and dots; 'all' is reserved")]
+    InvalidHostname(String),
+    #[error("invalid route {route}: {source}")]
+    InvalidRoute { route: String, source: WireError },
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("message size limit is too restrictive: max_payload {0} leaves no room for fragments")]
+    PayloadLimit(usize),
+}
+
+/// The hook that answers `:888/metrics`; the telemetry layer installs it.
+pub type MetricsHook =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Response<Bytes>, Error>> + Send + Sync>;
+/// The hook that `:888/config-refresh` runs.
+pub type RefreshHook = Arc<dyn Fn() -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
+
+/// A service definition: hostname, version and endpoints. [`Service::start`] brings it onto
+/// the bus as a [`Connector`].
+pub struct Service {
+    hostname: String,
+    version: u32,
+    endpoints: Vec<(String, String, Queue, Arc<dyn Handler>)>,
+    metrics: Option<MetricsHook>,
+    refresh: Option<RefreshHook>,
+}
+
+impl Service {
+    pub fn new(hostname: impl Into<String>) -> Service {
+        Service {
+            hostname: hostname.into().to_ascii_lowercase(),
+            version: 0,
+            endpoints: Vec::new(),
+            metrics: None,
+            refresh: None,
+        }
+    }
+
+    pub fn version(mut self, version: u32) -> Service {
+        self.version = version;
+        self
+    }
+
+    /// Serve `method` (or `ANY`) on `route`: `/path`, `:port/path`, `//host:port/path`, with
+    /// `{arg}` segments and a last `{arg+}`.
+    pub fn route(self, method: &str, route: &str, handler: impl Handler) -> Service {
+        self.route_with_queue(method, route, Queue::Default, handler)
+    }
+
+    pub fn route_with_queue(
+        mut self,
+        method: &str,
+        route: &str,
+        queue: Queue,
+        handler: impl Handler,
+    ) -> Service {
+        self.endpoints.push((
+            method.to_ascii_uppercase(),
+            route.to_owned(),
+            queue,
+            Arc::new(handler),
+        ));
+        self
+    }
+
+    pub fn get(self, route: &str, handler: impl Handler) -> Service {
+        self.route("GET", route, handler)
+    }
+
+    pub fn post(self, route: &str, handler: impl Handler) -> Service {
+        self.route("POST", route, handler)
+    }
+
+    pub fn any(self, route: &str, handler: impl Handler) -> Service {
+        self.route("ANY", route, handler)
+    }
+
+    /// Handle the event `name` fired by `source` (`POST //source:417/name`); replicas of this
+    /// service share one copy, other services get their own.
+    pub fn sink(self, source: &str, name: &str, handler: impl Handler) -> Service {
+        let route = format!("//{source}:{EVENT_PORT}/{name}");
+        self.route("POST", &route, handler)
+    }
+
+    pub fn metrics_hook(mut self, hook: MetricsHook) -> Service {
+        self.metrics = Some(hook);
+        self
+    }
+
+    pub fn refresh_hook(mut self, hook: RefreshHook) -> Service {
+        self.refresh = Some(hook);
+        self
+    }
+
+    /// Connect, subscribe every endpoint and the control plane, and start serving.
+    pub async fn start(self, config: &BusConfig) -> Result<Connector, StartError> {
+        if !is_valid_service_hostname(&self.hostname) {
+            return Err(StartError::InvalidHostname(self.hostname));
+        }
+        let mut endpoints = Vec::with_capacity(self.endpoints.len() + 8);
+        for (method, route, queue, handler) in self.endpoints {
+            let spec = RouteSpec::parse(&route).map_err(|source| StartError::InvalidRoute {
+                route: route.clone(),
+                source,
+            })?;
+            // Validate the subject once now so that a bad route fails start, not later.
+            let host = spec.host.clone().unwrap_or_else(|| self.hostname.clone());
+            wire::subscription_subject(&config.plane, spec.port, &host, &method, &spec.path)
+                .map_err(|source| StartError::InvalidRoute {
+                    route: route.clone(),
+                    source,
+                })?;
+            if let Queue::Named(q) = &queue {
+                if q.is_empty() || !q.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
+                    return Err(StartError::InvalidRoute {
+                        route,
+                        source: WireError::InvalidPathSpec(format!("invalid queue name '{q}'")),
+                    });
+                }
+            }
+            endpoints.push(Endpoint {
+                method,
+                route: spec,
+                queue,
+                handler,
+            });
+        }
+
+        let id = new_instance_id();
+        let bus = config
+            .transport
+            .connect(&format!("{id}.{}", self.hostname))
+            .await?;
+        let max_payload = bus.max_payload();
+        if max_payload < 2 * FRAGMENT_HEADROOM {
+            bus.close().await;
+            return Err(StartError::PayloadLimit(max_payload));
+        }
+        let inner = Arc::new(Inner {
+            hostname: self.hostname,
+            version: self.version,
+            id,
+            plane: config.plane.clone(),
+            locality: config.locality.clone(),
+            deployment: config.deployment,
+            bus,
+            max_fragment: max_payload - FRAGMENT_HEADROOM,
+            pending: Mutex::new(HashMap::new()),
+            request_defrag: Defragmenter::new(),
+            response_defrag: Defragmenter::new(),
+            tasks: TaskTracker::new(),
+            stop_serving: CancellationToken::new(),
+            lifetime: CancellationToken::new(),
+            stop_inbox: CancellationToken::new(),
+            inbox_task: Mutex::new(None),
+            started: AtomicBool::new(false),
+            metrics: self.metrics,
+            refresh: self.refresh,
+        });
+        let conn = Connector { inner };
+        if let Err(e) = conn.activate(endpoints).await {
+            conn.inner.stop_inbox.cancel();
+            conn.inner.stop_serving.cancel();
+            conn.inner.bus.close().await;
+            return Err(e);
+        }
+        Ok(conn)
+    }
+}
+
+/// Port of events (reference §1.7).
+pub const EVENT_PORT: u16 = 417;
+/// Port of the control plane (reference §3).
+pub const CONTROL_PORT: u16 = 888;
+
+pub(crate) struct Inner {
+    pub hostname: String,
+    pub version: u32,
+    pub id: String,
+    pub plane: String,
+    pub locality: Option<String>,
+    pub deployment: Deployment,
+    pub bus: Bus,
+    pub max_fragment: usize,
+    /// Outstanding calls by message id.
+    pub pending: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Delivery>>>,
+    pub request_defrag: Defragmenter<Request<Bytes>>,
+    pub response_defrag: Defragmenter<Response<Bytes>>,
+    /// Endpoint subscription loops and in-flight handlers.
+    pub tasks: TaskTracker,
+    /// Cancelled to drain the endpoint subscriptions.
+    pub stop_serving: CancellationToken,
+    /// Cancelled when in-flight handlers must give up.
+    pub lifetime: CancellationToken,
+    pub stop_inbox: CancellationToken,
+    pub inbox_task: Mutex<Option<JoinHandle<()>>>,
+    pub started: AtomicBool,
+    pub metrics: Option<MetricsHook>,
+    pub refresh: Option<RefreshHook>,
+}
+
+/// A running service instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Connector {
+    pub fn hostname(&self) -> &str {
+        &self.inner.hostname
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn version(&self) -> u32 {
+        self.inner.version
+    }
+
+    pub fn plane(&self) -> &str {
+        &self.inner.plane
+    }
+
+    pub fn deployment(&self) -> Deployment {
+        self.inner.deployment
+    }
+
+    pub fn connection_state(&self) -> ConnectionState {
+        self.inner.bus.state()
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// Whether the instance is serving (started and not shut down).
+    pub fn is_started(&self) -> bool {
+        self.inner.started.load(Ordering::Acquire)
+    }
+
+    /// A root context: no inbound frame, no deadline (calls get [`DEFAULT_CALL_BUDGET`]).
+    pub fn ctx(&self) -> Ctx {
+        Ctx {
+            conn: self.clone(),
+            frame: None,
+            deadline: None,
+            depth: 0,
+        }
+    }
+
+    /// Unicast `req` from a root context.
+    pub async fn request(&self, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+        self.ctx().request(req).await
+    }
+
+    /// Graceful shutdown: drain subscriptions, wait for in-flight handlers, cancel, close.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if !inner.started.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(host = %inner.hostname, id = %inner.id, "shutting down");
+        inner.stop_serving.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout(DRAIN_PATIENCE, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(host = %inner.hostname, pending = inner.tasks.len(), "Stubborn pending operations");
+            inner.lifetime.cancel();
+            if tokio::time::timeout(CANCEL_PATIENCE, inner.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(host = %inner.hostname, pending = inner.tasks.len(), "Unable to drain pending operations");
+            }
+        }
+        inner.lifetime.cancel();
+        inner.stop_inbox.cancel();
+        let inbox = inner.inbox_task.lock().expect("inbox lock").take();
+        if let Some(task) = inbox {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+        inner.bus.close().await;
+        tracing::info!(host = %inner.hostname, id = %inner.id, "shut down");
+    }
+}
+
+/// The context of a handler or caller: the inbound frame (for header propagation), the
+/// deadline and the call depth.
+#[derive(Clone)]
+pub struct Ctx {
+    conn: Connector,
+    frame: Option<Arc<HeaderMap>>,
+    deadline: Option<Instant>,
+    depth: u32,
+}
+
+impl Ctx {
+    pub fn connector(&self) -> &Connector {
+        &self.conn
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The call depth of the inbound request (0 at the root).
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// A header of the inbound request, e.g. `X-Forwarded-For` or a `Microbus-Baggage-*`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.frame
+            .as_ref()
+            .and_then(|f| f.get(name))
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// This context with a deadline no later than `timeout` from now.
+    pub fn with_timeout(&self, timeout: Duration) -> Ctx {
+        self.with_deadline(Instant::now() + timeout)
+    }
+
+    pub fn with_deadline(&self, deadline: Instant) -> Ctx {
+        let mut ctx = self.clone();
+        ctx.deadline = Some(match self.deadline {
+            Some(d) => d.min(deadline),
+            None => deadline,
+        });
+        ctx
+    }
+
+    /// Resolves when the service is shutting down and in-flight work must give up.
+    pub async fn cancelled(&self) {
+        self.conn.inner.lifetime.cancelled().await
+    }
+
+    /// Unicast: exactly one responder answers; ack-or-fail.
+    pub async fn request(&self, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+        call::unicast(self, req).await
+    }
+
+    /// `GET url`.
+    pub async fn get(&self, url: &str) -> Result<Response<Bytes>, Error> {
+        self.request(build_request("GET", url, Bytes::new(), None)?)
+            .await
+    }
+
+    /// `POST url` with a JSON body; the response body parsed as JSON.
+    pub async fn post_json<I: Serialize, O: DeserializeOwned>(
+        &self,
+        url: &str,
+        input: &I,
+    ) -> Result<O, Error> {
+        let body = serde_json::to_vec(input).map_err(|e| Error::bad_request(e.to_string()))?;
+        let res = self
+            .request(build_request(
+                "POST",
+                url,
+                Bytes::from(body),
+                Some("application/json"),
+            )?)
+            .await?;
+        serde_json::from_slice(res.body())
+            .map_err(|e| Error::internal(format!("invalid JSON response from {url}: {e}")))
+    }
+
+    /// Multicast: every queue group (and every no-queue replica) answers; returns one result
+    /// per responder. Nobody answering is an empty list, not an error.
+    pub async fn multicast(&self, req: Request<Bytes>) -> Vec<Result<Response<Bytes>, Error>> {
+        call::multicast(self, req).await
+    }
+
+    /// Fire the event `name` of this service: `POST https://<own-host>:417/<name>` to every sink.
+    pub async fn fire_event(
+        &self,
+        name: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<Vec<Result<Response<Bytes>, Error>>, Error> {
+        let url = format!(
+            "https://{}:{EVENT_PORT}/{}",
+            self.conn.inner.hostname,
+            name.trim_start_matches('/')
+        );
+        Ok(self
+            .multicast(build_request("POST", &url, body, content_type)?)
+            .await)
+    }
+}
+
+/// Build a bus request; a URL that cannot be parsed is a 400.
+pub fn build_request(
+    method: &str,
+    url: &str,
+    body: Bytes,
+    content_type: Option<&str>,
+) -> Result<Request<Bytes>, Error> {
+    let mut b = Request::builder().method(method).uri(url);
+    if let Some(ct) = content_type {
+        b = b.header(http::header::CONTENT_TYPE, ct);
+    }
+    b.body(body)
+        .map_err(|e| Error::bad_request(format!("invalid request to {url}: {e}")))
+}
+
+/// A handler over typed JSON: the input comes from a JSON body, or from the query string when
+/// there is no body; the output is the JSON response. Bad input is a 400.
+pub fn json<I, O, F, Fut>(f: F) -> impl Handler
+where
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    F: Fn(Ctx, I) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<O, Error>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    move |ctx: Ctx, req: Request<Bytes>| {
+        let f = f.clone();
+        async move {
+            let input: I = if req.body().is_empty() {
+                serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+                    .map_err(|e| Error::bad_request(format!("invalid arguments: {e}")))?
+            } else {
+                serde_json::from_slice(req.body())
+                    .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?
+            };
+            let output = f(ctx, input).await?;
+            let body = serde_json::to_vec(&output)
+                .map_err(|e| Error::internal(format!("cannot encode response: {e}")))?;
+            Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Bytes::from(body))
+                .map_err(|e| Error::internal(e.to_string()))
+        }
+    }
+}
+
+/// 10 characters of `[0-9a-v]`, like Microbus's instance ids.
+pub fn new_instance_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuv";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// 8 characters of `[0-9A-Za-z]`, like Microbus's message ids.
+pub fn new_msg_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_microbus_shape() {
+        let id = new_instance_id();
+        assert_eq!(id.len(), 10);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'v').contains(&b)));
+        let m = new_msg_id();
+        assert_eq!(m.len(), 8);
+        assert!(m.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+}

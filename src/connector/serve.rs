@@ -1,0 +1,361 @@
+//! Serving: subscriptions per endpoint, ack-or-fail, handler execution, responses.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+
+use super::call::{self, NETWORK_HOP};
+use super::fragment::{split_body, DefragOutcome, DEFRAG_SWEEP_INTERVAL};
+use super::route::{Endpoint, Queue};
+use super::{control, Connector, Ctx, Inner, StartError};
+use crate::error::Error;
+use crate::transport::{BusMessage, Subscription};
+use crate::wire::frame::{self, Fragment, Frame, OpCode};
+use crate::wire::subject::is_valid_instance_id;
+use crate::wire::{self, codec, is_valid_hostname};
+
+/// Longest message id accepted from a peer (Microbus uses 8 characters).
+const MAX_MSG_ID_LEN: usize = 64;
+
+impl Connector {
+    /// Subscribe the inbox, the control plane and every endpoint; then mark the instance started.
+    pub(super) async fn activate(&self, endpoints: Vec<Endpoint>) -> Result<(), StartError> {
+        let inner = &self.inner;
+        let inbox_subject = wire::response_subject(&inner.plane, &inner.hostname, &inner.id)
+            .map_err(|source| StartError::InvalidRoute {
+                route: "inbox".into(),
+                source,
+            })?;
+        // Queue = own id, as Microbus does, so a second subscriber with the same id never
+        // receives a duplicate.
+        let inbox = inner
+            .bus
+            .subscribe(inbox_subject, Some(inner.id.clone()))
+            .await?;
+        let task = tokio::spawn(call::inbox_loop(self.inner.clone(), inbox));
+        *inner.inbox_task.lock().expect("inbox lock") = Some(task);
+        tokio::spawn(sweep_loop(self.inner.clone()));
+
+        let mut all = control::endpoints();
+        all.extend(endpoints);
+        for ep in all {
+            self.subscribe_endpoint(Arc::new(ep)).await?;
+        }
+        // A flush is a round trip: the server has registered every subscription after it.
+        inner.bus.flush().await?;
+        inner.started.store(true, Ordering::Release);
+        tracing::info!(
+            host = %inner.hostname, id = %inner.id, ver = inner.version, plane = %inner.plane,
+            "started"
+        );
+        Ok(())
+    }
+
+    async fn subscribe_endpoint(&self, ep: Arc<Endpoint>) -> Result<(), StartError> {
+        let inner = &self.inner;
+        let host = ep
+            .route
+            .host
+            .clone()
+            .unwrap_or_else(|| inner.hostname.clone());
+        let queue = match &ep.queue {
+            Queue::Default => Some(inner.hostname.clone()),
+            Queue::None => None,
+            Queue::Named(q) => Some(q.clone()),
+        };
+        // The queue an ack reports: the group, or `<id>.<host>` for a no-queue subscription.
+        let queue_label: Arc<str> = queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", inner.id, inner.hostname))
+            .into();
+        let mut hosts = vec![host.clone(), format!("{}.{host}", inner.id)];
+        if let Some(locality) = &inner.locality {
+            let labels: Vec<&str> = locality.split('.').collect();
+            for n in 1..=labels.len() {
+                hosts.push(format!("{}.{host}", labels[labels.len() - n..].join(".")));
+            }
+        }
+        for h in hosts {
+            let subject = wire::subscription_subject(
+                &inner.plane,
+                ep.route.port,
+                &h,
+                &ep.method,
+                &ep.route.path,
+            )
+            .map_err(|source| StartError::InvalidRoute {
+                route: ep.route.display(),
+                source,
+            })?;
+            let sub = inner.bus.subscribe(subject, queue.clone()).await?;
+            inner.tasks.spawn(subscription_loop(
+                self.inner.clone(),
+                ep.clone(),
+                queue_label.clone(),
+                sub,
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn subscription_loop(
+    inner: Arc<Inner>,
+    ep: Arc<Endpoint>,
+    queue_label: Arc<str>,
+    mut sub: Subscription,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = inner.stop_serving.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(msg) => dispatch(&inner, &ep, &queue_label, msg),
+                None => return,
+            },
+        }
+    }
+    // Unsubscribe at the server, but keep handling what was already on its way.
+    sub.drain().await;
+    while let Some(msg) = sub.next().await {
+        dispatch(&inner, &ep, &queue_label, msg);
+    }
+}
+
+fn dispatch(inner: &Arc<Inner>, ep: &Arc<Endpoint>, queue_label: &Arc<str>, msg: BusMessage) {
+    inner.tasks.spawn(handle_request(
+        inner.clone(),
+        ep.clone(),
+        queue_label.clone(),
+        msg.payload,
+    ));
+}
+
+async fn sweep_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(DEFRAG_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = inner.stop_inbox.cancelled() => return,
+            _ = tick.tick() => {
+                for key in inner.request_defrag.sweep() {
+                    tracing::warn!(host = %inner.hostname, key, "defrag timeout: request fragments stopped arriving");
+                }
+                for key in inner.response_defrag.sweep() {
+                    tracing::warn!(host = %inner.hostname, key, "defrag timeout: response fragments stopped arriving");
+                }
+            }
+        }
+    }
+}
+
+/// Where a response goes and what it echoes back.
+struct ReplyTo {
+    inbox: String,
+    msg_id: String,
+    queue: Arc<str>,
+}
+
+async fn handle_request(
+    inner: Arc<Inner>,
+    ep: Arc<Endpoint>,
+    queue_label: Arc<str>,
+    payload: Bytes,
+) {
+    let req = match codec::decode_request(payload) {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed request");
+            return;
+        }
+    };
+    let f = Frame(req.headers());
+    let (Some(msg_id), Some(from_host), Some(from_id)) = (f.msg_id(), f.from_host(), f.from_id())
+    else {
+        tracing::warn!(host = %inner.hostname, "dropping request without Msg-Id, From-Host or From-Id");
+        return;
+    };
+    // The return address becomes a subject: it must not be able to wildcard or split it.
+    if !is_valid_hostname(from_host)
+        || !is_valid_instance_id(from_id)
+        || msg_id.len() > MAX_MSG_ID_LEN
+    {
+        tracing::warn!(host = %inner.hostname, "dropping request with an invalid return address");
+        return;
+    }
+    let reply = ReplyTo {
+        inbox: match wire::response_subject(&inner.plane, from_host, from_id) {
+            Ok(s) => s,
+            Err(_) => return,
+        },
+        msg_id: msg_id.to_owned(),
+        queue: queue_label,
+    };
+    let fragment = f.fragment().filter(|fr| fr.total > 1);
+    if fragment.is_none_or(|fr| fr.index == 1) {
+        let status = if fragment.is_some() {
+            StatusCode::CONTINUE
+        } else {
+            StatusCode::ACCEPTED
+        };
+        publish_ack(&inner, &reply, status).await;
+    }
+    let key = format!("{from_id}|{msg_id}");
+    let req = match fragment {
+        None => req,
+        Some(fr) => match inner.request_defrag.add(key, fr, req) {
+            DefragOutcome::Complete(req) => req,
+            DefragOutcome::Pending => return,
+            DefragOutcome::Orphan => {
+                tracing::error!(host = %inner.hostname, msg_id = %reply.msg_id, "defrag timeout: fragment without a reassembly");
+                return;
+            }
+            DefragOutcome::Rejected(why) => {
+                tracing::warn!(host = %inner.hostname, why, "rejecting fragmented request");
+                respond(&inner, &reply, Err(Error::bad_request(why))).await;
+                return;
+            }
+        },
+    };
+
+    let f = Frame(req.headers());
+    let budget = f.time_budget_ms().map(std::time::Duration::from_millis);
+    if budget.is_some_and(|b| b <= NETWORK_HOP) {
+        // Too little time left to do anything useful; tell the caller instead of going silent.
+        respond(&inner, &reply, Err(Error::timeout())).await;
+        return;
+    }
+    let deadline = budget.map(|b| Instant::now() + b - NETWORK_HOP);
+    let ctx = Ctx {
+        conn: super::Connector {
+            inner: inner.clone(),
+        },
+        frame: Some(Arc::new(req.headers().clone())),
+        deadline,
+        depth: f.call_depth(),
+    };
+    let result = run_handler(&inner, &ep, ctx, req, deadline).await;
+    if let Err(e) = &result {
+        if e.status().is_server_error() {
+            tracing::error!(host = %inner.hostname, route = %ep.route.display(), status = e.status().as_u16(), error = %e, "Handling request");
+        } else {
+            tracing::info!(host = %inner.hostname, route = %ep.route.display(), status = e.status().as_u16(), error = %e, "Handling request");
+        }
+    }
+    respond(&inner, &reply, result).await;
+}
+
+async fn run_handler(
+    inner: &Inner,
+    ep: &Endpoint,
+    ctx: Ctx,
+    req: Request<Bytes>,
+    deadline: Option<Instant>,
+) -> Result<Response<Bytes>, Error> {
+    // Building the future may panic as well as polling it.
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| ep.handler.call(ctx, req))) {
+        Ok(fut) => fut,
+        Err(panic) => return Err(panic_error(panic)),
+    };
+    let guarded = AssertUnwindSafe(fut).catch_unwind();
+    let expiry = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = guarded => r.unwrap_or_else(|panic| Err(panic_error(panic))),
+        _ = expiry => Err(Error::timeout()),
+        _ = inner.lifetime.cancelled() => Err(Error::unavailable("service is shutting down")),
+    }
+}
+
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    Error::panic(format!("handler panicked: {msg}"))
+}
+
+fn reply_headers(inner: &Inner, reply: &ReplyTo, op: OpCode) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(8);
+    frame::set(&mut h, frame::MSG_ID, &reply.msg_id);
+    frame::set(&mut h, frame::FROM_HOST, &inner.hostname);
+    frame::set(&mut h, frame::FROM_ID, &inner.id);
+    if inner.version > 0 && op != OpCode::Ack {
+        frame::set(&mut h, frame::FROM_VERSION, &inner.version.to_string());
+    }
+    frame::set(&mut h, frame::QUEUE, &reply.queue);
+    frame::set(&mut h, frame::OP_CODE, op.as_str());
+    if let Some(loc) = &inner.locality {
+        frame::set(&mut h, frame::LOCALITY, loc);
+    }
+    h
+}
+
+async fn publish_ack(inner: &Inner, reply: &ReplyTo, status: StatusCode) {
+    let payload = codec::encode_ack(status, &reply_headers(inner, reply, OpCode::Ack));
+    if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
+        tracing::warn!(host = %inner.hostname, error = %e, "cannot publish ack");
+    }
+}
+
+async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>, Error>) {
+    let mut res = match result {
+        Ok(mut res) => {
+            let own = reply_headers(inner, reply, OpCode::Res);
+            strip_internal(res.headers_mut());
+            res.headers_mut().extend(own);
+            res
+        }
+        Err(e) => {
+            let mut res = Response::new(Bytes::from(e.to_body().to_json()));
+            *res.status_mut() = e.status();
+            *res.headers_mut() = reply_headers(inner, reply, OpCode::Err);
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            res
+        }
+    };
+    let parts = split_body(res.body(), inner.max_fragment);
+    let total = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        if total > 1 {
+            let fr = Fragment {
+                index: i + 1,
+                total,
+            };
+            frame::set(res.headers_mut(), frame::FRAGMENT, &fr.render());
+        }
+        *res.body_mut() = part;
+        let payload = codec::encode_response(&res);
+        if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
+            tracing::warn!(host = %inner.hostname, error = %e, "cannot publish response");
+            return;
+        }
+    }
+}
+
+/// A handler must not forge the frame headers that route its own response.
+fn strip_internal(headers: &mut HeaderMap) {
+    for name in [
+        frame::MSG_ID,
+        frame::FROM_HOST,
+        frame::FROM_ID,
+        frame::FROM_VERSION,
+        frame::QUEUE,
+        frame::OP_CODE,
+        frame::FRAGMENT,
+        frame::LOCALITY,
+    ] {
+        headers.remove(name);
+    }
+}

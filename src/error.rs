@@ -1,0 +1,248 @@
+//! The bus error: what a handler returns and what a call fails with. It carries an HTTP status
+//! across the bus (reference §2.4); callers match on [`ErrorKind`], never on message text.
+
+use std::fmt;
+use std::panic::Location;
+
+use http::StatusCode;
+
+use crate::wire::error_body::{ErrorBody, StackFrame};
+
+/// What went wrong, classified once where it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No responder acknowledged a unicast within the ack timeout (404 `ack timeout`).
+    AckTimeout,
+    /// The deadline passed, or too little budget was left to try (408 `timeout`).
+    Timeout,
+    /// The call chain is too deep (508 `call depth overflow`).
+    CallDepthOverflow,
+    /// A fragmented message stopped arriving (408 `defrag timeout`).
+    DefragTimeout,
+    /// The request itself is unusable: bad URL, bad arguments (400).
+    BadRequest,
+    /// The bus is not connected (503).
+    Unavailable,
+    /// A remote handler answered with an `Err` response; the status is the one it sent.
+    Remote,
+    /// A local handler returned an error with a status of its choosing.
+    Handler,
+    /// A handler panicked (500).
+    Panic,
+    /// Anything else that went wrong locally (500).
+    Internal,
+}
+
+/// A status-carrying error, as Microbus propagates it between services.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    status: StatusCode,
+    message: String,
+    stack: Vec<StackFrame>,
+}
+
+impl Error {
+    /// An error with `status` returned by a handler; records the caller's location as its stack.
+    #[track_caller]
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Error {
+        Error::with_kind(ErrorKind::Handler, status, message)
+    }
+
+    #[track_caller]
+    pub fn with_kind(kind: ErrorKind, status: StatusCode, message: impl Into<String>) -> Error {
+        let loc = Location::caller();
+        Error {
+            kind,
+            status,
+            message: message.into(),
+            stack: vec![StackFrame {
+                file: loc.file().to_owned(),
+                function: String::new(),
+                line: loc.line(),
+            }],
+        }
+    }
+
+    #[track_caller]
+    pub fn bad_request(message: impl Into<String>) -> Error {
+        Error::with_kind(ErrorKind::BadRequest, StatusCode::BAD_REQUEST, message)
+    }
+
+    #[track_caller]
+    pub fn not_found(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::NOT_FOUND, message)
+    }
+
+    #[track_caller]
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error::with_kind(
+            ErrorKind::Internal,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            message,
+        )
+    }
+
+    #[track_caller]
+    pub fn ack_timeout() -> Error {
+        Error::with_kind(ErrorKind::AckTimeout, StatusCode::NOT_FOUND, "ack timeout")
+    }
+
+    #[track_caller]
+    pub fn timeout() -> Error {
+        Error::with_kind(ErrorKind::Timeout, StatusCode::REQUEST_TIMEOUT, "timeout")
+    }
+
+    #[track_caller]
+    pub fn defrag_timeout() -> Error {
+        Error::with_kind(
+            ErrorKind::DefragTimeout,
+            StatusCode::REQUEST_TIMEOUT,
+            "defrag timeout",
+        )
+    }
+
+    #[track_caller]
+    pub fn call_depth_overflow() -> Error {
+        Error::with_kind(
+            ErrorKind::CallDepthOverflow,
+            StatusCode::LOOP_DETECTED,
+            "call depth overflow",
+        )
+    }
+
+    #[track_caller]
+    pub fn unavailable(message: impl Into<String>) -> Error {
+        Error::with_kind(
+            ErrorKind::Unavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        )
+    }
+
+    #[track_caller]
+    pub fn panic(message: impl Into<String>) -> Error {
+        Error::with_kind(ErrorKind::Panic, StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// Rebuild the error a remote handler sent in an `Err` response.
+    pub fn from_err_response(status: StatusCode, body: &[u8]) -> Error {
+        match ErrorBody::from_json(body) {
+            Some(b) => Error {
+                kind: ErrorKind::Remote,
+                status: StatusCode::from_u16(b.status_code)
+                    .ok()
+                    .filter(|s| b.status_code != 0 && !s.is_informational())
+                    .unwrap_or(if status.is_client_error() || status.is_server_error() {
+                        status
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }),
+                message: b.error,
+                stack: b.stack,
+            },
+            None => Error {
+                kind: ErrorKind::Remote,
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
+                stack: Vec::new(),
+            },
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn stack(&self) -> &[StackFrame] {
+        &self.stack
+    }
+
+    /// The JSON body of an `Err` response.
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.message.clone(),
+            stack: self.stack.clone(),
+            status_code: self.status.as_u16(),
+        }
+    }
+
+    /// Go's `%+v` rendering: message, `[status]` unless 500, then the stack.
+    pub fn verbose(&self) -> String {
+        let mut out = self.message.clone();
+        if self.status != StatusCode::INTERNAL_SERVER_ERROR {
+            out.push_str(&format!("\n[{}]", self.status.as_u16()));
+        }
+        if !self.stack.is_empty() {
+            out.push('\n');
+            for frame in &self.stack {
+                out.push_str(&format!(
+                    "\n- {}\n  {}:{}",
+                    frame.function, frame.file, frame.line
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Error {{ kind: {:?}, status: {}, message: {:?} }}",
+            self.kind,
+            self.status.as_u16(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_err_body() {
+        let e = Error::new(StatusCode::BAD_REQUEST, "division by zero");
+        let json = e.to_body().to_json();
+        let back = Error::from_err_response(StatusCode::BAD_REQUEST, &json);
+        assert_eq!(back.kind(), ErrorKind::Remote);
+        assert_eq!(back.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(back.message(), "division by zero");
+        assert_eq!(back.stack()[0].file, file!());
+    }
+
+    #[test]
+    fn tolerates_bad_err_bodies() {
+        let e = Error::from_err_response(StatusCode::OK, b"<html>oops");
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let e = Error::from_err_response(StatusCode::OK, br#"{"error":"x"}"#);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let e = Error::from_err_response(StatusCode::OK, br#"{"error":"x","statusCode":9999}"#);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn verbose_rendering() {
+        let e = Error::timeout();
+        assert!(e.verbose().starts_with("timeout\n[408]\n\n- "));
+    }
+}

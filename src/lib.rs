@@ -1,0 +1,19 @@
+//! busgate: an observability-first HTTP gateway and Rust connector for the Microbus wire
+//! protocol over NATS.
+//!
+//! - [`wire`]: subjects, frame headers, the HTTP/1.1 payload codec, the error body.
+//! - [`transport`]: NATS and the in-process bus behind one [`transport::Bus`].
+//! - [`connector`]: a service instance that serves endpoints and calls others.
+//! - [`examples`]: the example services the demo and the tests use.
+
+pub mod config;
+pub mod connector;
+pub mod error;
+pub mod examples;
+pub mod telemetry;
+pub mod transport;
+pub mod wire;
+
+pub use config::{BusConfig, Deployment};
+pub use connector::{build_request, json, Connector, Ctx, Handler, Queue, Service, StartError};
+pub use error::{Error, ErrorKind};

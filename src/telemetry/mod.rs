@@ -1,0 +1,3 @@
+//! Telemetry: logs now; traces and metrics join here.
+
+pub mod logs;

@@ -1,0 +1,283 @@
+//! The in-process bus: NATS core semantics without a server, for the embedded default and for
+//! fast tests. Subjects with `*` and `>` wildcards, queue groups with one random member per
+//! message, plain subscriptions that all get a copy, and a payload limit like a server's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use super::{BusMessage, ConnectionState, TransportError, TransportErrorKind};
+
+/// The payload limit of a default NATS server (`max_payload`), so that fragmentation behaves
+/// the same on both transports.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Messages buffered per subscription before new ones are dropped, like a NATS slow consumer
+/// (async-nats's default subscription capacity).
+pub const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+#[derive(Clone)]
+pub struct InProcBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    max_payload: usize,
+    registry: RwLock<Registry>,
+    state: watch::Sender<ConnectionState>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    subs: HashMap<u64, Entry>,
+}
+
+struct Entry {
+    pattern: Vec<String>,
+    queue: Option<String>,
+    tx: mpsc::Sender<BusMessage>,
+}
+
+impl std::fmt::Debug for InProcBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcBus")
+            .field("max_payload", &self.inner.max_payload)
+            .finish()
+    }
+}
+
+impl Default for InProcBus {
+    fn default() -> Self {
+        InProcBus::new()
+    }
+}
+
+impl InProcBus {
+    pub fn new() -> InProcBus {
+        InProcBus::with_max_payload(DEFAULT_MAX_PAYLOAD)
+    }
+
+    pub fn with_max_payload(max_payload: usize) -> InProcBus {
+        InProcBus {
+            inner: Arc::new(Inner {
+                max_payload,
+                registry: RwLock::new(Registry::default()),
+                state: watch::channel(ConnectionState::Connected).0,
+            }),
+        }
+    }
+
+    pub fn max_payload(&self) -> usize {
+        self.inner.max_payload
+    }
+
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.subscribe()
+    }
+
+    pub fn publish(&self, subject: &str, payload: Bytes) -> Result<(), TransportError> {
+        if payload.len() > self.inner.max_payload {
+            return Err(TransportError::new(
+                TransportErrorKind::PayloadTooLarge,
+                format!(
+                    "payload of {} bytes exceeds {}",
+                    payload.len(),
+                    self.inner.max_payload
+                ),
+            ));
+        }
+        if !is_valid_publish_subject(subject) {
+            return Err(TransportError::new(
+                TransportErrorKind::Rejected,
+                format!("invalid subject '{subject}'"),
+            ));
+        }
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let registry = self.inner.registry.read().expect("registry lock poisoned");
+        let mut groups: HashMap<&str, Vec<&Entry>> = HashMap::new();
+        for entry in registry.subs.values() {
+            if !matches(&entry.pattern, &tokens) {
+                continue;
+            }
+            match &entry.queue {
+                Some(q) => groups.entry(q.as_str()).or_default().push(entry),
+                None => deliver(entry, subject, &payload),
+            }
+        }
+        for members in groups.values() {
+            let pick = rand::rng().random_range(0..members.len());
+            deliver(members[pick], subject, &payload);
+        }
+        Ok(())
+    }
+
+    pub fn subscribe(&self, subject: &str, queue: Option<String>) -> InProcSubscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_CAPACITY);
+        let mut registry = self.inner.registry.write().expect("registry lock poisoned");
+        registry.next_id += 1;
+        let id = registry.next_id;
+        registry.subs.insert(
+            id,
+            Entry {
+                pattern: subject.split('.').map(str::to_owned).collect(),
+                queue,
+                tx,
+            },
+        );
+        InProcSubscription {
+            id,
+            bus: Arc::downgrade(&self.inner),
+            rx,
+        }
+    }
+
+    /// Number of live subscriptions, for tests of unsubscribe and drain.
+    pub fn subscription_count(&self) -> usize {
+        self.inner
+            .registry
+            .read()
+            .expect("registry lock poisoned")
+            .subs
+            .len()
+    }
+}
+
+fn deliver(entry: &Entry, subject: &str, payload: &Bytes) {
+    let msg = BusMessage {
+        subject: subject.to_owned(),
+        payload: payload.clone(),
+    };
+    if entry.tx.try_send(msg).is_err() {
+        // Same policy as a NATS slow consumer: the message is dropped, not queued without bound.
+        tracing::warn!(
+            subject,
+            "in-process subscription full or closed; message dropped"
+        );
+    }
+}
+
+fn is_valid_publish_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains([' ', '\t', '\r', '\n']))
+}
+
+fn matches(pattern: &[String], tokens: &[&str]) -> bool {
+    for (i, p) in pattern.iter().enumerate() {
+        match p.as_str() {
+            ">" => return tokens.len() > i,
+            "*" => {
+                if i >= tokens.len() {
+                    return false;
+                }
+            }
+            literal => {
+                if tokens.get(i) != Some(&literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    pattern.len() == tokens.len()
+}
+
+/// A subscription on the in-process bus; dropping it unsubscribes.
+pub struct InProcSubscription {
+    id: u64,
+    bus: std::sync::Weak<Inner>,
+    rx: mpsc::Receiver<BusMessage>,
+}
+
+impl InProcSubscription {
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        self.rx.recv().await
+    }
+
+    /// Remove the subscription; buffered messages are still returned, then `None`.
+    pub fn drain(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.registry
+                .write()
+                .expect("registry lock poisoned")
+                .subs
+                .remove(&self.id);
+        }
+    }
+}
+
+impl Drop for InProcSubscription {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pat(s: &str) -> Vec<String> {
+        s.split('.').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn wildcard_matching() {
+        let t = |s: &'static str| s.split('.').collect::<Vec<_>>();
+        assert!(matches(&pat("a.*.c"), &t("a.b.c")));
+        assert!(!matches(&pat("a.*.c"), &t("a.b.d")));
+        assert!(!matches(&pat("a.*"), &t("a.b.c")));
+        assert!(matches(&pat("a.>"), &t("a.b.c")));
+        assert!(!matches(&pat("a.>"), &t("a")));
+        assert!(matches(&pat("a.b"), &t("a.b")));
+        assert!(!matches(&pat("a.b.c"), &t("a.b")));
+    }
+
+    #[tokio::test]
+    async fn queue_groups_and_fanout() {
+        let bus = InProcBus::new();
+        let mut q1 = bus.subscribe("x.*", Some("g".into()));
+        let mut q2 = bus.subscribe("x.*", Some("g".into()));
+        let mut plain = bus.subscribe("x.>", None);
+        for _ in 0..100 {
+            bus.publish("x.y", Bytes::from_static(b"m")).unwrap();
+        }
+        let mut got = (0, 0, 0);
+        while let Ok(Some(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), q1.next()).await
+        {
+            got.0 += 1;
+        }
+        while let Ok(Some(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), q2.next()).await
+        {
+            got.1 += 1;
+        }
+        while let Ok(Some(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), plain.next()).await
+        {
+            got.2 += 1;
+        }
+        assert_eq!(got.0 + got.1, 100);
+        assert!(got.0 > 0 && got.1 > 0, "both queue members serve: {got:?}");
+        assert_eq!(got.2, 100);
+    }
+
+    #[tokio::test]
+    async fn drain_keeps_buffered_messages_and_rejects_bad_publishes() {
+        let bus = InProcBus::with_max_payload(8);
+        let mut s = bus.subscribe("a", None);
+        bus.publish("a", Bytes::from_static(b"1")).unwrap();
+        s.drain();
+        bus.publish("a", Bytes::from_static(b"2")).unwrap();
+        assert_eq!(s.next().await.unwrap().payload, "1");
+        assert!(s.next().await.is_none());
+        assert_eq!(bus.subscription_count(), 0);
+        assert!(bus.publish("a", Bytes::from_static(b"123456789")).is_err());
+        assert!(bus.publish("a.*", Bytes::new()).is_err());
+        assert!(bus.publish("a..b", Bytes::new()).is_err());
+    }
+}

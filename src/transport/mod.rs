@@ -1,0 +1,211 @@
+//! Transports: plain publish/subscribe with queue groups, over NATS or inside the process.
+//!
+//! The connector sees only [`Bus`] and [`Subscription`]; both transports give the same
+//! semantics (subject wildcards `*` and `>`, queue groups that deliver to one member, plain
+//! subscriptions that all get a copy, echo of own publishes, drain on unsubscribe).
+
+pub mod inproc;
+pub mod nats;
+
+use std::fmt;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use inproc::InProcBus;
+pub use nats::{NatsBus, NatsOptions};
+
+/// A message as the transport delivers it.
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// Whether the transport can currently move messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connected,
+    Disconnected,
+    Closed,
+}
+
+impl ConnectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connected => "connected",
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Closed => "closed",
+        }
+    }
+}
+
+/// What went wrong in a transport operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportErrorKind {
+    /// Could not connect (bad URL, refused, authentication, TLS).
+    Connect,
+    /// The connection is down or closed; nothing was sent.
+    Disconnected,
+    /// The payload is larger than the server accepts.
+    PayloadTooLarge,
+    /// The server or client refused the subscription or publish.
+    Rejected,
+}
+
+/// A transport error with its kind and a readable cause.
+#[derive(Debug, Clone)]
+pub struct TransportError {
+    kind: TransportErrorKind,
+    message: String,
+}
+
+impl TransportError {
+    pub fn new(kind: TransportErrorKind, message: impl Into<String>) -> TransportError {
+        TransportError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn kind(&self) -> TransportErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// Which bus to connect to: each connector opens its own connection (named `<id>.<host>`).
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Nats(NatsOptions),
+    InProc(InProcBus),
+}
+
+impl Transport {
+    /// Connect one client of this transport.
+    pub async fn connect(&self, name: &str) -> Result<Bus, TransportError> {
+        match self {
+            Transport::Nats(opts) => Ok(Bus::Nats(NatsBus::connect(opts, name).await?)),
+            Transport::InProc(bus) => Ok(Bus::InProc(bus.clone())),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Nats(opts) => format!("NATS at {}", opts.url),
+            Transport::InProc(_) => "the in-process bus".to_owned(),
+        }
+    }
+}
+
+/// One connected client of a transport.
+#[derive(Clone, Debug)]
+pub enum Bus {
+    Nats(NatsBus),
+    InProc(InProcBus),
+}
+
+impl Bus {
+    pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), TransportError> {
+        match self {
+            Bus::Nats(b) => b.publish(subject, payload).await,
+            Bus::InProc(b) => b.publish(&subject, payload),
+        }
+    }
+
+    /// Subscribe to `subject`; with a queue, each message goes to one member of the group.
+    pub async fn subscribe(
+        &self,
+        subject: String,
+        queue: Option<String>,
+    ) -> Result<Subscription, TransportError> {
+        match self {
+            Bus::Nats(b) => Ok(Subscription::Nats(b.subscribe(subject, queue).await?)),
+            Bus::InProc(b) => Ok(Subscription::InProc(b.subscribe(&subject, queue))),
+        }
+    }
+
+    /// Wait until the server has processed everything sent so far (subscriptions included).
+    pub async fn flush(&self) -> Result<(), TransportError> {
+        match self {
+            Bus::Nats(b) => b.flush().await,
+            Bus::InProc(_) => Ok(()),
+        }
+    }
+
+    /// The largest payload the server accepts.
+    pub fn max_payload(&self) -> usize {
+        match self {
+            Bus::Nats(b) => b.max_payload(),
+            Bus::InProc(b) => b.max_payload(),
+        }
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        *self.watch_state().borrow()
+    }
+
+    /// Follow the connection state as it changes.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        match self {
+            Bus::Nats(b) => b.watch_state(),
+            Bus::InProc(b) => b.watch_state(),
+        }
+    }
+
+    /// How many times the connection was re-established.
+    pub fn reconnects(&self) -> u64 {
+        match self {
+            Bus::Nats(b) => b.reconnects(),
+            Bus::InProc(_) => 0,
+        }
+    }
+
+    /// Flush and close this client.
+    pub async fn close(&self) {
+        match self {
+            Bus::Nats(b) => b.close().await,
+            Bus::InProc(_) => {}
+        }
+    }
+}
+
+/// A stream of messages for one subscription.
+pub enum Subscription {
+    Nats(async_nats::Subscriber),
+    InProc(inproc::InProcSubscription),
+}
+
+impl Subscription {
+    /// The next message; `None` once the subscription is drained or closed.
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        match self {
+            Subscription::Nats(s) => {
+                use futures::StreamExt;
+                s.next().await.map(|m| BusMessage {
+                    subject: m.subject.to_string(),
+                    payload: m.payload,
+                })
+            }
+            Subscription::InProc(s) => s.next().await,
+        }
+    }
+
+    /// Stop new deliveries; messages already on their way are still returned by `next`.
+    pub async fn drain(&mut self) {
+        match self {
+            Subscription::Nats(s) => {
+                if let Err(e) = s.drain().await {
+                    tracing::debug!(error = %e, "drain of a closed subscription");
+                }
+            }
+            Subscription::InProc(s) => s.drain(),
+        }
+    }
+}

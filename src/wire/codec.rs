@@ -1,0 +1,452 @@
+//! Payload codec (reference §1.5): every bus message is a complete HTTP/1.1 message.
+//!
+//! Requests are written in absolute form with `Host` and `Content-Length` and headers sorted by
+//! name; they are read in absolute or origin form with `Content-Length` or chunked bodies.
+//! The head is parsed by `httparse`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+
+use super::frame::canonical_header_name;
+use super::WireError;
+
+/// Most headers a bus message may carry; more is hostile input.
+pub const MAX_HEADERS: usize = 256;
+
+/// Encode a request whose URI is absolute (`https://host:port/path?query`).
+pub fn encode_request(req: &Request<Bytes>) -> Result<Bytes, WireError> {
+    let uri = req.uri();
+    let authority = uri
+        .authority()
+        .ok_or_else(|| WireError::InvalidUrl(format!("{uri} is not absolute")))?;
+    let scheme = uri.scheme_str().unwrap_or("https");
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == "http" { 80 } else { 443 });
+    let host = authority.host();
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let body = req.body();
+
+    let mut out = BytesMut::with_capacity(256 + body.len() + header_bytes(req.headers()));
+    out.put_slice(req.method().as_str().as_bytes());
+    out.put_slice(format!(" {scheme}://{host}:{port}{path_and_query} HTTP/1.1\r\n").as_bytes());
+    out.put_slice(format!("Host: {host}:{port}\r\n").as_bytes());
+    out.put_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    write_sorted_headers(
+        &mut out,
+        req.headers(),
+        &[HOST, CONTENT_LENGTH, TRANSFER_ENCODING],
+    );
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    Ok(out.freeze())
+}
+
+/// Encode a response: status line, `Content-Length`, headers sorted by name, body.
+pub fn encode_response(res: &Response<Bytes>) -> Bytes {
+    let body = res.body();
+    let mut out = BytesMut::with_capacity(128 + body.len() + header_bytes(res.headers()));
+    write_status_line(&mut out, res.status());
+    out.put_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    write_sorted_headers(
+        &mut out,
+        res.headers(),
+        &[CONTENT_LENGTH, TRANSFER_ENCODING],
+    );
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// Encode an ack: no body and no length, `Connection: close`, like Microbus's hand-written acks.
+pub fn encode_ack(status: StatusCode, headers: &HeaderMap) -> Bytes {
+    let mut out = BytesMut::with_capacity(64 + header_bytes(headers));
+    write_status_line(&mut out, status);
+    out.put_slice(b"Connection: close\r\n");
+    write_sorted_headers(&mut out, headers, &[CONTENT_LENGTH, TRANSFER_ENCODING]);
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+fn write_status_line(out: &mut BytesMut, status: StatusCode) {
+    out.put_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("status code")
+        )
+        .as_bytes(),
+    );
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+fn write_sorted_headers(out: &mut BytesMut, headers: &HeaderMap, skip: &[HeaderName]) {
+    let mut names: Vec<&HeaderName> = headers.keys().filter(|k| !skip.contains(k)).collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    for name in names {
+        let canonical = canonical_header_name(name.as_str());
+        for value in headers.get_all(name) {
+            out.put_slice(canonical.as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+}
+
+/// Decode a request in absolute form, or origin form with a `Host` header. The returned
+/// request always has an absolute URI, no `Transfer-Encoding` and an exact `Content-Length`.
+pub fn decode_request(payload: Bytes) -> Result<Request<Bytes>, WireError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let head_len = match parsed.parse(&payload).map_err(malformed)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Err(WireError::Truncated),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| WireError::InvalidMethod(parsed.method.unwrap_or_default().to_owned()))?;
+    let headers = collect_headers(parsed.headers)?;
+    let target = parsed.path.unwrap_or_default();
+    let uri = absolute_uri(target, &headers)?;
+    let body = read_body(&payload, head_len, &headers, BodyWithoutLength::Empty)?;
+
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    let len = req.body().len();
+    fix_length(req.headers_mut(), len);
+    Ok(req)
+}
+
+/// Decode a response (including acks, which have no length and no body).
+pub fn decode_response(payload: Bytes) -> Result<Response<Bytes>, WireError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let head_len = match parsed.parse(&payload).map_err(malformed)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Err(WireError::Truncated),
+    };
+    let code = parsed.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| WireError::Malformed(format!("invalid status code {code}")))?;
+    let headers = collect_headers(parsed.headers)?;
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let body = if no_body {
+        Bytes::new()
+    } else {
+        read_body(&payload, head_len, &headers, BodyWithoutLength::ToEnd)?
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    let len = res.body().len();
+    fix_length(res.headers_mut(), len);
+    Ok(res)
+}
+
+/// Parse only the head of a request, for routing decisions that must not copy the body.
+pub fn decode_request_headers(payload: &[u8]) -> Result<HeaderMap, WireError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    match parsed.parse(payload).map_err(malformed)? {
+        httparse::Status::Complete(_) => collect_headers(parsed.headers),
+        httparse::Status::Partial => Err(WireError::Truncated),
+    }
+}
+
+fn malformed(e: httparse::Error) -> WireError {
+    match e {
+        httparse::Error::TooManyHeaders => {
+            WireError::Malformed(format!("more than {MAX_HEADERS} headers"))
+        }
+        other => WireError::Malformed(other.to_string()),
+    }
+}
+
+fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<HeaderMap, WireError> {
+    let mut headers = HeaderMap::with_capacity(raw.len());
+    for h in raw {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| WireError::InvalidHeader(h.name.to_owned()))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| WireError::InvalidHeader(h.name.to_owned()))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+fn absolute_uri(target: &str, headers: &HeaderMap) -> Result<Uri, WireError> {
+    let invalid = || WireError::InvalidUrl(target.chars().take(256).collect());
+    if target.starts_with("https://") || target.starts_with("http://") {
+        let uri: Uri = target.parse().map_err(|_| invalid())?;
+        if uri.authority().is_none() {
+            return Err(invalid());
+        }
+        return Ok(uri);
+    }
+    if !target.starts_with('/') {
+        return Err(invalid());
+    }
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| WireError::InvalidUrl(format!("origin-form {target} without Host")))?;
+    format!("https://{host}{target}")
+        .parse()
+        .map_err(|_| invalid())
+}
+
+#[derive(Clone, Copy)]
+enum BodyWithoutLength {
+    /// Requests without framing headers have no body.
+    Empty,
+    /// Responses without framing headers run to the end of the payload.
+    ToEnd,
+}
+
+fn read_body(
+    payload: &Bytes,
+    head_len: usize,
+    headers: &HeaderMap,
+    without_length: BodyWithoutLength,
+) -> Result<Bytes, WireError> {
+    let rest = payload.slice(head_len..);
+    let content_length = content_length(headers)?;
+    let chunked = match headers.get(TRANSFER_ENCODING) {
+        None => false,
+        Some(te) => {
+            let te = te.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+            if te != "chunked" {
+                return Err(WireError::UnsupportedTransferEncoding(te));
+            }
+            true
+        }
+    };
+    match (chunked, content_length) {
+        (true, Some(_)) => Err(WireError::ConflictingFraming),
+        (true, None) => decode_chunked(&rest),
+        (false, Some(n)) => {
+            if rest.len() < n {
+                return Err(WireError::Truncated);
+            }
+            Ok(rest.slice(..n))
+        }
+        (false, None) => Ok(match without_length {
+            BodyWithoutLength::Empty => Bytes::new(),
+            BodyWithoutLength::ToEnd => rest,
+        }),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<usize>, WireError> {
+    let mut found: Option<usize> = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        let n: usize = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| WireError::Malformed("invalid Content-Length".into()))?;
+        if found.is_some_and(|f| f != n) {
+            return Err(WireError::ConflictingFraming);
+        }
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+fn decode_chunked(mut buf: &[u8]) -> Result<Bytes, WireError> {
+    let mut body = BytesMut::new();
+    loop {
+        let (consumed, size) = match httparse::parse_chunk_size(buf)
+            .map_err(|_| WireError::Malformed("invalid chunk size".into()))?
+        {
+            httparse::Status::Complete(v) => v,
+            httparse::Status::Partial => return Err(WireError::Truncated),
+        };
+        buf = &buf[consumed..];
+        if size == 0 {
+            // Trailers are ignored; the body is complete.
+            return Ok(body.freeze());
+        }
+        let size = usize::try_from(size).map_err(|_| WireError::Truncated)?;
+        if buf.len() < size + 2 {
+            return Err(WireError::Truncated);
+        }
+        body.extend_from_slice(&buf[..size]);
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(WireError::Malformed("chunk not terminated by CRLF".into()));
+        }
+        buf = &buf[size + 2..];
+    }
+}
+
+fn fix_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Bytes> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Bytes::from(body.to_owned())).unwrap()
+    }
+
+    // Reference §1.5/§1.6: a request from alpha.example (id c1) to beta.example/echo.
+    const GOLDEN_REQUEST: &str = "POST https://beta.example:443/echo?x=1 HTTP/1.1\r\n\
+Host: beta.example:443\r\n\
+Content-Length: 5\r\n\
+Content-Type: text/plain\r\n\
+Microbus-Call-Depth: 1\r\n\
+Microbus-From-Host: alpha.example\r\n\
+Microbus-From-Id: c1\r\n\
+Microbus-Msg-Id: 3t0gkasY\r\n\
+Microbus-Op-Code: Req\r\n\
+Microbus-Time-Budget: 19750\r\n\
+\r\n\
+Hello";
+
+    const GOLDEN_ACK: &str = "HTTP/1.1 202 Accepted\r\n\
+Connection: close\r\n\
+Microbus-From-Host: beta.example\r\n\
+Microbus-From-Id: rouq0u0mf4\r\n\
+Microbus-Locality: 1.b.west.us\r\n\
+Microbus-Msg-Id: 3t0gkasY\r\n\
+Microbus-Op-Code: Ack\r\n\
+Microbus-Queue: beta.example\r\n\
+\r\n";
+
+    const GOLDEN_RESPONSE: &str = "HTTP/1.1 200 OK\r\n\
+Content-Length: 5\r\n\
+Content-Type: text/plain\r\n\
+Microbus-From-Host: beta.example\r\n\
+Microbus-From-Id: rouq0u0mf4\r\n\
+Microbus-Msg-Id: 3t0gkasY\r\n\
+Microbus-Op-Code: Res\r\n\
+Microbus-Queue: beta.example\r\n\
+\r\n\
+Hello";
+
+    #[test]
+    fn golden_request_is_byte_exact() {
+        // Headers are given out of order and in odd case: the encoder sorts and canonicalizes.
+        let req = request(
+            "POST",
+            "https://beta.example/echo?x=1",
+            &[
+                ("microbus-time-budget", "19750"),
+                ("Microbus-Op-Code", "Req"),
+                ("MICROBUS-MSG-ID", "3t0gkasY"),
+                ("Microbus-From-Id", "c1"),
+                ("Microbus-From-Host", "alpha.example"),
+                ("Microbus-Call-Depth", "1"),
+                ("Content-Type", "text/plain"),
+            ],
+            "Hello",
+        );
+        assert_eq!(
+            std::str::from_utf8(&encode_request(&req).unwrap()).unwrap(),
+            GOLDEN_REQUEST
+        );
+        let back = decode_request(Bytes::from_static(GOLDEN_REQUEST.as_bytes())).unwrap();
+        assert_eq!(back.uri(), "https://beta.example:443/echo?x=1");
+        assert_eq!(back.headers()["microbus-msg-id"], "3t0gkasY");
+        assert_eq!(back.body(), "Hello");
+    }
+
+    #[test]
+    fn golden_ack_and_response() {
+        let ack = decode_response(Bytes::from_static(GOLDEN_ACK.as_bytes())).unwrap();
+        assert_eq!(ack.status(), 202);
+        assert!(ack.body().is_empty());
+        let mut headers = ack.headers().clone();
+        headers.remove("connection");
+        headers.remove(CONTENT_LENGTH);
+        assert_eq!(
+            std::str::from_utf8(&encode_ack(StatusCode::ACCEPTED, &headers)).unwrap(),
+            GOLDEN_ACK
+        );
+
+        let res = decode_response(Bytes::from_static(GOLDEN_RESPONSE.as_bytes())).unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.body(), "Hello");
+        assert_eq!(
+            std::str::from_utf8(&encode_response(&res)).unwrap(),
+            GOLDEN_RESPONSE
+        );
+    }
+
+    #[test]
+    fn reads_go_chunked_origin_form_and_repeated_headers() {
+        let go = "POST /echo HTTP/1.1\r\nHost: beta.example\r\nTransfer-Encoding: chunked\r\n\
+X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
+        let req = decode_request(Bytes::from_static(go.as_bytes())).unwrap();
+        assert_eq!(req.uri(), "https://beta.example/echo");
+        assert_eq!(req.body(), "Hello, you!");
+        assert_eq!(req.headers()[CONTENT_LENGTH], "11");
+        assert!(req.headers().get(TRANSFER_ENCODING).is_none());
+        let multi: Vec<_> = req.headers().get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+        let again = decode_request(encode_request(&req).unwrap()).unwrap();
+        assert_eq!(again.body(), "Hello, you!");
+        assert_eq!(again.headers().get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn get_without_body() {
+        let raw = "GET https://calc.example:443/add?x=1 HTTP/1.1\r\nHost: calc.example:443\r\n\r\n";
+        let req = decode_request(Bytes::from_static(raw.as_bytes())).unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert!(req.body().is_empty());
+    }
+
+    #[test]
+    fn rejects_malformed_payloads() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"garbage",
+            b"GET https://a:443/ HTTP/1.1\r\nHost: a\r\n",
+            b"GET /x HTTP/1.1\r\n\r\n",
+            b"GET x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST https://a:443/ HTTP/1.1\r\nContent-Length: 10\r\n\r\nshort",
+            b"POST https://a:443/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"POST https://a:443/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST https://a:443/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST https://a:443/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n",
+            b"POST https://a:443/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+            b"POST https://a:443/ HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"GET https://a:443/ HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET https://a:443/ HTTP/1.1\r\nX: \x01\r\n\r\n",
+        ];
+        for case in cases {
+            assert!(
+                decode_request(Bytes::copy_from_slice(case)).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let raw = format!("GET https://a:443/ HTTP/1.1\r\n{many}\r\n");
+        assert!(decode_request(Bytes::from(raw)).is_err());
+        assert!(decode_response(Bytes::from_static(b"HTTP/1.1 abc\r\n\r\n")).is_err());
+    }
+}

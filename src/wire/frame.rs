@@ -1,0 +1,188 @@
+//! Frame headers (reference §1.4): the Microbus metadata carried in the HTTP header block.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub const MSG_ID: &str = "microbus-msg-id";
+pub const FROM_HOST: &str = "microbus-from-host";
+pub const FROM_ID: &str = "microbus-from-id";
+pub const FROM_VERSION: &str = "microbus-from-version";
+pub const OP_CODE: &str = "microbus-op-code";
+pub const TIME_BUDGET: &str = "microbus-time-budget";
+pub const CALL_DEPTH: &str = "microbus-call-depth";
+pub const QUEUE: &str = "microbus-queue";
+pub const FRAGMENT: &str = "microbus-fragment";
+pub const LOCALITY: &str = "microbus-locality";
+pub const CLOCK_SHIFT: &str = "microbus-clock-shift";
+pub const BAGGAGE_PREFIX: &str = "microbus-baggage-";
+/// Every internal header starts with this (case-insensitive).
+pub const MICROBUS_PREFIX: &str = "microbus-";
+
+/// The kind of a bus message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Req,
+    Ack,
+    Res,
+    Err,
+}
+
+impl OpCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpCode::Req => "Req",
+            OpCode::Ack => "Ack",
+            OpCode::Res => "Res",
+            OpCode::Err => "Err",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OpCode> {
+        match s {
+            "Req" => Some(OpCode::Req),
+            "Ack" => Some(OpCode::Ack),
+            "Res" => Some(OpCode::Res),
+            "Err" => Some(OpCode::Err),
+            _ => None,
+        }
+    }
+}
+
+/// `Microbus-Fragment: i/N`, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    pub index: usize,
+    pub total: usize,
+}
+
+impl Fragment {
+    pub fn parse(s: &str) -> Option<Fragment> {
+        let (i, n) = s.trim().split_once('/')?;
+        let index: usize = i.trim().parse().ok()?;
+        let total: usize = n.trim().parse().ok()?;
+        (index >= 1 && index <= total).then_some(Fragment { index, total })
+    }
+
+    pub fn render(self) -> String {
+        format!("{}/{}", self.index, self.total)
+    }
+}
+
+/// Typed read access to the frame headers of a message.
+#[derive(Clone, Copy)]
+pub struct Frame<'a>(pub &'a HeaderMap);
+
+impl<'a> Frame<'a> {
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn msg_id(&self) -> Option<&'a str> {
+        self.get(MSG_ID).filter(|s| !s.is_empty())
+    }
+    pub fn from_host(&self) -> Option<&'a str> {
+        self.get(FROM_HOST).filter(|s| !s.is_empty())
+    }
+    pub fn from_id(&self) -> Option<&'a str> {
+        self.get(FROM_ID).filter(|s| !s.is_empty())
+    }
+    pub fn from_version(&self) -> u32 {
+        self.get(FROM_VERSION)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+    pub fn op_code(&self) -> Option<OpCode> {
+        self.get(OP_CODE).and_then(OpCode::parse)
+    }
+    pub fn queue(&self) -> Option<&'a str> {
+        self.get(QUEUE)
+    }
+    pub fn locality(&self) -> Option<&'a str> {
+        self.get(LOCALITY).filter(|s| !s.is_empty())
+    }
+    /// Milliseconds left, when the header is present and positive.
+    pub fn time_budget_ms(&self) -> Option<u64> {
+        self.get(TIME_BUDGET)
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(|ms| ms as u64)
+    }
+    pub fn call_depth(&self) -> u32 {
+        self.get(CALL_DEPTH)
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+    pub fn fragment(&self) -> Option<Fragment> {
+        self.get(FRAGMENT).and_then(Fragment::parse)
+    }
+}
+
+/// Set a frame header; the value must be header-safe (callers pass ids, numbers and hostnames).
+pub fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// Whether a header is internal to the bus and must never cross the ingress.
+pub fn is_internal_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with(MICROBUS_PREFIX) || lower == "traceparent" || lower == "tracestate"
+}
+
+/// Whether a header of an inbound request is propagated to outgoing calls (reference §1.4).
+pub fn is_propagated_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("x-forwarded-")
+        || lower.starts_with(BAGGAGE_PREFIX)
+        || lower == "accept-language"
+        || lower == CLOCK_SHIFT
+}
+
+/// Go's canonical header case: upper-case the first letter and every letter after `-`.
+pub fn canonical_header_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        if upper {
+            out.push(c.to_ascii_uppercase());
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+        upper = c == '-';
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical_header_name("microbus-msg-id"), "Microbus-Msg-Id");
+        assert_eq!(canonical_header_name("content-type"), "Content-Type");
+        assert_eq!(canonical_header_name("x-forwarded-for"), "X-Forwarded-For");
+        assert_eq!(canonical_header_name("traceparent"), "Traceparent");
+    }
+
+    #[test]
+    fn fragments() {
+        assert_eq!(
+            Fragment::parse("2/5"),
+            Some(Fragment { index: 2, total: 5 })
+        );
+        for bad in ["0/5", "6/5", "x/5", "1", "", "1/0", "-1/2"] {
+            assert_eq!(Fragment::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn internal_and_propagated() {
+        assert!(is_internal_header("MICROBUS-Msg-Id"));
+        assert!(is_internal_header("TraceParent"));
+        assert!(!is_internal_header("X-Forwarded-For"));
+        assert!(is_propagated_header("X-Forwarded-Path"));
+        assert!(is_propagated_header("Microbus-Baggage-User"));
+        assert!(is_propagated_header("Accept-Language"));
+        assert!(!is_propagated_header("Authorization"));
+    }
+}

@@ -1,0 +1,115 @@
+//! Bus URLs: `https://host:port/path?query`, the address of every bus request.
+
+use http::Uri;
+use percent_encoding::percent_decode_str;
+
+use super::hostname::is_valid_hostname;
+use super::WireError;
+
+/// A parsed bus URL with the port filled in and the host lower-cased and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusUrl {
+    pub host: String,
+    pub port: u16,
+    /// The path as written (percent-encoded), always starting with `/`.
+    pub path: String,
+    pub query: Option<String>,
+}
+
+impl BusUrl {
+    /// Parse `https://host[:port]/path?query` (or `http://`, default port 80).
+    pub fn parse(s: &str) -> Result<BusUrl, WireError> {
+        let uri: Uri = s.parse().map_err(|_| WireError::InvalidUrl(truncated(s)))?;
+        BusUrl::from_uri(&uri)
+    }
+
+    pub fn from_uri(uri: &Uri) -> Result<BusUrl, WireError> {
+        let invalid = || WireError::InvalidUrl(truncated(&uri.to_string()));
+        let default_port = match uri.scheme_str() {
+            Some("https") | None => 443,
+            Some("http") => 80,
+            Some(_) => return Err(invalid()),
+        };
+        let authority = uri.authority().ok_or_else(invalid)?;
+        if authority.as_str().contains('@') {
+            return Err(invalid());
+        }
+        let host = authority.host().to_ascii_lowercase();
+        if !is_valid_hostname(&host) {
+            return Err(WireError::InvalidHostname(host));
+        }
+        let port = authority.port_u16().unwrap_or(default_port);
+        let path = match uri.path() {
+            "" => "/".to_owned(),
+            p => p.to_owned(),
+        };
+        Ok(BusUrl {
+            host,
+            port,
+            path,
+            query: uri.query().map(str::to_owned),
+        })
+    }
+
+    /// The path with percent-escapes decoded, as the subject codec expects (Go's `URL.Path`).
+    pub fn decoded_path(&self) -> String {
+        percent_decode_str(&self.path)
+            .decode_utf8_lossy()
+            .into_owned()
+    }
+
+    /// `https://host:port/path?query`, the form written on the wire.
+    pub fn to_uri(&self) -> Uri {
+        let mut s = format!("https://{}:{}{}", self.host, self.port, self.path);
+        if let Some(q) = &self.query {
+            s.push('?');
+            s.push_str(q);
+        }
+        // Every part was validated or came out of a parsed Uri.
+        s.parse().expect("a BusUrl always renders a valid URI")
+    }
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(256).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_defaults_ports() {
+        let u = BusUrl::parse("https://Calc.Example/add?x=1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("calc.example", 443, "/add")
+        );
+        assert_eq!(u.query.as_deref(), Some("x=1"));
+        assert_eq!(BusUrl::parse("http://a.b/").unwrap().port, 80);
+        assert_eq!(BusUrl::parse("https://a.b:888").unwrap().path, "/");
+        assert_eq!(
+            BusUrl::parse("https://a.b/x%2Fy%20z")
+                .unwrap()
+                .decoded_path(),
+            "/x/y z"
+        );
+        assert_eq!(
+            BusUrl::parse("https://a.b:0/x").unwrap().to_uri(),
+            "https://a.b:0/x"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for bad in [
+            "ftp://a.b/",
+            "https://a*b/",
+            "https://u@a.b/",
+            "/x",
+            "https://a..b/",
+        ] {
+            assert!(BusUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
