@@ -116,7 +116,7 @@ impl BusConfig {
 
     /// A NATS bus at `url`, with the default plane.
     pub fn nats(url: &str) -> BusConfig {
-        BusConfig::on(Transport::Nats(NatsOptions::new(url)))
+        BusConfig::on(Transport::Nats(Box::new(NatsOptions::new(url))))
     }
 
     pub fn on(transport: Transport) -> BusConfig {
@@ -185,7 +185,7 @@ impl BusConfig {
                 o.tls_ca = get(ENV_NATS_TLS_CA).map(PathBuf::from);
                 o.tls_cert = get(ENV_NATS_TLS_CERT).map(PathBuf::from);
                 o.tls_key = get(ENV_NATS_TLS_KEY).map(PathBuf::from);
-                Transport::Nats(o.with_tls_files_from(&cwd))
+                Transport::Nats(Box::new(o.with_tls_files_from(&cwd)))
             }
         };
         let deployment = match get(ENV_DEPLOYMENT) {

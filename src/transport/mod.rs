@@ -83,7 +83,7 @@ impl std::error::Error for TransportError {}
 /// Which bus to connect to: each connector opens its own connection (named `<id>.<host>`).
 #[derive(Clone, Debug)]
 pub enum Transport {
-    Nats(NatsOptions),
+    Nats(Box<NatsOptions>),
     InProc(InProcBus),
 }
 

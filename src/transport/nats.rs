@@ -130,8 +130,11 @@ impl NatsBus {
                     async move {
                         match event {
                             Event::Connected => {
-                                reconnects.fetch_add(1, Ordering::Relaxed);
-                                tracing::info!(%url, "NATS reconnected");
+                                if reconnects.fetch_add(1, Ordering::Relaxed) == 0 {
+                                    tracing::info!(%url, "NATS connected");
+                                } else {
+                                    tracing::info!(%url, "NATS reconnected");
+                                }
                                 state_tx.send_replace(ConnectionState::Connected);
                             }
                             Event::Disconnected => {
@@ -185,10 +188,16 @@ impl NatsBus {
         }
         let client = options.connect(opts.url.as_str()).await.map_err(|e| {
             use async_nats::ConnectErrorKind as K;
+            // A TLS handshake that fails on certificates surfaces as an I/O error of kind
+            // InvalidData; like bad credentials, retrying cannot fix it.
+            let bad_tls_data = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
             let kind = match e.kind() {
                 K::Authentication | K::AuthorizationViolation | K::Tls | K::ServerParse => {
                     TransportErrorKind::Rejected
                 }
+                K::Io if bad_tls_data => TransportErrorKind::Rejected,
                 _ => TransportErrorKind::Connect,
             };
             TransportError::new(kind, format!("cannot connect to NATS at {}: {e}", opts.url))

@@ -1,0 +1,191 @@
+//! Test harness: a real `nats-server` on a free port per test, killed on drop, and helpers
+//! to run one behaviour suite on NATS and on the in-process bus.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use busgate::transport::{InProcBus, NatsOptions, Transport};
+use busgate::BusConfig;
+
+/// A `nats-server` child process on 127.0.0.1.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+}
+
+impl NatsServer {
+    /// Start on a free port chosen by the server (`-p -1`).
+    pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// Start with extra arguments (auth, TLS, config file).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, port) = spawn(-1, &args);
+        NatsServer {
+            child: Some(child),
+            port,
+            args,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn config(&self) -> BusConfig {
+        BusConfig::nats(&self.url())
+            .with_plane(&unique_plane())
+            .unwrap()
+    }
+
+    pub fn options(&self) -> NatsOptions {
+        NatsOptions::new(self.url())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port (after [`stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, port) = spawn(self.port as i32, &self.args);
+        assert_eq!(port, self.port);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(port: i32, extra: &[String]) -> (Child, u16) {
+    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+    let mut last_err = String::new();
+    // Restarting on a port the old process just left can race its release: retry briefly.
+    for _ in 0..50 {
+        let mut child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {bin}: {e}; install nats-server (apt-get install nats-server)")
+            });
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                        let port: u16 = rest.trim().rsplit(':').next().unwrap().parse().unwrap();
+                        let _ = tx.send(Ok(port));
+                        sent = true;
+                    } else if line.contains("[FTL]") || line.contains("[ERR]") {
+                        let _ = tx.send(Err(line.clone()));
+                        sent = true;
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(port)) => return (child, port),
+            Ok(Err(line)) => last_err = line,
+            Err(_) => last_err = "nats-server did not start within 10 s".into(),
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nats-server failed to start: {last_err}");
+}
+
+/// A plane of its own for every test, so that tests sharing a server never see each other.
+pub fn unique_plane() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The bus a behaviour test runs on; holds the server alive for the test's duration.
+pub struct TestBus {
+    pub config: BusConfig,
+    pub server: Option<NatsServer>,
+}
+
+impl TestBus {
+    pub fn nats() -> TestBus {
+        let server = NatsServer::start();
+        TestBus {
+            config: server.config(),
+            server: Some(server),
+        }
+    }
+
+    pub fn inproc() -> TestBus {
+        TestBus {
+            config: BusConfig::on(Transport::InProc(InProcBus::new()))
+                .with_plane(&unique_plane())
+                .unwrap(),
+            server: None,
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("busgate-{tag}-{}", unique_plane()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run each listed `async fn name(bus: TestBus)` on a fresh NATS server and on the in-process bus.
+#[macro_export]
+macro_rules! on_both_buses {
+    ($($name:ident),* $(,)?) => {
+        mod on_nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::TestBus::nats()).await
+                }
+            )*
+        }
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::TestBus::inproc()).await
+                }
+            )*
+        }
+    };
+}

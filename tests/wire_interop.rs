@@ -1,0 +1,332 @@
+//! Raw wire exchanges: Go-shaped messages in, hostile messages in, and what goes out.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use busgate::transport::{Bus, BusMessage};
+use busgate::wire::{codec, frame::Frame, OpCode};
+use busgate::{Ctx, ErrorKind, Service};
+use bytes::Bytes;
+use common::TestBus;
+use http::{Request, Response, StatusCode};
+
+on_both_buses!(
+    answers_a_go_shaped_request,
+    acked_but_silent_responder_times_out_408,
+    reads_go_err_responses,
+    hostile_messages_never_crash_or_leak,
+    hostile_paths_never_reach_another_endpoint,
+);
+
+async fn raw(bus: &TestBus) -> Bus {
+    bus.config.transport.connect("raw.test").await.unwrap()
+}
+
+/// Collect every message on the plane.
+async fn spy(bus: &TestBus, raw: &Bus) -> Arc<Mutex<Vec<BusMessage>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut sub = raw
+        .subscribe(format!("{}.>", bus.config.plane), None)
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            s.lock().unwrap().push(m);
+        }
+    });
+    seen
+}
+
+async fn next_within(sub: &mut busgate::transport::Subscription, ms: u64) -> Option<BusMessage> {
+    tokio::time::timeout(Duration::from_millis(ms), sub.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+fn echo_service() -> Service {
+    Service::new("beta.example").version(3).post(
+        "/echo",
+        |_ctx: Ctx, req: Request<Bytes>| async move {
+            Ok(Response::builder()
+                .header("X-Multi", "one")
+                .header("X-Multi", "two")
+                .body(req.into_body())
+                .unwrap())
+        },
+    )
+}
+
+async fn answers_a_go_shaped_request(bus: TestBus) {
+    let svc = echo_service().start(&bus.config).await.unwrap();
+    let raw = raw(&bus).await;
+    let plane = &bus.config.plane;
+    let mut inbox = raw
+        .subscribe(format!("{plane}.r.example.alpha.c1goclient"), None)
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    // What Go's Request.WriteProxy emits for a Microbus BodyReader: chunked, origin form allowed.
+    let go = "POST https://beta.example:443/echo?x=1 HTTP/1.1\r\nHost: beta.example:443\r\n\
+Transfer-Encoding: chunked\r\nMicrobus-Call-Depth: 1\r\nMicrobus-From-Host: alpha.example\r\n\
+Microbus-From-Id: c1goclient\r\nMicrobus-Msg-Id: 3t0gkasY\r\nMicrobus-Op-Code: Req\r\n\
+Microbus-Time-Budget: 19750\r\n\r\n5\r\nHello\r\n0\r\n\r\n";
+    raw.publish(
+        format!("{plane}.443.example.beta.|.POST.echo"),
+        Bytes::from_static(go.as_bytes()),
+    )
+    .await
+    .unwrap();
+    let ack = codec::decode_response(next_within(&mut inbox, 2000).await.unwrap().payload).unwrap();
+    assert_eq!(ack.status(), StatusCode::ACCEPTED);
+    let f = Frame(ack.headers());
+    assert_eq!(f.op_code(), Some(OpCode::Ack));
+    assert_eq!(f.msg_id(), Some("3t0gkasY"));
+    assert_eq!(f.from_host(), Some("beta.example"));
+    assert_eq!(f.from_id(), Some(svc.id()));
+    assert_eq!(f.queue(), Some("beta.example"));
+    let res = codec::decode_response(next_within(&mut inbox, 2000).await.unwrap().payload).unwrap();
+    let f = Frame(res.headers());
+    assert_eq!(f.op_code(), Some(OpCode::Res));
+    assert_eq!(f.msg_id(), Some("3t0gkasY"));
+    assert_eq!(f.from_version(), 3);
+    assert_eq!(res.body(), "Hello");
+    assert_eq!(res.headers().get_all("x-multi").iter().count(), 2);
+    svc.shutdown().await;
+}
+
+async fn acked_but_silent_responder_times_out_408(bus: TestBus) {
+    let raw = raw(&bus).await;
+    let plane = bus.config.plane.clone();
+    let mut sub = raw
+        .subscribe(format!("{plane}.443.example.silent.|.GET.x"), None)
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let responder = raw.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let req = codec::decode_request(m.payload).unwrap();
+            let f = Frame(req.headers());
+            let inbox = busgate::wire::response_subject(
+                &plane,
+                f.from_host().unwrap(),
+                f.from_id().unwrap(),
+            )
+            .unwrap();
+            let ack = format!(
+                "HTTP/1.1 202 Accepted\r\nConnection: close\r\nMicrobus-Op-Code: Ack\r\n\
+Microbus-From-Host: silent.example\r\nMicrobus-From-Id: s1\r\nMicrobus-Msg-Id: {}\r\n\r\n",
+                f.msg_id().unwrap()
+            );
+            responder.publish(inbox, Bytes::from(ack)).await.unwrap();
+        }
+    });
+    let c = Service::new("client.test")
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let err = c
+        .ctx()
+        .with_timeout(Duration::from_millis(900))
+        .get("https://silent.example/x")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+    c.shutdown().await;
+}
+
+async fn reads_go_err_responses(bus: TestBus) {
+    let raw = raw(&bus).await;
+    let plane = bus.config.plane.clone();
+    let mut sub = raw
+        .subscribe(format!("{plane}.443.example.goerr.|.GET.x"), None)
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let responder = raw.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let req = codec::decode_request(m.payload).unwrap();
+            let f = Frame(req.headers());
+            let inbox = busgate::wire::response_subject(
+                &plane,
+                f.from_host().unwrap(),
+                f.from_id().unwrap(),
+            )
+            .unwrap();
+            let body = "{\n\t\"error\": \"record not found\",\n\t\"stack\": [\n\t\t{\n\t\t\t\"file\": \"/src/service.go\",\n\t\t\t\"function\": \"calculator.(*Service).Square\",\n\t\t\t\"line\": 75\n\t\t}\n\t],\n\t\"statusCode\": 404\n}";
+            let res = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\
+Microbus-From-Host: goerr.example\r\nMicrobus-From-Id: g1\r\nMicrobus-Msg-Id: {}\r\nMicrobus-Op-Code: Err\r\n\r\n{body}",
+                body.len(),
+                f.msg_id().unwrap()
+            );
+            responder.publish(inbox, Bytes::from(res)).await.unwrap();
+        }
+    });
+    let c = Service::new("client.test")
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let err = c.ctx().get("https://goerr.example/x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Remote);
+    assert_eq!(err.status(), StatusCode::NOT_FOUND);
+    assert_eq!(err.message(), "record not found");
+    assert_eq!(err.stack()[0].function, "calculator.(*Service).Square");
+    c.shutdown().await;
+}
+
+async fn hostile_messages_never_crash_or_leak(bus: TestBus) {
+    let svc = echo_service().start(&bus.config).await.unwrap();
+    let raw = raw(&bus).await;
+    let seen = spy(&bus, &raw).await;
+    let plane = &bus.config.plane;
+    let target = format!("{plane}.443.example.beta.|.POST.echo");
+    let req = |extra: &str, body: &str| {
+        format!(
+            "POST https://beta.example:443/echo HTTP/1.1\r\nHost: beta.example:443\r\n\
+Content-Length: {}\r\nMicrobus-Op-Code: Req\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let ret = "Microbus-From-Host: evil.example\r\nMicrobus-From-Id: e1\r\nMicrobus-Msg-Id: m1\r\n";
+    let hostile: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"\x00\xff\xfe garbage \r\n\r\n".to_vec(),
+        b"POST https://beta.example:443/echo HTTP/1.1\r\n".to_vec(),
+        req("", "no return address").into_bytes(),
+        req("Microbus-From-Host: evil.>\r\nMicrobus-From-Id: e1\r\nMicrobus-Msg-Id: m2\r\n", "").into_bytes(),
+        req("Microbus-From-Host: evil.example\r\nMicrobus-From-Id: *\r\nMicrobus-Msg-Id: m3\r\n", "").into_bytes(),
+        req("Microbus-From-Host: a b\r\nMicrobus-From-Id: e1\r\nMicrobus-Msg-Id: m4\r\n", "").into_bytes(),
+        req(&format!("{ret}Microbus-Fragment: 2/3\r\n"), "orphan").into_bytes(),
+        req(&format!("{ret}Microbus-Fragment: 1/999999999\r\n"), "huge").into_bytes(),
+        req(&format!("{ret}Microbus-Fragment: 7/3\r\n"), "bad").into_bytes(),
+        req(&format!("{ret}Microbus-Time-Budget: -5\r\n"), "negative budget").into_bytes(),
+        req(&format!("{ret}Microbus-Call-Depth: 99999999999999999999\r\n"), "deep").into_bytes(),
+        format!("POST https://beta.example:443/echo HTTP/1.1\r\n{ret}Content-Length: 99\r\n\r\nshort").into_bytes(),
+        format!("POST https://beta.example:443/echo HTTP/1.1\r\n{ret}Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n").into_bytes(),
+        format!("POST https://beta.example:443/echo HTTP/1.1\r\n{ret}{}\r\n", "X-Pad: y\r\n".repeat(300)).into_bytes(),
+    ];
+    for payload in hostile {
+        raw.publish(target.clone(), Bytes::from(payload))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Still serving.
+    let c = Service::new("client.test")
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let res = c
+        .request(
+            busgate::build_request(
+                "POST",
+                "https://beta.example/echo",
+                Bytes::from_static(b"ok"),
+                None,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "ok");
+
+    // Nothing was published to a subject built from hostile input: only the service's own
+    // subject, the evil.example inbox (valid return address) and the client's traffic.
+    let evil_inbox = format!("{plane}.r.example.evil.e1");
+    for m in seen.lock().unwrap().iter() {
+        let s = &m.subject;
+        assert!(
+            !s.contains('>') && !s.split('.').any(|t| t == "*"),
+            "wildcard subject {s}"
+        );
+        assert!(
+            s == &target || s == &evil_inbox || s.contains(".client.") || s.contains(c.id()),
+            "unexpected subject {s}"
+        );
+        if s == &evil_inbox {
+            let res = codec::decode_response(m.payload.clone()).unwrap();
+            let op = Frame(res.headers()).op_code();
+            // Acks, a rejected fragment count, a 408 for nothing left... never a crash.
+            assert!(matches!(
+                op,
+                Some(OpCode::Ack) | Some(OpCode::Err) | Some(OpCode::Res)
+            ));
+        }
+    }
+    c.shutdown().await;
+    svc.shutdown().await;
+}
+
+async fn hostile_paths_never_reach_another_endpoint(bus: TestBus) {
+    let svc = Service::new("paths.test")
+        .get("/b", |_ctx: Ctx, _req| async {
+            Ok(Response::new(Bytes::from_static(b"b")))
+        })
+        .get("/a/{x}", |_ctx: Ctx, req: Request<Bytes>| async move {
+            Ok(Response::new(Bytes::from(req.uri().path().to_owned())))
+        })
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let c = Service::new("client.test")
+        .start(&bus.config)
+        .await
+        .unwrap();
+    for path in [
+        "/b.>",
+        "/b/*",
+        "/b/%3E",
+        "/b%2E",
+        "/%2e%2e/b",
+        "/./b",
+        "/b/",
+        "/b%00",
+        "/%E2%98%83/b",
+        "/b%20",
+        "/a/x/y",
+        "/a",
+        "/*",
+        "/>",
+        "/b/..",
+    ] {
+        let err = c
+            .ctx()
+            .get(&format!("https://paths.test{path}"))
+            .await
+            .expect_err(path);
+        // Either the URL itself is refused (`>` is not a URL character) or its escaped subject
+        // has no subscriber; never does another endpoint answer.
+        assert!(
+            matches!(err.kind(), ErrorKind::AckTimeout | ErrorKind::BadRequest),
+            "{path}: {err:?}"
+        );
+    }
+    // A single segment, however odd, is exactly what `{x}` means.
+    for (path, seen) in [
+        ("/a/%2A", "/a/%2A"),
+        ("/a/%3E", "/a/%3E"),
+        ("/a/%E2%98%83", "/a/%E2%98%83"),
+    ] {
+        let res = c
+            .ctx()
+            .get(&format!("https://paths.test{path}"))
+            .await
+            .unwrap();
+        assert_eq!(res.body(), seen);
+    }
+    for host in ["paths.*", "paths.>", "pa%20ths.test", "all.>"] {
+        let err = c.ctx().get(&format!("https://{host}/b")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadRequest, "{host}");
+    }
+    c.shutdown().await;
+    svc.shutdown().await;
+}
