@@ -29,6 +29,8 @@ on_both_buses!(
     panics_become_500,
     path_arguments_and_any_port,
     direct_addressing_reaches_one_instance,
+    control_plane_answers_on_own_host_and_all,
+    locality_prefixed_subjects_reach_the_service,
 );
 
 fn text(s: impl Into<String>) -> Response<Bytes> {
@@ -623,4 +625,81 @@ async fn services_with_unusable_names_or_routes_do_not_start() {
         .err()
         .unwrap();
     assert!(matches!(err, busgate::StartError::InvalidRoute { .. }));
+}
+
+async fn control_plane_answers_on_own_host_and_all(bus: TestBus) {
+    let refreshed = Arc::new(AtomicUsize::new(0));
+    let r = refreshed.clone();
+    let hook: busgate::connector::RefreshHook = Arc::new(move || {
+        r.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    });
+    let a = whoami()
+        .refresh_hook(hook.clone())
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let b = whoami()
+        .refresh_hook(hook)
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let c = client(&bus).await;
+    // Every replica answers its own host's control subject (no queue).
+    let req = build_request(
+        "POST",
+        "https://who.test:888/config-refresh",
+        Bytes::from_static(b"{}"),
+        None,
+    )
+    .unwrap();
+    let results = c.ctx().multicast(req).await;
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert_eq!(r.as_ref().unwrap().body(), "{}");
+    }
+    assert_eq!(refreshed.load(Ordering::Relaxed), 2);
+    // `all` reaches every instance on the bus, the caller included.
+    let req = build_request("GET", "https://all:888/ping", Bytes::new(), None).unwrap();
+    let results = c.ctx().multicast(req).await;
+    assert_eq!(results.len(), 3);
+    // No metrics registry yet: a clear 501, not silence.
+    let err = c
+        .ctx()
+        .get(&format!("https://{}.who.test:888/metrics", a.id()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::NOT_IMPLEMENTED);
+    let res = c
+        .ctx()
+        .get("https://who.test:888/trace?id=0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "{}");
+    // The control plane is never load-balanced onto a user endpoint and vice versa.
+    let err = c.ctx().get("https://who.test:888/").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AckTimeout);
+    for conn in [c, a, b] {
+        conn.shutdown().await;
+    }
+}
+
+async fn locality_prefixed_subjects_reach_the_service(bus: TestBus) {
+    let cfg = bus.config.clone().with_locality("1.b.west.us").unwrap();
+    let svc = whoami().start(&cfg).await.unwrap();
+    let c = client(&bus).await;
+    for host in [
+        "us.who.test",
+        "west.us.who.test",
+        "b.west.us.who.test",
+        "1.b.west.us.who.test",
+    ] {
+        let res = c.ctx().get(&format!("https://{host}/")).await.unwrap();
+        assert_eq!(res.body(), svc.id(), "{host}");
+        assert_eq!(res.headers()["microbus-locality"], "1.b.west.us");
+    }
+    let err = c.ctx().get("https://east.us.who.test/").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AckTimeout);
+    c.shutdown().await;
+    svc.shutdown().await;
 }
