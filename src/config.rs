@@ -264,3 +264,148 @@ mod tests {
         assert_eq!(e.name, ENV_NATS_USER);
     }
 }
+
+/// `config.yaml` in Microbus's format: `host: {Property: value}`, names case-insensitive. A
+/// service reads the most specific domain that has the property (`http.ingress.core`, then
+/// `ingress.core`, then `core`), then `all` (reference §1.10).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFile {
+    hosts: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+}
+
+impl ConfigFile {
+    pub fn parse(yaml: &str) -> Result<ConfigFile, ConfigError> {
+        use serde_yaml_ng::Value;
+        let root: Value = serde_yaml_ng::from_str(yaml)
+            .map_err(|e| ConfigError::new("config.yaml", "", &e.to_string()))?;
+        let mut hosts = std::collections::HashMap::new();
+        let Value::Mapping(map) = root else {
+            if root.is_null() {
+                return Ok(ConfigFile::default());
+            }
+            return Err(ConfigError::new(
+                "config.yaml",
+                "",
+                "expected a mapping of hostnames to properties",
+            ));
+        };
+        for (host, props) in map {
+            let host = scalar(&host)
+                .ok_or_else(|| ConfigError::new("config.yaml", "", "hostnames must be strings"))?;
+            let mut values = std::collections::HashMap::new();
+            if let Value::Mapping(props) = props {
+                for (name, value) in props {
+                    let name = scalar(&name).ok_or_else(|| {
+                        ConfigError::new("config.yaml", &host, "property names must be strings")
+                    })?;
+                    let value = scalar(&value).ok_or_else(|| {
+                        ConfigError::new(&name, "", "property values must be scalars")
+                    })?;
+                    values.insert(name.to_ascii_lowercase(), value);
+                }
+            } else if !props.is_null() {
+                return Err(ConfigError::new(
+                    "config.yaml",
+                    &host,
+                    "expected a mapping of properties",
+                ));
+            }
+            hosts.insert(host.to_ascii_lowercase(), values);
+        }
+        Ok(ConfigFile { hosts })
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("config file", &path.display().to_string(), &e.to_string())
+        })?;
+        ConfigFile::parse(&text)
+    }
+
+    /// The value of `property` for `host`, most specific domain first, then `all`.
+    pub fn get(&self, host: &str, property: &str) -> Option<&str> {
+        let host = host.to_ascii_lowercase();
+        let property = property.to_ascii_lowercase();
+        let mut domain = host.as_str();
+        loop {
+            if let Some(v) = self.hosts.get(domain).and_then(|p| p.get(&property)) {
+                return Some(v);
+            }
+            match domain.split_once('.') {
+                Some((_, parent)) => domain = parent,
+                None => break,
+            }
+        }
+        self.hosts
+            .get("all")
+            .and_then(|p| p.get(&property))
+            .map(String::as_str)
+    }
+}
+
+fn scalar(v: &serde_yaml_ng::Value) -> Option<String> {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Parse a Go-style duration: `20s`, `5m`, `1h30m`, `250ms`, or `0`.
+pub fn parse_duration(name: &str, value: &str) -> Result<std::time::Duration, ConfigError> {
+    let v = value.trim();
+    if v == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(v).map_err(|e| {
+        ConfigError::new(
+            name,
+            value,
+            &format!("expected a duration like 20s or 5m ({e})"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn config_file_resolves_domains_case_insensitively() {
+        let f = ConfigFile::parse(
+            "http.ingress.core:\n  Ports: 8080,4040\n  TimeBudget: 30s\ncore:\n  ReadTimeout: 1m\nall:\n  Foo: bar\n  TimeBudget: 1s\n",
+        )
+        .unwrap();
+        assert_eq!(f.get("http.ingress.core", "ports"), Some("8080,4040"));
+        assert_eq!(f.get("HTTP.Ingress.Core", "TIMEBUDGET"), Some("30s"));
+        assert_eq!(f.get("http.ingress.core", "ReadTimeout"), Some("1m"));
+        assert_eq!(f.get("http.ingress.core", "Foo"), Some("bar"));
+        assert_eq!(f.get("other.host", "TimeBudget"), Some("1s"));
+        assert_eq!(f.get("other.host", "Missing"), None);
+        assert!(ConfigFile::parse("").unwrap().get("a", "b").is_none());
+        assert!(ConfigFile::parse("- a\n- b\n").is_err());
+        assert!(ConfigFile::parse("h:\n  P: [1, 2]\n").is_err());
+        assert!(ConfigFile::parse("h: [").is_err());
+    }
+
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("T", "20s").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("T", "5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            parse_duration("T", "1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("T", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_duration("T", "0").unwrap(), Duration::ZERO);
+        let e = parse_duration("TimeBudget", "soon").unwrap_err();
+        assert_eq!(e.name, "TimeBudget");
+    }
+}

@@ -185,10 +185,15 @@ impl Error {
         if !self.stack.is_empty() {
             out.push('\n');
             for frame in &self.stack {
-                out.push_str(&format!(
-                    "\n- {}\n  {}:{}",
-                    frame.function, frame.file, frame.line
-                ));
+                // Rust knows the file and line of an error but not its function.
+                if frame.function.is_empty() {
+                    out.push_str(&format!("\n- {}:{}", frame.file, frame.line));
+                } else {
+                    out.push_str(&format!(
+                        "\n- {}\n  {}:{}",
+                        frame.function, frame.file, frame.line
+                    ));
+                }
             }
         }
         out

@@ -10,6 +10,7 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod examples;
+pub mod ingress;
 pub mod telemetry;
 pub mod transport;
 pub mod wire;

@@ -12,11 +12,11 @@ use tokio::time::Instant;
 
 use super::fragment::{split_body, DefragOutcome};
 use super::{new_msg_id, Ctx, Inner};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::transport::{Subscription, TransportError, TransportErrorKind};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
-use crate::wire::{self, codec, BusUrl};
+use crate::wire::{self, codec, BusUrl, WireError};
 
 /// A unicast that is not acknowledged within this time has no responder: 404 `ack timeout`.
 /// Also the multicast ack window. Microbus's value, part of the protocol.
@@ -90,7 +90,14 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
         &method,
         &url.decoded_path(),
     )
-    .map_err(|e| Error::bad_request(e.to_string()))?;
+    .map_err(|e| match e {
+        WireError::SubjectTooLong(_) => Error::with_kind(
+            ErrorKind::BadRequest,
+            StatusCode::URI_TOO_LONG,
+            e.to_string(),
+        ),
+        e => Error::bad_request(e.to_string()),
+    })?;
     *req.uri_mut() = url.to_uri();
 
     let headers = req.headers_mut();

@@ -23,6 +23,8 @@ pub enum WireError {
     InvalidMethod(String),
     #[error("invalid path spec: {0}")]
     InvalidPathSpec(String),
+    #[error("subject of {0} bytes is longer than the bus accepts")]
+    SubjectTooLong(usize),
     #[error("invalid instance id '{0}'")]
     InvalidInstanceId(String),
     #[error("invalid URL '{0}'")]

@@ -17,6 +17,17 @@ pub const ANY_PORT: u16 = 0;
 /// The method that subscribes to every method; it is written `*`.
 pub const ANY_METHOD: &str = "ANY";
 
+/// Longest subject published or subscribed. NATS closes a connection whose protocol line
+/// exceeds `max_control_line` (4 KiB by default); one overlong path must not cut off a client.
+pub const MAX_SUBJECT_LEN: usize = 3072;
+
+fn check_length(subject: String) -> Result<String, WireError> {
+    if subject.len() > MAX_SUBJECT_LEN {
+        return Err(WireError::SubjectTooLong(subject.len()));
+    }
+    Ok(subject)
+}
+
 /// Whether `plane` matches Microbus's `^[0-9a-zA-Z]*$` (and is not empty).
 pub fn is_valid_plane(plane: &str) -> bool {
     !plane.is_empty() && plane.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -43,7 +54,7 @@ pub fn request_subject(
     subject.push_str(".|.");
     subject.push_str(&method.to_ascii_uppercase());
     push_path_tokens(&mut subject, path, false);
-    Ok(subject)
+    check_length(subject)
 }
 
 /// The subject a subscription for `host:port` with `method` and the path `spec` listens on.
@@ -80,7 +91,7 @@ pub fn subscription_subject(
         subject.push_str(&method);
     }
     push_path_tokens(&mut subject, spec, true);
-    Ok(subject)
+    check_length(subject)
 }
 
 /// The response inbox of instance `id` of `host`: `<plane>.r.<rev-host>.<id>`.
@@ -297,5 +308,10 @@ mod tests {
         assert!(subscription_subject("p", 443, "a.b", "GET", "/{x+}/y").is_err());
         assert!(subscription_subject("p", 443, "a.b", "GET", "/a{x}").is_err());
         assert!(response_subject("p", "a.b", "x.>").is_err());
+        let long = "/a".repeat(10_000);
+        assert!(matches!(
+            request_subject("p", 443, "a.b", "GET", &long),
+            Err(WireError::SubjectTooLong(_))
+        ));
     }
 }

@@ -2,6 +2,8 @@
 //! to run one behaviour suite on NATS and on the in-process bus.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

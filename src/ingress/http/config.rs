@@ -1,0 +1,464 @@
+//! HTTP ingress settings, with Microbus's names and defaults (reference §4.1), read from
+//! `config.yaml`, then `BUSGATE_HTTP_INGRESS_*` environment variables, then CLI flags, and
+//! validated at start with the name of the bad setting.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{parse_duration, ConfigError, ConfigFile};
+
+/// The ingress's hostname on the bus.
+pub const HOSTNAME: &str = "http.ingress.core";
+
+pub const PORTS: &str = "Ports";
+/// 8080 is the trusted development port; production listens on 443/80.
+pub const DEFAULT_PORTS: &str = "8080";
+
+pub const PORT_MAPPINGS: &str = "PortMappings";
+/// 8080 reaches every internal port; the public ports reach only 443.
+pub const DEFAULT_PORT_MAPPINGS: &str = "8080:*->*, 443:*->443, 80:*->443";
+
+pub const TIME_BUDGET: &str = "TimeBudget";
+/// Budget of the downstream call; 0 leaves it to the connector's default budget.
+pub const DEFAULT_TIME_BUDGET: &str = "20s";
+
+pub const REQUEST_MEMORY_LIMIT: &str = "RequestMemoryLimit";
+/// Megabytes for pending request bodies; half of it is usable because a body is held twice
+/// (read, then encoded for the bus).
+pub const DEFAULT_REQUEST_MEMORY_LIMIT: &str = "4096";
+
+pub const ALLOWED_ORIGINS: &str = "AllowedOrigins";
+/// CORS origins; `*` allows all.
+pub const DEFAULT_ALLOWED_ORIGINS: &str = "*";
+
+pub const READ_HEADER_TIMEOUT: &str = "ReadHeaderTimeout";
+/// Cuts off a client that trickles its headers (slow-loris).
+pub const DEFAULT_READ_HEADER_TIMEOUT: &str = "20s";
+
+pub const READ_TIMEOUT: &str = "ReadTimeout";
+/// Time to read a whole request body.
+pub const DEFAULT_READ_TIMEOUT: &str = "5m";
+
+pub const WRITE_TIMEOUT: &str = "WriteTimeout";
+/// Longest a single write to a client may stall.
+pub const DEFAULT_WRITE_TIMEOUT: &str = "5m";
+
+pub const MAX_HEADER_BYTES: &str = "MaxHeaderBytes";
+/// Request head size before 431; browsers send a few KB, 64 KiB leaves room for big cookies.
+pub const DEFAULT_MAX_HEADER_BYTES: &str = "65536";
+
+pub const TRUSTED_PROXIES: &str = "TrustedProxies";
+/// Peers whose `X-Forwarded-*` headers are believed; anyone else's are replaced.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1, ::1";
+
+pub const BLOCKED_PATHS: &str = "BlockedPaths";
+/// Paths that scanners probe; answered 404 without touching the bus (Microbus's list).
+pub const DEFAULT_BLOCKED_PATHS: &str = "/geoserver
+/console/
+/.env
+/.amazon_aws
+/solr/admin/info/system
+/remote/login
+/Autodiscover/Autodiscover.xml
+/autodiscover/autodiscover.json
+/api/v2/static/not.found
+/api/sonicos/tfa
+/_ignition/execute-solution
+/admin.html
+/auth.html
+/auth1.html
+/readme.txt
+/__Additional
+/Portal0000.htm
+/docs/cplugError.html/
+/CSS/Miniweb.css
+/scripts/WPnBr.dll
+/.git/config
+/cgi-bin/.%2e/.%2e/.%2e/.%2e/bin/sh
+/cgi-bin/luci/;stok=/locale
+/actuator/gateway/routes
+/actuator/health
+/Public/home/js/check.js
+/mifs/.;/services/LogService
+/dns-query
+/ecp/Current/exporttool/microsoft.exchange.ediscovery.exporttool.application
+/owa/auth/x.js
+/static/admin/javascript/hetong.js
+/.git/HEAD
+/sslvpnLogin.html
+/vpn/index.html
+/wsman
+/geoserver/web
+/remote/logincheck
+/epa/scripts/win/nsepa_setup.exe
+/.well-known/security.txt
+/cf_scripts/scripts/ajax/ckeditor/ckeditor.js
+/Temporary_Listen_Addresses/
+/manager/html
+/logon/LogonPoint/custom.html
+/logon/LogonPoint/index.html
+/catalog-portal/ui/oauth/verify
+/error_log/.git/HEAD
+*.cfm
+*.asp
+*.aspx
+*.cgi
+*.jsa
+*.jsp
+*.shtml
+*.php
+*.jhtml
+*.mwsl
+*.dll
+*.esp
+*.exe";
+
+/// Every property with its default, in the order they are documented.
+pub const PROPERTIES: [(&str, &str); 11] = [
+    (PORTS, DEFAULT_PORTS),
+    (PORT_MAPPINGS, DEFAULT_PORT_MAPPINGS),
+    (TIME_BUDGET, DEFAULT_TIME_BUDGET),
+    (REQUEST_MEMORY_LIMIT, DEFAULT_REQUEST_MEMORY_LIMIT),
+    (ALLOWED_ORIGINS, DEFAULT_ALLOWED_ORIGINS),
+    (READ_HEADER_TIMEOUT, DEFAULT_READ_HEADER_TIMEOUT),
+    (READ_TIMEOUT, DEFAULT_READ_TIMEOUT),
+    (WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT),
+    (MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_BYTES),
+    (TRUSTED_PROXIES, DEFAULT_TRUSTED_PROXIES),
+    (BLOCKED_PATHS, DEFAULT_BLOCKED_PATHS),
+];
+
+/// Prefix of the environment variables that override properties: `Ports` is
+/// `BUSGATE_HTTP_INGRESS_PORTS`, `TimeBudget` is `BUSGATE_HTTP_INGRESS_TIME_BUDGET`.
+pub const ENV_PREFIX: &str = "BUSGATE_HTTP_INGRESS_";
+
+/// The environment variable of a property.
+pub fn env_name(property: &str) -> String {
+    let mut out = String::from(ENV_PREFIX);
+    for (i, c) in property.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// `x:y->z` rules: listener port x, requested internal port y, forced internal port z.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortMappings(HashMap<String, String>);
+
+impl PortMappings {
+    pub fn parse(value: &str) -> Result<PortMappings, ConfigError> {
+        let mut rules = HashMap::new();
+        for rule in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let bad = || ConfigError::new(PORT_MAPPINGS, rule, "expected x:y->z, e.g. 443:*->443");
+            let (from, to) = rule.split_once("->").ok_or_else(bad)?;
+            let (x, y) = from.trim().split_once(':').ok_or_else(bad)?;
+            for part in [x.trim(), y.trim(), to.trim()] {
+                if part != "*" && part.parse::<u16>().is_err() {
+                    return Err(bad());
+                }
+            }
+            rules.insert(format!("{}:{}", x.trim(), y.trim()), to.trim().to_owned());
+        }
+        Ok(PortMappings(rules))
+    }
+
+    /// The internal port for a request to internal port `y` arriving on listener `x`: rules
+    /// `x:y`, `*:y`, `x:*`, `*:*` in that order; `*` or no rule keeps `y`.
+    pub fn map(&self, x: u16, y: u16) -> u16 {
+        for key in [
+            format!("{x}:{y}"),
+            format!("*:{y}"),
+            format!("{x}:*"),
+            "*:*".to_owned(),
+        ] {
+            if let Some(z) = self.0.get(&key) {
+                return match z.as_str() {
+                    "*" => y,
+                    z => z.parse().unwrap_or(y),
+                };
+            }
+        }
+        y
+    }
+}
+
+/// CORS origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    Any,
+    Only(HashSet<String>),
+}
+
+impl AllowedOrigins {
+    pub fn parse(value: &str) -> AllowedOrigins {
+        let list: HashSet<String> = value
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if list.contains("*") {
+            AllowedOrigins::Any
+        } else {
+            AllowedOrigins::Only(list)
+        }
+    }
+
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::Only(list) => {
+                list.contains(&origin.trim_end_matches('/').to_ascii_lowercase())
+            }
+        }
+    }
+}
+
+/// Exact paths and `*.ext` extensions that get a 404.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlockedPaths {
+    exact: HashSet<String>,
+    extensions: HashSet<String>,
+}
+
+impl BlockedPaths {
+    pub fn parse(value: &str) -> BlockedPaths {
+        let mut b = BlockedPaths::default();
+        for line in value.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            match line.strip_prefix('*') {
+                Some(ext) if ext.starts_with('.') => {
+                    b.extensions.insert(ext.to_ascii_lowercase());
+                }
+                _ => {
+                    b.exact.insert(line.to_owned());
+                }
+            }
+        }
+        b
+    }
+
+    /// Whether the external path (as sent, not decoded) is blocked.
+    pub fn blocks(&self, path: &str) -> bool {
+        if self.exact.contains(path) {
+            return true;
+        }
+        match path.rfind('.') {
+            Some(i) if !path[i..].contains('/') => {
+                self.extensions.contains(&path[i..].to_ascii_lowercase())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The validated settings of the HTTP ingress.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub ports: Vec<u16>,
+    pub port_mappings: PortMappings,
+    /// Zero: no ingress budget (the connector's default applies).
+    pub time_budget: Duration,
+    pub request_memory_limit_bytes: usize,
+    pub allowed_origins: AllowedOrigins,
+    pub read_header_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub trusted_proxies: HashSet<IpAddr>,
+    pub blocked_paths: BlockedPaths,
+    /// Where `httpingress-<port>-cert.pem` and `-key.pem` are looked for.
+    pub cert_dir: PathBuf,
+    /// The address the listeners bind (all interfaces by default).
+    pub bind_ip: IpAddr,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig::from_properties(&BTreeMap::new()).expect("the defaults are valid")
+    }
+}
+
+impl IngressConfig {
+    /// Defaults, then `file`, then the environment (`lookup`), then `overrides` (CLI).
+    pub fn resolve(
+        file: Option<&ConfigFile>,
+        lookup: impl Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<IngressConfig, ConfigError> {
+        let mut props: BTreeMap<String, String> = BTreeMap::new();
+        for (name, _) in PROPERTIES {
+            if let Some(v) = file.and_then(|f| f.get(HOSTNAME, name)) {
+                props.insert(name.to_owned(), v.to_owned());
+            }
+            if let Some(v) = lookup(&env_name(name)) {
+                props.insert(name.to_owned(), v);
+            }
+        }
+        for (name, value) in overrides {
+            let canonical = PROPERTIES
+                .iter()
+                .find(|(p, _)| p.eq_ignore_ascii_case(name))
+                .map(|(p, _)| *p)
+                .ok_or_else(|| ConfigError::new(name, value, "unknown HTTP ingress property"))?;
+            props.insert(canonical.to_owned(), value.clone());
+        }
+        IngressConfig::from_properties(&props)
+    }
+
+    /// Build from property values; a missing property takes its default.
+    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<IngressConfig, ConfigError> {
+        let get = |name: &str| -> String {
+            props.get(name).cloned().unwrap_or_else(|| {
+                PROPERTIES
+                    .iter()
+                    .find(|(p, _)| *p == name)
+                    .map(|(_, d)| d.to_string())
+                    .unwrap_or_default()
+            })
+        };
+        let ports_value = get(PORTS);
+        let mut ports = Vec::new();
+        for p in ports_value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let port: u16 = p.parse().map_err(|_| {
+                ConfigError::new(PORTS, &ports_value, "expected ports like 8080,443")
+            })?;
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        if ports.is_empty() {
+            return Err(ConfigError::new(
+                PORTS,
+                &ports_value,
+                "at least one port is needed",
+            ));
+        }
+        let memory = get(REQUEST_MEMORY_LIMIT);
+        let memory_mb: usize = memory
+            .trim()
+            .parse()
+            .ok()
+            .filter(|mb| *mb >= 1 && *mb <= 1 << 20)
+            .ok_or_else(|| {
+                ConfigError::new(REQUEST_MEMORY_LIMIT, &memory, "megabytes, at least 1")
+            })?;
+        let at_least_1s = |name: &str| -> Result<Duration, ConfigError> {
+            let v = get(name);
+            let d = parse_duration(name, &v)?;
+            if d < Duration::from_secs(1) {
+                return Err(ConfigError::new(name, &v, "must be at least 1s"));
+            }
+            Ok(d)
+        };
+        let header = get(MAX_HEADER_BYTES);
+        let max_header_bytes: usize = header
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n >= 8192)
+            .ok_or_else(|| ConfigError::new(MAX_HEADER_BYTES, &header, "bytes, at least 8192"))?;
+        let proxies = get(TRUSTED_PROXIES);
+        let mut trusted_proxies = HashSet::new();
+        for p in proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            trusted_proxies.insert(p.parse::<IpAddr>().map_err(|_| {
+                ConfigError::new(TRUSTED_PROXIES, &proxies, "expected IP addresses")
+            })?);
+        }
+        Ok(IngressConfig {
+            ports,
+            port_mappings: PortMappings::parse(&get(PORT_MAPPINGS))?,
+            time_budget: parse_duration(TIME_BUDGET, &get(TIME_BUDGET))?,
+            request_memory_limit_bytes: memory_mb << 20,
+            allowed_origins: AllowedOrigins::parse(&get(ALLOWED_ORIGINS)),
+            read_header_timeout: at_least_1s(READ_HEADER_TIMEOUT)?,
+            read_timeout: at_least_1s(READ_TIMEOUT)?,
+            write_timeout: at_least_1s(WRITE_TIMEOUT)?,
+            max_header_bytes,
+            trusted_proxies,
+            blocked_paths: BlockedPaths::parse(&get(BLOCKED_PATHS)),
+            cert_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_microbus() {
+        let c = IngressConfig::default();
+        assert_eq!(c.ports, [8080]);
+        assert_eq!(c.time_budget, Duration::from_secs(20));
+        assert_eq!(c.request_memory_limit_bytes, 4096 << 20);
+        assert_eq!(c.read_timeout, Duration::from_secs(300));
+        assert_eq!(c.allowed_origins, AllowedOrigins::Any);
+        assert!(c.blocked_paths.blocks("/.env"));
+        assert!(c.blocked_paths.blocks("/x/index.PHP"));
+        assert!(!c.blocked_paths.blocks("/x.php/y"));
+        assert!(!c.blocked_paths.blocks("/hello.example/hello"));
+        assert_eq!(DEFAULT_BLOCKED_PATHS.lines().count(), 59);
+    }
+
+    #[test]
+    fn port_mapping_precedence() {
+        let m = PortMappings::parse(DEFAULT_PORT_MAPPINGS).unwrap();
+        assert_eq!(m.map(8080, 444), 444);
+        assert_eq!(m.map(443, 444), 443);
+        assert_eq!(m.map(80, 888), 443);
+        assert_eq!(m.map(9999, 555), 555, "no rule passes the port through");
+        let t = PortMappings::parse("4040:*->*, 4443:*->443, *:555->556, 4443:80->81").unwrap();
+        assert_eq!(t.map(4443, 555), 556, "*:y beats x:*");
+        assert_eq!(t.map(4443, 80), 81, "x:y beats everything");
+        assert_eq!(t.map(4040, 555), 556);
+        assert_eq!(t.map(4443, 1), 443);
+        for bad in ["8080", "a:*->*", "1:2->x", "70000:*->*"] {
+            assert!(PortMappings::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn layering_and_validation() {
+        let file =
+            ConfigFile::parse("http.ingress.core:\n  Ports: 4040, 4443\n  TimeBudget: 30s\n")
+                .unwrap();
+        let env = |k: &str| (k == "BUSGATE_HTTP_INGRESS_TIME_BUDGET").then(|| "40s".to_owned());
+        let c = IngressConfig::resolve(Some(&file), env, &[]).unwrap();
+        assert_eq!(c.ports, [4040, 4443]);
+        assert_eq!(c.time_budget, Duration::from_secs(40));
+        let c = IngressConfig::resolve(Some(&file), env, &[("timebudget".into(), "50s".into())])
+            .unwrap();
+        assert_eq!(c.time_budget, Duration::from_secs(50));
+        assert_eq!(
+            env_name("RequestMemoryLimit"),
+            "BUSGATE_HTTP_INGRESS_REQUEST_MEMORY_LIMIT"
+        );
+
+        let none = |_: &str| None;
+        for (name, value) in [
+            (PORTS, "80,x"),
+            (PORTS, ""),
+            (TIME_BUDGET, "soon"),
+            (READ_TIMEOUT, "10ms"),
+            (REQUEST_MEMORY_LIMIT, "0"),
+            (MAX_HEADER_BYTES, "10"),
+            (TRUSTED_PROXIES, "localhost"),
+            (PORT_MAPPINGS, "1->2"),
+        ] {
+            let err =
+                IngressConfig::resolve(None, none, &[(name.into(), value.into())]).unwrap_err();
+            assert_eq!(err.name, name, "{value}");
+        }
+        let err = IngressConfig::resolve(None, none, &[("Bogus".into(), "1".into())]).unwrap_err();
+        assert_eq!(err.name, "Bogus");
+    }
+}

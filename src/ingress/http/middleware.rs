@@ -1,0 +1,381 @@
+//! The ingress middleware, one named layer each, in the reference's order (§4.2) from the
+//! outside in: error printer, blocked paths, access log, secure redirect, CORS, X-Forwarded,
+//! internal headers, root path, timeout, cache control, compression, default favicon.
+//!
+//! Inner layers report an error by returning [`error_response`]: an empty response carrying
+//! the [`IngressError`]; the error printer, outermost, renders it once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::error::Error;
+use crate::wire::frame::is_internal_header;
+
+/// Where a request came in: set per connection by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub listen_port: u16,
+    pub tls: bool,
+    pub peer: SocketAddr,
+}
+
+/// The trace id shown on error pages; the telemetry layer makes it the trace's id.
+#[derive(Debug, Clone)]
+pub struct TraceId(pub String);
+
+/// The deadline of the bus call, set by the timeout layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Option<Instant>);
+
+/// An error to be rendered by the error printer.
+#[derive(Debug, Clone)]
+pub struct IngressError(pub Error);
+
+/// An empty response that carries `err` to the error printer.
+pub fn error_response(err: Error) -> Response {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = err.status();
+    res.extensions_mut().insert(IngressError(err));
+    res
+}
+
+/// An empty-body 404 that is not an error (bad host, internal port), as Microbus answers.
+pub fn empty_not_found() -> Response {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::NOT_FOUND;
+    res
+}
+
+fn conn_info(req: &Request) -> ConnInfo {
+    req.extensions()
+        .get::<ConnInfo>()
+        .copied()
+        .unwrap_or(ConnInfo {
+            listen_port: 0,
+            tls: false,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        })
+}
+
+/// The client's address: the first `X-Forwarded-For` hop when the peer is a trusted proxy,
+/// else the peer itself.
+pub fn client_ip(shared: &Shared, req: &Request) -> IpAddr {
+    let peer = conn_info(req).peer.ip();
+    if !shared.config.trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    req.headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|first| {
+            let first = first.trim();
+            first
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| first.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        })
+        .unwrap_or(peer)
+}
+
+fn new_trace_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Renders an [`IngressError`] as `text/plain`: the full error and stack for a client on
+/// localhost, `<status text> <trace id>` for anyone else; every error page names its trace.
+pub async fn error_printer(
+    State(shared): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let trace_id = req
+        .extensions()
+        .get::<TraceId>()
+        .cloned()
+        .unwrap_or_else(|| TraceId(new_trace_id()));
+    req.extensions_mut().insert(trace_id.clone());
+    let local = client_ip(&shared, &req).is_loopback();
+    let mut res = next.run(req).await;
+    let Some(IngressError(err)) = res.extensions_mut().remove::<IngressError>() else {
+        return res;
+    };
+    let id = &trace_id.0;
+    let body = if local {
+        format!("{}\n\n{{trace/{id}}}", err.verbose())
+    } else {
+        format!(
+            "{} {id} {{trace/{id}}}",
+            err.status().canonical_reason().unwrap_or("Error")
+        )
+    };
+    let headers = res.headers_mut();
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    *res.body_mut() = Body::from(body);
+    res
+}
+
+/// Paths that scanners probe get a 404 without reaching the bus.
+pub async fn blocked_paths(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if shared.config.blocked_paths.blocks(req.uri().path()) {
+        return error_response(Error::not_found("not found"));
+    }
+    next.run(req).await
+}
+
+fn truncated(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// "Request received" for every request but metrics scrapes; "Serving" with the error when
+/// one happened: 404 at INFO, other 4xx at WARN, 5xx at ERROR.
+pub async fn access_log(req: Request, next: Next) -> Response {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let quiet = path_and_query.starts_with("/metrics.core");
+    if !quiet {
+        tracing::info!(path = truncated(&path_and_query, 512), method = %req.method(), "Request received");
+    }
+    let res = next.run(req).await;
+    if let Some(IngressError(err)) = res.extensions().get::<IngressError>() {
+        let status = err.status().as_u16();
+        if status == 404 {
+            tracing::info!(error = %err, path = truncated(&path_and_query, 512), status, "Serving");
+        } else if status < 500 {
+            tracing::warn!(error = %err, path = truncated(&path_and_query, 512), status, "Serving");
+        } else {
+            tracing::error!(error = %err, path = truncated(&path_and_query, 2048), status, "Serving");
+        }
+    }
+    res
+}
+
+/// Plain `GET` on port 80 goes to `https://` when TLS serves port 443.
+pub async fn secure_redirect(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let info = conn_info(&req);
+    if info.listen_port == 80
+        && !info.tls
+        && req.method() == Method::GET
+        && shared.tls_ports.contains(&443)
+    {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            res.headers_mut().insert(header::LOCATION, location);
+            return res;
+        }
+    }
+    next.run(req).await
+}
+
+/// Microbus's CORS: only with an `Origin`; a disallowed origin is 403, an allowed one is
+/// echoed (never `*`) with credentials; a preflight `OPTIONS` is answered 204 here.
+/// (tower-http's CorsLayer omits headers instead of refusing, so this one is ours.)
+pub async fn cors(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+        return next.run(req).await;
+    };
+    let origin_str = origin.to_str().unwrap_or("");
+    if !shared.config.allowed_origins.allows(origin_str) {
+        return error_response(Error::new(
+            StatusCode::FORBIDDEN,
+            format!("disallowed origin '{}'", truncated(origin_str, 256)),
+        ));
+    }
+    let preflight = req.method() == Method::OPTIONS;
+    let mut res = if preflight {
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        res
+    } else {
+        next.run(req).await
+    };
+    let star = HeaderValue::from_static("*");
+    let h = res.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, star.clone());
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, star.clone());
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, star);
+    res
+}
+
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path");
+
+/// `X-Forwarded-*` from a trusted proxy are kept; from anyone else they are replaced by what
+/// this ingress saw. `X-Forwarded-Path` is always the external path.
+pub async fn x_forward(
+    State(shared): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let info = conn_info(&req);
+    let trusted = shared.config.trusted_proxies.contains(&info.peer.ip());
+    let path = req.uri().path().to_owned();
+    let headers = req.headers_mut();
+    if !trusted {
+        let forged: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-forwarded-"))
+            .cloned()
+            .collect();
+        for k in forged {
+            headers.remove(k);
+        }
+    }
+    if !headers.contains_key(X_FORWARDED_HOST) {
+        let host = headers.get(header::HOST).cloned();
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        if let Ok(v) = HeaderValue::from_str(&info.peer.to_string()) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if info.tls { "https" } else { "http" }),
+        );
+        headers.insert(X_FORWARDED_PREFIX, HeaderValue::from_static(""));
+    }
+    if let Ok(v) = HeaderValue::from_str(&path) {
+        headers.insert(X_FORWARDED_PATH, v);
+    }
+    next.run(req).await
+}
+
+fn strip_internal(headers: &mut http::HeaderMap) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_internal_header(k.as_str()))
+        .cloned()
+        .collect();
+    for k in internal {
+        headers.remove(k);
+    }
+}
+
+/// `Microbus-*`, `Traceparent` and `Tracestate` never cross the ingress, in either direction.
+pub async fn internal_headers(mut req: Request, next: Next) -> Response {
+    strip_internal(req.headers_mut());
+    let mut res = next.run(req).await;
+    strip_internal(res.headers_mut());
+    res
+}
+
+/// `/` is the service `root`.
+pub async fn root_path(mut req: Request, next: Next) -> Response {
+    if req.uri().path() == "/" {
+        let pq = match req.uri().query() {
+            Some(q) => format!("/root?{q}"),
+            None => "/root".to_owned(),
+        };
+        if let Ok(uri) = pq.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+    next.run(req).await
+}
+
+/// The header a client uses to ask for a different budget, in whole seconds.
+pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
+
+/// The deadline: `TimeBudget`, or `Request-Timeout` seconds when the client sends a positive one.
+pub async fn timeout(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    let asked = req
+        .headers()
+        .get(REQUEST_TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs);
+    let budget = asked.or(Some(shared.config.time_budget).filter(|b| !b.is_zero()));
+    req.extensions_mut()
+        .insert(Deadline(budget.map(|b| Instant::now() + b)));
+    next.run(req).await
+}
+
+/// Nothing is cached unless the service says so.
+pub async fn cache_control(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    res.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    res
+}
+
+static FAVICON: &[u8] = include_bytes!("favicon.ico");
+
+/// A service-less `/favicon.ico` gets a built-in icon instead of a 404.
+pub async fn default_favicon(req: Request, next: Next) -> Response {
+    let is_favicon = req.uri().path() == "/favicon.ico";
+    let res = next.run(req).await;
+    if is_favicon
+        && res
+            .extensions()
+            .get::<IngressError>()
+            .is_some_and(|e| e.0.status() == StatusCode::NOT_FOUND)
+    {
+        let mut icon = Response::new(Body::from(FAVICON));
+        icon.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("image/x-icon"),
+        );
+        icon.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=86400"),
+        );
+        return icon;
+    }
+    res
+}

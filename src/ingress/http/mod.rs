@@ -1,0 +1,332 @@
+//! The HTTP ingress (`http.ingress.core`): real HTTP in, Microbus requests out.
+//!
+//! ```text
+//! client ──HTTP──▶ listener (:8080, TLS when httpingress-<port>-cert.pem exists)
+//!                    └─ error printer ▸ blocked paths ▸ access log ▸ secure redirect ▸ CORS
+//!                       ▸ X-Forwarded ▸ internal headers ▸ root path ▸ timeout
+//!                       ▸ cache control ▸ compression ▸ default favicon ▸ proxy ──bus──▶ service
+//! ```
+
+pub mod config;
+pub mod memory;
+pub mod middleware;
+pub mod proxy;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::middleware::from_fn;
+use axum::middleware::from_fn_with_state;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_io_timeout::TimeoutStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+
+pub use config::IngressConfig;
+use memory::MemoryBudget;
+use middleware::ConnInfo;
+
+use crate::config::BusConfig;
+use crate::connector::{Connector, Service, StartError};
+
+/// Responses smaller than this are not worth compressing (Microbus's threshold).
+pub const COMPRESSION_MIN_BYTES: u64 = 1024;
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Grace after the time budget for in-flight requests to be written out at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("{0}")]
+    Bus(#[from] StartError),
+    #[error("cannot listen on port {port}: {source}")]
+    Listen { port: u16, source: std::io::Error },
+    #[error("invalid TLS files for port {port}: {message}")]
+    Tls { port: u16, message: String },
+}
+
+/// State shared by every request.
+pub struct Shared {
+    pub config: IngressConfig,
+    pub conn: Connector,
+    pub memory: Arc<MemoryBudget>,
+    /// Listener ports that serve TLS.
+    pub tls_ports: HashSet<u16>,
+}
+
+/// A running HTTP ingress.
+pub struct HttpIngress {
+    shared: Arc<Shared>,
+    addrs: Vec<(u16, SocketAddr)>,
+    stop: CancellationToken,
+    accept_loops: Vec<JoinHandle<()>>,
+    graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+}
+
+impl HttpIngress {
+    /// Join the bus as `http.ingress.core` and listen on every configured port.
+    pub async fn start(
+        config: IngressConfig,
+        bus: &BusConfig,
+    ) -> Result<HttpIngress, IngressError> {
+        let conn = Service::new(config::HOSTNAME).start(bus).await?;
+        match HttpIngress::listen(config, conn.clone()).await {
+            Ok(ingress) => Ok(ingress),
+            Err(e) => {
+                conn.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn listen(config: IngressConfig, conn: Connector) -> Result<HttpIngress, IngressError> {
+        let mut listeners = Vec::new();
+        let mut tls_ports = HashSet::new();
+        for &port in &config.ports {
+            let tls = load_tls(&config.cert_dir, port)?;
+            if tls.is_some() {
+                tls_ports.insert(port);
+            }
+            let listener = TcpListener::bind(SocketAddr::new(config.bind_ip, port))
+                .await
+                .map_err(|source| IngressError::Listen { port, source })?;
+            listeners.push((port, listener, tls));
+        }
+        let shared = Arc::new(Shared {
+            memory: MemoryBudget::new(config.request_memory_limit_bytes / 2),
+            config,
+            conn,
+            tls_ports,
+        });
+        let router = router(shared.clone());
+        let stop = CancellationToken::new();
+        let graceful = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
+        let mut addrs = Vec::new();
+        let mut accept_loops = Vec::new();
+        for (port, listener, tls) in listeners {
+            let addr = listener
+                .local_addr()
+                .map_err(|source| IngressError::Listen { port, source })?;
+            tracing::info!(%addr, tls = tls.is_some(), "HTTP ingress listening");
+            addrs.push((port, addr));
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener,
+                addr.port(),
+                tls,
+                router.clone(),
+                shared.clone(),
+                stop.clone(),
+                graceful.clone(),
+            )));
+        }
+        Ok(HttpIngress {
+            shared,
+            addrs,
+            stop,
+            accept_loops,
+            graceful,
+        })
+    }
+
+    /// The bound address of each configured port (port 0 binds a free one).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.iter().map(|(_, a)| *a).collect()
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.shared.conn
+    }
+
+    /// Bytes of request bodies held right now.
+    pub fn memory_in_use(&self) -> usize {
+        self.shared.memory.used()
+    }
+
+    /// Stop accepting, let in-flight requests finish within their budget, then leave the bus.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        for task in &self.accept_loops {
+            task.abort();
+        }
+        let graceful = self.graceful.lock().expect("graceful lock").take();
+        if let Some(graceful) = graceful {
+            let patience =
+                self.shared.config.time_budget.max(Duration::from_secs(1)) + SHUTDOWN_GRACE;
+            if tokio::time::timeout(patience, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("HTTP connections still open after the shutdown grace; closing");
+            }
+        }
+        self.shared.conn.shutdown().await;
+    }
+}
+
+/// The middleware stack in the reference's order (outermost first) around the proxy.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let compress_when = SizeAbove::new(COMPRESSION_MIN_BYTES)
+        .and(NotForContentType::const_new("image/"))
+        .and(NotForContentType::const_new("video/"))
+        .and(NotForContentType::const_new("audio/"))
+        .and(NotForContentType::const_new("text/event-stream"));
+    let s = shared.clone();
+    Router::new()
+        .fallback(proxy::proxy)
+        .layer(
+            ServiceBuilder::new()
+                .layer(from_fn_with_state(s.clone(), middleware::error_printer))
+                .layer(from_fn_with_state(s.clone(), middleware::blocked_paths))
+                .layer(from_fn(middleware::access_log))
+                .layer(from_fn_with_state(s.clone(), middleware::secure_redirect))
+                .layer(from_fn_with_state(s.clone(), middleware::cors))
+                .layer(from_fn_with_state(s.clone(), middleware::x_forward))
+                .layer(from_fn(middleware::internal_headers))
+                .layer(from_fn(middleware::root_path))
+                .layer(from_fn_with_state(s.clone(), middleware::timeout))
+                .layer(from_fn(middleware::cache_control))
+                .layer(
+                    CompressionLayer::new()
+                        .br(true)
+                        .deflate(true)
+                        .gzip(true)
+                        .compress_when(compress_when),
+                )
+                .layer(from_fn(middleware::default_favicon)),
+        )
+        .with_state(shared)
+}
+
+fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, IngressError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = dir.join(format!("httpingress-{port}-cert.pem"));
+    let key = dir.join(format!("httpingress-{port}-key.pem"));
+    if !cert.exists() && !key.exists() {
+        return Ok(None);
+    }
+    let err = |message: String| IngressError::Tls { port, message };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| err(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("{}: {e}", cert.display())))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key).map_err(|e| err(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(e.to_string()))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    listen_port: u16,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.read_header_timeout)
+        .max_buf_size(shared.config.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(shared.config.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            listen_port,
+            tls: tls.is_some(),
+            peer,
+        };
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(info)));
+        let Some(watcher) = graceful
+            .lock()
+            .expect("graceful lock")
+            .as_ref()
+            .map(|g| g.watcher())
+        else {
+            return;
+        };
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let config = &shared.config;
+        let (read_timeout, write_timeout) = (config.read_timeout, config.write_timeout);
+        tokio::spawn(async move {
+            let io = timed(stream, read_timeout, write_timeout);
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(io), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    let tls_stream = match tokio::time::timeout(
+                        TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        _ => return,
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+}
+
+/// A stream whose reads and writes fail after stalling this long: idle keep-alive connections
+/// close after the read timeout, and a client that stops reading cannot pin a response.
+fn timed(
+    stream: TcpStream,
+    read: Duration,
+    write: Duration,
+) -> std::pin::Pin<Box<TimeoutStream<TcpStream>>> {
+    let mut io = TimeoutStream::new(stream);
+    io.set_read_timeout(Some(read));
+    io.set_write_timeout(Some(write));
+    Box::pin(io)
+}

@@ -1,0 +1,246 @@
+//! The proxy itself (reference §4.3): the first path segment names the bus host (and port),
+//! the rest is the path; the body is read within the memory budget and sent as a unicast.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use http_body_util::BodyExt;
+
+use super::middleware::{empty_not_found, error_response, ConnInfo, Deadline};
+use super::Shared;
+use crate::connector::CONTROL_PORT;
+use crate::error::Error;
+use crate::wire::is_valid_hostname;
+
+/// Headers that describe one hop's connection and never travel further.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
+];
+
+/// The internal host, port and path of an external path `/host[:port]/rest`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub path: &'a str,
+}
+
+/// Split `/host[:port]/rest`; `None` for an invalid host or port.
+pub fn parse_target(path: &str) -> Option<Target<'_>> {
+    let rest = path.strip_prefix('/')?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (authority, 443),
+    };
+    if !is_valid_hostname(host) {
+        return None;
+    }
+    Some(Target { host, port, path })
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !HOP_BY_HOP.contains(name) && name != header::HOST {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn conflicting_framing(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+}
+
+pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if conflicting_framing(&parts.headers) {
+        // Request smuggling: the two framings could be read differently by another hop.
+        let mut res = error_response(Error::bad_request(
+            "conflicting Content-Length and Transfer-Encoding",
+        ));
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
+    let listen_port = parts
+        .extensions
+        .get::<ConnInfo>()
+        .map(|c| c.listen_port)
+        .unwrap_or(0);
+    let Some(target) = parse_target(parts.uri.path()) else {
+        return empty_not_found();
+    };
+    let port = shared.config.port_mappings.map(listen_port, target.port);
+    if port == CONTROL_PORT {
+        return empty_not_found();
+    }
+    let mut url = format!("https://{}:{port}{}", target.host, target.path);
+    if let Some(q) = parts.uri.query() {
+        url.push('?');
+        url.push_str(q);
+    }
+
+    let mut body = body;
+    let (body, _reservation) = match read_body(&shared, &parts.headers, &mut body).await {
+        Ok(read) => read,
+        Err(e) => {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                tokio::spawn(linger(body));
+            }
+            return error_response(e);
+        }
+    };
+    let mut bus_req = match http::Request::builder()
+        .method(parts.method.clone())
+        .uri(&url)
+        .body(body)
+    {
+        Ok(r) => r,
+        Err(_) => return empty_not_found(),
+    };
+    copy_headers(&parts.headers, bus_req.headers_mut());
+
+    let mut ctx = shared.conn.ctx();
+    if let Some(Deadline(Some(deadline))) = parts.extensions.get::<Deadline>() {
+        ctx = ctx.with_deadline(*deadline);
+    }
+    match ctx.request(bus_req).await {
+        Ok(res) => {
+            let (res_parts, res_body) = res.into_parts();
+            let mut out = Response::new(Body::from(res_body));
+            *out.status_mut() = res_parts.status;
+            copy_headers(&res_parts.headers, out.headers_mut());
+            out
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+/// Most bytes of a refused body read and thrown away so that the client, still sending,
+/// receives its 413 instead of a connection reset.
+pub const LINGER_MAX_BYTES: usize = 64 << 20;
+/// Longest a refused body is drained.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn linger(mut body: Body) {
+    let mut drained = 0usize;
+    let drain = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                drained += data.len();
+                if drained > LINGER_MAX_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
+}
+
+/// Read the whole body within the memory budget and the read timeout.
+async fn read_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: &mut Body,
+) -> Result<(Bytes, super::memory::Reservation), Error> {
+    let insufficient = || Error::new(StatusCode::PAYLOAD_TOO_LARGE, "insufficient memory");
+    let declared: Option<usize> = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let mut reservation = shared
+        .memory
+        .reserve(declared.unwrap_or(0))
+        .ok_or_else(insufficient)?;
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| Error::bad_request(format!("cannot read request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                let needed = (buf.len() + data.len()).saturating_sub(reservation.held());
+                if needed > 0 && !reservation.grow(needed) {
+                    return Err(insufficient());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(shared.config.read_timeout, read).await {
+        Ok(Ok(())) => Ok((buf.freeze(), reservation)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = |p| parse_target(p);
+        assert_eq!(
+            t("/calc.example/add"),
+            Some(Target {
+                host: "calc.example",
+                port: 443,
+                path: "/add"
+            })
+        );
+        assert_eq!(
+            t("/calc.example:1234/x/y"),
+            Some(Target {
+                host: "calc.example",
+                port: 1234,
+                path: "/x/y"
+            })
+        );
+        assert_eq!(
+            t("/calc.example"),
+            Some(Target {
+                host: "calc.example",
+                port: 443,
+                path: ""
+            })
+        );
+        assert_eq!(
+            t("/calc.example/"),
+            Some(Target {
+                host: "calc.example",
+                port: 443,
+                path: "/"
+            })
+        );
+        for bad in [
+            "/%3Fterms=1",
+            "/a*b/x",
+            "/a.>/x",
+            "/a:x/",
+            "/a:70000/",
+            "/",
+            "",
+            "/a..b/c",
+            "/%2e%2e/x",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
+}

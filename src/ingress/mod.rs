@@ -1,0 +1,3 @@
+//! Ingresses: real protocols in, bus requests out. HTTP now; SMTP follows.
+
+pub mod http;
