@@ -116,7 +116,7 @@ async fn subscription_loop(
             biased;
             _ = inner.stop_serving.cancelled() => break,
             msg = sub.next() => match msg {
-                Some(msg) => dispatch(&inner, &ep, &queue_label, msg),
+                Some(msg) => dispatch(&inner, &ep, &queue_label, msg).await,
                 None => return,
             },
         }
@@ -124,17 +124,18 @@ async fn subscription_loop(
     // Unsubscribe at the server, but keep handling what was already on its way.
     sub.drain().await;
     while let Some(msg) = sub.next().await {
-        dispatch(&inner, &ep, &queue_label, msg);
+        dispatch(&inner, &ep, &queue_label, msg).await;
     }
 }
 
-fn dispatch(inner: &Arc<Inner>, ep: &Arc<Endpoint>, queue_label: &Arc<str>, msg: BusMessage) {
-    inner.tasks.spawn(handle_request(
-        inner.clone(),
-        ep.clone(),
-        queue_label.clone(),
-        msg.payload,
-    ));
+/// Ack right here, in arrival order and ahead of any handler work, so that a busy instance
+/// still acknowledges within the caller's ack timeout; then run the handler in its own task.
+async fn dispatch(inner: &Arc<Inner>, ep: &Arc<Endpoint>, queue_label: &Arc<str>, msg: BusMessage) {
+    if let Some(accepted) = accept_request(inner, queue_label, msg.payload).await {
+        inner
+            .tasks
+            .spawn(serve_request(inner.clone(), ep.clone(), accepted));
+    }
 }
 
 async fn sweep_loop(inner: Arc<Inner>) {
@@ -161,24 +162,25 @@ struct ReplyTo {
     queue: Arc<str>,
 }
 
-async fn handle_request(
-    inner: Arc<Inner>,
-    ep: Arc<Endpoint>,
-    queue_label: Arc<str>,
-    payload: Bytes,
-) {
+/// A request that was parsed, validated and acknowledged.
+struct Accepted {
+    reply: ReplyTo,
+    req: Request<Bytes>,
+}
+
+async fn accept_request(inner: &Inner, queue_label: &Arc<str>, payload: Bytes) -> Option<Accepted> {
     let req = match codec::decode_request(payload) {
         Ok(req) => req,
         Err(e) => {
             tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed request");
-            return;
+            return None;
         }
     };
     let f = Frame(req.headers());
     let (Some(msg_id), Some(from_host), Some(from_id)) = (f.msg_id(), f.from_host(), f.from_id())
     else {
         tracing::warn!(host = %inner.hostname, "dropping request without Msg-Id, From-Host or From-Id");
-        return;
+        return None;
     };
     // The return address becomes a subject: it must not be able to wildcard or split it.
     if !is_valid_hostname(from_host)
@@ -186,43 +188,46 @@ async fn handle_request(
         || msg_id.len() > MAX_MSG_ID_LEN
     {
         tracing::warn!(host = %inner.hostname, "dropping request with an invalid return address");
-        return;
+        return None;
     }
     let reply = ReplyTo {
-        inbox: match wire::response_subject(&inner.plane, from_host, from_id) {
-            Ok(s) => s,
-            Err(_) => return,
-        },
+        inbox: wire::response_subject(&inner.plane, from_host, from_id).ok()?,
         msg_id: msg_id.to_owned(),
-        queue: queue_label,
+        queue: queue_label.clone(),
     };
+    let key = format!("{from_id}|{msg_id}");
     let fragment = f.fragment().filter(|fr| fr.total > 1);
+    // Reassemble inline: fragment 1 must be registered before its ack lets the caller send
+    // the others, which arrive on another subscription.
+    let req = match fragment {
+        None => Some(req),
+        Some(fr) => match inner.request_defrag.add(key, fr, req) {
+            DefragOutcome::Complete(req) => Some(req),
+            DefragOutcome::Pending => None,
+            DefragOutcome::Orphan => {
+                tracing::error!(host = %inner.hostname, msg_id = %reply.msg_id, "defrag timeout: fragment without a reassembly");
+                return None;
+            }
+            DefragOutcome::Rejected(why) => {
+                tracing::warn!(host = %inner.hostname, why, "rejecting fragmented request");
+                respond(inner, &reply, Err(Error::bad_request(why))).await;
+                return None;
+            }
+        },
+    };
     if fragment.is_none_or(|fr| fr.index == 1) {
         let status = if fragment.is_some() {
             StatusCode::CONTINUE
         } else {
             StatusCode::ACCEPTED
         };
-        publish_ack(&inner, &reply, status).await;
+        publish_ack(inner, &reply, status).await;
     }
-    let key = format!("{from_id}|{msg_id}");
-    let req = match fragment {
-        None => req,
-        Some(fr) => match inner.request_defrag.add(key, fr, req) {
-            DefragOutcome::Complete(req) => req,
-            DefragOutcome::Pending => return,
-            DefragOutcome::Orphan => {
-                tracing::error!(host = %inner.hostname, msg_id = %reply.msg_id, "defrag timeout: fragment without a reassembly");
-                return;
-            }
-            DefragOutcome::Rejected(why) => {
-                tracing::warn!(host = %inner.hostname, why, "rejecting fragmented request");
-                respond(&inner, &reply, Err(Error::bad_request(why))).await;
-                return;
-            }
-        },
-    };
+    req.map(|req| Accepted { reply, req })
+}
 
+async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted) {
+    let Accepted { reply, req } = accepted;
     let f = Frame(req.headers());
     let budget = f.time_budget_ms().map(std::time::Duration::from_millis);
     if budget.is_some_and(|b| b <= NETWORK_HOP) {

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod config;
+pub mod framing_guard;
 pub mod memory;
 pub mod middleware;
 pub mod proxy;
@@ -36,6 +37,7 @@ use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove
 use tower_http::compression::CompressionLayer;
 
 pub use config::IngressConfig;
+use framing_guard::FramingGuard;
 use memory::MemoryBudget;
 use middleware::ConnInfo;
 
@@ -293,10 +295,13 @@ async fn accept_loop(
         let tls = tls.clone();
         let config = &shared.config;
         let (read_timeout, write_timeout) = (config.read_timeout, config.write_timeout);
+        let max_head = config.max_header_bytes;
+        let header_timeout = config.read_header_timeout;
         tokio::spawn(async move {
             let io = timed(stream, read_timeout, write_timeout);
             match tls {
                 None => {
+                    let io = FramingGuard::new(io, max_head, header_timeout);
                     let conn = builder.serve_connection(TokioIo::new(io), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
@@ -310,7 +315,8 @@ async fn accept_loop(
                         Ok(Ok(s)) => s,
                         _ => return,
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                    let io = FramingGuard::new(tls_stream, max_head, header_timeout);
+                    let conn = builder.serve_connection(TokioIo::new(io), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }

@@ -60,8 +60,11 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+/// Both framings were sent (see [`super::framing_guard`]).
 fn conflicting_framing(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+    headers.contains_key(super::framing_guard::CONFLICT_MARKER)
+        || (headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH))
 }
 
 pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response {

@@ -1,0 +1,351 @@
+//! Request smuggling guard: a request that carries both `Content-Length` and
+//! `Transfer-Encoding` is refused with 400.
+//!
+//! hyper resolves that conflict by itself (chunked wins, the length is dropped, the
+//! connection closes after the response), so the handler can no longer see it. This reader
+//! sits between the socket and hyper, follows request boundaries, and renames such a request's
+//! `Content-Length` to [`CONFLICT_MARKER`] (same length, rewritten in place) so that the proxy
+//! can refuse it. Anything it cannot follow (HTTP/2, upgrades, malformed framing that hyper
+//! will reject anyway) it passes through untouched.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// The header a conflicting `Content-Length` is renamed to: exactly as long, so the rewrite
+/// needs no copying.
+pub const CONFLICT_MARKER: &str = "x-smuggled-len";
+
+const _: () = assert!(CONFLICT_MARKER.len() == "content-length".len());
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a request head; nothing is released until it is complete.
+    Head,
+    /// Passing `n` body bytes.
+    Body(u64),
+    /// Passing a chunked body: at a chunk-size line.
+    ChunkSize,
+    /// Passing chunk data plus its CRLF.
+    ChunkData(u64),
+    /// Passing trailers up to the empty line.
+    Trailers,
+    /// Not following any more: everything passes.
+    Passthrough,
+}
+
+pub struct FramingGuard<S> {
+    inner: S,
+    /// Held-back head bytes hide a slow client from hyper's own header timer, so the guard
+    /// enforces the header read timeout for the heads it holds.
+    header_timeout: Duration,
+    head_deadline: Option<Pin<Box<Sleep>>>,
+    state: State,
+    /// Bytes read from the socket, not yet examined.
+    pending: BytesMut,
+    /// Bytes examined and ready for hyper.
+    ready: BytesMut,
+    max_head: usize,
+}
+
+impl<S> FramingGuard<S> {
+    pub fn new(inner: S, max_head: usize, header_timeout: Duration) -> FramingGuard<S> {
+        FramingGuard {
+            inner,
+            header_timeout,
+            head_deadline: None,
+            state: State::Head,
+            pending: BytesMut::new(),
+            ready: BytesMut::new(),
+            max_head,
+        }
+    }
+
+    /// Move examined bytes from `pending` to `ready`; returns when more input is needed.
+    fn advance(&mut self) {
+        loop {
+            match self.state {
+                State::Passthrough => {
+                    let all = self.pending.split();
+                    self.ready.unsplit(all);
+                    return;
+                }
+                State::Head => {
+                    let Some(end) = find(&self.pending, b"\r\n\r\n") else {
+                        if self.pending.len() > self.max_head {
+                            // hyper will answer 431; stop following.
+                            self.state = State::Passthrough;
+                            continue;
+                        }
+                        return;
+                    };
+                    let mut head = self.pending.split_to(end + 4);
+                    self.state = examine_head(&mut head);
+                    self.ready.unsplit(head);
+                }
+                State::Body(n) => {
+                    if self.pending.is_empty() {
+                        return;
+                    }
+                    let take = (self.pending.len() as u64).min(n) as usize;
+                    let part = self.pending.split_to(take);
+                    self.ready.unsplit(part);
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
+                }
+                State::ChunkSize => match httparse::parse_chunk_size(&self.pending) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        let line = self.pending.split_to(used);
+                        self.ready.unsplit(line);
+                        self.state = if size == 0 {
+                            State::Trailers
+                        } else {
+                            State::ChunkData(size.saturating_add(2))
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.pending.len() > 1024 {
+                            self.state = State::Passthrough;
+                            continue;
+                        }
+                        return;
+                    }
+                    Err(_) => self.state = State::Passthrough,
+                },
+                State::ChunkData(n) => {
+                    if self.pending.is_empty() {
+                        return;
+                    }
+                    let take = (self.pending.len() as u64).min(n) as usize;
+                    let part = self.pending.split_to(take);
+                    self.ready.unsplit(part);
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkSize
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::Trailers => {
+                    if self.pending.starts_with(b"\r\n") {
+                        let end = self.pending.split_to(2);
+                        self.ready.unsplit(end);
+                        self.state = State::Head;
+                        continue;
+                    }
+                    match find(&self.pending, b"\r\n\r\n") {
+                        Some(end) => {
+                            let t = self.pending.split_to(end + 4);
+                            self.ready.unsplit(t);
+                            self.state = State::Head;
+                        }
+                        None if self.pending.len() > self.max_head => {
+                            self.state = State::Passthrough
+                        }
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decide how the body after `head` is framed, renaming a conflicting `Content-Length`.
+fn examine_head(head: &mut BytesMut) -> State {
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut slots);
+    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+        return State::Passthrough;
+    };
+    if req.method == Some("CONNECT") {
+        return State::Passthrough;
+    }
+    let mut chunked = false;
+    let mut has_te = false;
+    let mut length: Option<u64> = None;
+    let mut cl_offsets = Vec::new();
+    let base = head.as_ptr() as usize;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            has_te = true;
+            chunked = String::from_utf8_lossy(h.value)
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl_offsets.push(h.name.as_ptr() as usize - base);
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            return State::Passthrough;
+        }
+    }
+    if has_te && !cl_offsets.is_empty() {
+        for offset in cl_offsets {
+            head[offset..offset + CONFLICT_MARKER.len()]
+                .copy_from_slice(CONFLICT_MARKER.as_bytes());
+        }
+    }
+    match (has_te, chunked, length) {
+        (true, true, _) => State::ChunkSize,
+        // hyper refuses a non-chunked Transfer-Encoding.
+        (true, false, _) => State::Passthrough,
+        (false, _, Some(0)) | (false, _, None) => State::Head,
+        (false, _, Some(n)) => State::Body(n),
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let holding_head = matches!(this.state, State::Head) && !this.pending.is_empty();
+            if !holding_head {
+                this.head_deadline = None;
+            } else if this.head_deadline.is_none() {
+                this.head_deadline = Some(Box::pin(tokio::time::sleep(this.header_timeout)));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    if let Some(deadline) = this.head_deadline.as_mut() {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "request head not received in time",
+                            )));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let filled = rb.filled();
+                    if filled.is_empty() {
+                        // EOF: release whatever was held so hyper sees the truncated head.
+                        let rest = this.pending.split();
+                        this.ready.unsplit(rest);
+                        if this.ready.is_empty() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    this.pending.extend_from_slice(filled);
+                    this.advance();
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn through(input: &[u8], piece: usize) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut guard = FramingGuard::new(server, 64 * 1024, std::time::Duration::from_secs(5));
+        let data = input.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for p in data.chunks(piece) {
+                client.write_all(p).await.unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        let reader = async {
+            let mut buf = [0u8; 7];
+            loop {
+                let n = guard.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), reader).await;
+        writer.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn marks_conflicts_in_every_head_and_passes_bodies_untouched() {
+        let input = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
+POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n16\r\nContent-Length: 1\r\n\r\n\r\n0\r\n\r\n\
+POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n\
+GET /d HTTP/1.1\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        for piece in [1, 3, 17, 4096] {
+            let out = through(input, piece).await;
+            let text = String::from_utf8(out).unwrap();
+            // The body of /b contains a header-like line: untouched.
+            assert!(text.contains("16\r\nContent-Length: 1\r\n"), "{piece}");
+            assert!(
+                text.contains("POST /a HTTP/1.1\r\nContent-Length: 5"),
+                "{piece}"
+            );
+            assert!(
+                text.contains("Transfer-Encoding: chunked\r\nx-smuggled-len: 4"),
+                "{piece}"
+            );
+            assert!(
+                text.contains("x-smuggled-len: 0\r\ntransfer-encoding"),
+                "{piece}"
+            );
+            assert_eq!(text.len(), input.len());
+        }
+    }
+}

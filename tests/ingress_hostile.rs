@@ -1,0 +1,503 @@
+//! Bad and hostile input at the HTTP ingress: each gets its status and the server stays healthy.
+//! Also TLS listeners and the secure redirect.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use busgate::ingress::http::middleware::ConnInfo;
+use busgate::ingress::http::{router, HttpIngress, IngressConfig, Shared};
+use busgate::{examples, Connector, Ctx, Service};
+use bytes::Bytes;
+use common::http::{build, get, read_response, request, send_on, send_raw, upload, RawResponse};
+use common::{NatsServer, TempDir};
+use http::{Request, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+struct Stack {
+    _nats: NatsServer,
+    services: Vec<Connector>,
+    ingress: HttpIngress,
+    addr: SocketAddr,
+}
+
+impl Stack {
+    async fn stop(self) {
+        self.ingress.shutdown().await;
+        for s in self.services {
+            s.shutdown().await;
+        }
+    }
+
+    async fn assert_healthy(&self) {
+        let res = get(self.addr, "/hello.example/hello?name=ok").await;
+        assert_eq!((res.status, res.text().as_str()), (200, "Hello, ok!"));
+    }
+}
+
+fn sink() -> Service {
+    Service::new("sink.test")
+        .post("/length", |_ctx: Ctx, req: Request<Bytes>| async move {
+            Ok(Response::new(Bytes::from(req.body().len().to_string())))
+        })
+        .any("/headers", |_ctx: Ctx, req: Request<Bytes>| async move {
+            let names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+            Ok(Response::builder()
+                .header("mIcRoBuS-Leak", "x")
+                .header(
+                    "TRACEPARENT",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
+                .body(Bytes::from(names.join(",")))
+                .unwrap())
+        })
+}
+
+async fn stack_with(props: &[(&str, &str)], cert_dir: Option<&std::path::Path>) -> Stack {
+    let nats = NatsServer::start();
+    let bus = nats.config();
+    let mut services = examples::start_all(&bus).await.unwrap();
+    services.push(sink().start(&bus).await.unwrap());
+    let mut overrides: Vec<(String, String)> = vec![("Ports".into(), "0".into())];
+    overrides.extend(props.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut cfg = IngressConfig::resolve(None, |_| None, &overrides).unwrap();
+    cfg.bind_ip = "127.0.0.1".parse().unwrap();
+    if let Some(dir) = cert_dir {
+        cfg.cert_dir = dir.to_owned();
+    }
+    let ingress = HttpIngress::start(cfg, &bus).await.unwrap();
+    let addr = ingress.local_addrs()[0];
+    Stack {
+        _nats: nats,
+        services,
+        ingress,
+        addr,
+    }
+}
+
+/// Send raw bytes; `None` when the server closed without a response.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<RawResponse> {
+    send_raw(addr, bytes).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400() {
+    let s = stack_with(&[], None).await;
+    let cases: &[&[u8]] = &[
+        b"GARBAGE\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET /hello.example/hello HTTP/1.1 extra\r\n\r\n",
+        b"\x00\x01\x02\x03\r\n\r\n",
+        b"GET /hello.example/hello HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET /hello.example/hello HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+        b"GET /hello.example/he\x00llo HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /hello.example/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ];
+    for case in cases {
+        let res = raw(s.addr, case).await;
+        let status = res.as_ref().map(|r| r.status);
+        assert!(
+            matches!(status, Some(400)),
+            "{:?} got {status:?}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let s = stack_with(&[("MaxHeaderBytes", "16384")], None).await;
+    let big = "x".repeat(20_000);
+    let res = raw(
+        s.addr,
+        &build("GET", "/hello.example/hello", &[("X-Big", &big)], b""),
+    )
+    .await;
+    assert_eq!(res.map(|r| r.status), Some(431));
+    let many: Vec<(String, String)> = (0..200).map(|i| (format!("X-H{i}"), "v".into())).collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let res = raw(s.addr, &build("GET", "/hello.example/hello", &refs, b"")).await;
+    assert_eq!(res.map(|r| r.status), Some(431), "too many headers");
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_with_or_without_length() {
+    // 2 MB for bodies, so 1 MB usable (a body is held twice on its way to the bus).
+    let s = stack_with(&[("RequestMemoryLimit", "2")], None).await;
+    let small = vec![b'a'; 512 * 1024];
+    let res = request(s.addr, "POST", "/sink.test/length", &[], &small).await;
+    assert_eq!((res.status, res.text()), (200, small.len().to_string()));
+
+    let big = vec![b'b'; 3 * 1024 * 1024];
+    // Declared too large: refused before the body is read.
+    let res = upload(s.addr, "/sink.test/length", &big).await.unwrap();
+    assert_eq!(res.status, 413);
+    assert!(res.text().contains("insufficient memory"), "{}", res.text());
+    // Sent anyway without waiting: still a clean 413 (the refused body is drained, not kept).
+    let res = raw(s.addr, &build("POST", "/sink.test/length", &[], &big))
+        .await
+        .unwrap();
+    assert_eq!(res.status, 413);
+    // No length: refused while reading.
+    let mut chunked = b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for chunk in big.chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let res = raw(s.addr, &chunked).await.unwrap();
+    assert_eq!(res.status, 413);
+    // Nothing stays reserved.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.ingress.memory_in_use(), 0);
+    let res = request(s.addr, "POST", "/sink.test/length", &[], &small).await;
+    assert_eq!(res.status, 200);
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_is_cut_off() {
+    let s = stack_with(&[("ReadHeaderTimeout", "1s"), ("ReadTimeout", "2s")], None).await;
+    // Headers trickled one byte at a time never finish: the connection is closed.
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(b"GET /hello.example/hello HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if stream.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        // A closed connection shows as EOF (possibly after a 408) on read.
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(
+            Duration::from_millis(1),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+        )
+        .await
+        {
+            if n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408") {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+
+    // A body trickled too slowly gets 408.
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if stream.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+        stream
+    });
+    let mut stream = writer.await.unwrap();
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_response(&mut stream, &mut buf),
+    )
+    .await;
+    assert_eq!(res.unwrap().unwrap().status, 408);
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_are_refused() {
+    let s = stack_with(&[], None).await;
+    let cases: &[&[u8]] = &[
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /hello.example/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    ];
+    for case in cases {
+        let mut stream = TcpStream::connect(s.addr).await.unwrap();
+        let res = send_on(&mut stream, case).await;
+        let status = res.as_ref().map(|r| r.status).ok();
+        assert_eq!(status, Some(400), "{:?}", String::from_utf8_lossy(case));
+        // The connection is closed: no second request is read from the smuggled bytes.
+        let mut buf = Vec::new();
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), read_response(&mut stream, &mut buf))
+                .await;
+        assert!(matches!(next, Ok(Err(_))), "a second response followed");
+    }
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_and_hosts() {
+    let s = stack_with(&[], None).await;
+    let long = format!("/hello.example{}", "/a".repeat(10_000));
+    let cases: Vec<(String, &[u16])> = vec![
+        ("/hello.example/*".into(), &[404]),
+        ("/hello.example/>".into(), &[400, 404]),
+        ("/hello.example/hello.>".into(), &[400, 404]),
+        ("/hello.example/./hello".into(), &[404]),
+        ("/hello.example/../hello".into(), &[404]),
+        ("/hello.example/%2e%2e/hello".into(), &[404]),
+        ("/hello.example/%2E/hello".into(), &[404]),
+        ("/hello.example/hello%00".into(), &[404]),
+        ("/hello.example/%ff%fe".into(), &[404]),
+        ("/hello.example/%E2%98%83".into(), &[404]),
+        ("/hello.example/hello%20".into(), &[404]),
+        (long, &[414]),
+        ("/hello.*/hello".into(), &[404]),
+        ("/*/hello".into(), &[404]),
+        ("/hello.%2a/hello".into(), &[404]),
+        ("/%3E/x".into(), &[404]),
+        ("/hel lo/x".into(), &[400]),
+        ("*".into(), &[400, 404]),
+    ];
+    for (path, expected) in &cases {
+        let bytes = build("GET", path, &[], b"");
+        let res = raw(s.addr, &bytes).await;
+        let status = res.as_ref().map(|r| r.status);
+        assert!(
+            status.is_some_and(|st| expected.contains(&st)),
+            "{}: {status:?} {:?}",
+            &path[..path.len().min(60)],
+            res.map(|r| r.text())
+        );
+    }
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_headers_in_any_case_never_cross() {
+    let s = stack_with(&[], None).await;
+    let res = request(
+        s.addr,
+        "GET",
+        "/sink.test/headers",
+        &[
+            ("mIcRoBuS-Op-Code", "Err"),
+            ("MICROBUS-FRAGMENT", "2/2"),
+            ("microbus-time-budget", "1"),
+            ("TrAcEpArEnT", "x"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // Only the ingress's own frame headers reach the service.
+    let seen = res.text();
+    assert!(
+        !seen.contains("microbus-fragment") && !seen.contains("traceparent"),
+        "{seen}"
+    );
+    assert!(res
+        .headers
+        .iter()
+        .all(|(k, _)| !k.to_ascii_lowercase().starts_with("microbus-")
+            && !k.eq_ignore_ascii_case("traceparent")));
+    s.stop().await;
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_from_cert_files() {
+    let dir = TempDir::new("ingress-tls");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.0.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        &dir.0,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+        ],
+    );
+    openssl(
+        &dir.0,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("httpingress-{port}-key.pem"),
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    openssl(
+        &dir.0,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &format!("httpingress-{port}-cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let s = stack_with(&[("Ports", &port.to_string())], Some(&dir.0)).await;
+
+    use rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(dir.0.join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let res = send_on(&mut tls, &build("GET", "/sink.test/headers", &[], b""))
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+    // Plain HTTP on a TLS port gets nowhere.
+    assert!(raw(s.addr, &build("GET", "/hello.example/hello", &[], b""))
+        .await
+        .is_none_or(|r| r.status == 400));
+    s.stop().await;
+
+    // A broken key file fails the start with a clear error.
+    std::fs::write(
+        dir.0.join(format!("httpingress-{port}-key.pem")),
+        "not a key",
+    )
+    .unwrap();
+    let nats = NatsServer::start();
+    let mut cfg =
+        IngressConfig::resolve(None, |_| None, &[("Ports".into(), port.to_string())]).unwrap();
+    cfg.cert_dir = dir.0.clone();
+    let err = HttpIngress::start(cfg, &nats.config()).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains(&format!("invalid TLS files for port {port}")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_redirect_when_tls_serves_443() {
+    use tower::ServiceExt;
+    let conn = Service::new("redirect.test")
+        .start(&busgate::BusConfig::in_process())
+        .await
+        .unwrap();
+    let shared = Arc::new(Shared {
+        config: IngressConfig::default(),
+        conn: conn.clone(),
+        memory: busgate::ingress::http::memory::MemoryBudget::new(1 << 20),
+        tls_ports: [443].into_iter().collect(),
+    });
+    let app = router(shared);
+    let request = |method: &str, port: u16, tls: bool| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri("/hello.example/hello?name=x")
+            .header("host", "www.example.com:80")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(ConnInfo {
+            listen_port: port,
+            tls,
+            peer: "198.51.100.1:5000".parse().unwrap(),
+        });
+        req
+    };
+    let res = app
+        .clone()
+        .oneshot(request("GET", 80, false))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 307);
+    assert_eq!(
+        res.headers()["location"],
+        "https://www.example.com/hello.example/hello?name=x"
+    );
+    // Not for other methods, ports, or TLS connections.
+    for (method, port, tls) in [("POST", 80, false), ("GET", 8080, false), ("GET", 80, true)] {
+        let res = app
+            .clone()
+            .oneshot(request(method, port, tls))
+            .await
+            .unwrap();
+        assert_ne!(res.status(), 307, "{method} {port} {tls}");
+    }
+    conn.shutdown().await;
+}
