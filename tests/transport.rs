@@ -268,3 +268,26 @@ async fn small_max_payload_still_fragments() {
     let err = pong().start(&server.config()).await.err().unwrap();
     assert!(matches!(err, StartError::PayloadLimit(100000)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_authentication() {
+    let user = nkeys::KeyPair::new_user();
+    let dir = TempDir::new("nkey");
+    let conf = dir.0.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with(&["-c", &conf.to_string_lossy()]);
+    let mut opts = server.options();
+    opts.nkey_seed = Some(user.seed().unwrap());
+    assert_round_trip(&config(opts)).await;
+    let mut opts = server.options();
+    opts.nkey_seed = Some(nkeys::KeyPair::new_user().seed().unwrap());
+    let err = pong().start(&config(opts)).await.err().unwrap();
+    assert!(rejected(err.clone()), "{err}");
+}
