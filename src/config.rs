@@ -106,6 +106,8 @@ pub struct BusConfig {
     /// Dot-separated, most specific first (`1.b.west.us`).
     pub locality: Option<String>,
     pub transport: Transport,
+    /// Trace export (`OTEL_EXPORTER_OTLP_*`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl BusConfig {
@@ -125,6 +127,7 @@ impl BusConfig {
             deployment: Deployment::Local,
             locality: None,
             transport,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 
@@ -194,6 +197,7 @@ impl BusConfig {
         };
         let mut cfg = BusConfig::on(transport);
         cfg.deployment = deployment;
+        cfg.telemetry = crate::telemetry::TelemetryConfig::from_lookup(&lookup)?;
         if let Some(plane) = get(ENV_PLANE) {
             cfg = cfg.with_plane(plane.trim())?;
         }

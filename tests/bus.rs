@@ -663,13 +663,25 @@ async fn control_plane_answers_on_own_host_and_all(bus: TestBus) {
     let req = build_request("GET", "https://all:888/ping", Bytes::new(), None).unwrap();
     let results = c.ctx().multicast(req).await;
     assert_eq!(results.len(), 3);
-    // No metrics registry yet: a clear 501, not silence.
-    let err = c
+    // Each instance serves its own metrics, labelled with its identity.
+    let res = c
         .ctx()
         .get(&format!("https://{}.who.test:888/metrics", a.id()))
         .await
-        .unwrap_err();
-    assert_eq!(err.status(), StatusCode::NOT_IMPLEMENTED);
+        .unwrap();
+    let text = String::from_utf8(res.body().to_vec()).unwrap();
+    let uptime = format!(
+        "microbus_uptime_duration_seconds{{id=\"{}\",service=\"who.test\",ver=\"0\"}}",
+        a.id()
+    );
+    assert!(text.contains(&uptime), "{text}");
+    assert!(
+        text.contains("microbus_callback_duration_seconds_count{error=\"OK\",handler=\"startup\""),
+        "{text}"
+    );
+    // A bad trace id is refused clearly.
+    let err = c.ctx().get("https://who.test:888/trace?id=xyz").await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     let res = c
         .ctx()
         .get("https://who.test:888/trace?id=0123456789abcdef0123456789abcdef")

@@ -13,6 +13,10 @@ use tokio::time::Instant;
 use super::fragment::{split_body, DefragOutcome};
 use super::{new_msg_id, Ctx, Inner};
 use crate::error::{Error, ErrorKind};
+use crate::telemetry::names::*;
+use crate::telemetry::trace;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 use crate::transport::{Subscription, TransportError, TransportErrorKind};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
@@ -217,6 +221,88 @@ async fn publish_rest(
     Ok(())
 }
 
+/// The CLIENT span and metrics of one outgoing call.
+struct Observed {
+    cx: Context,
+    started: std::time::Instant,
+    acked: bool,
+}
+
+impl Observed {
+    fn start(ctx: &Ctx, req: &mut Request<Bytes>, out: &Outgoing, msg_id: &str) -> Observed {
+        let inner = &ctx.conn.inner;
+        let cx = inner.tracer.start(
+            &ctx.otel,
+            format!("{} {}:{}{}", out.method, out.url.host, out.url.port, out.url.path),
+            SpanKind::Client,
+            vec![
+                KeyValue::new(A_MESSAGING_SYSTEM, NATS),
+                KeyValue::new(A_MESSAGING_DESTINATION, out.subject.clone()),
+                KeyValue::new(A_MESSAGING_OPERATION, "send"),
+                KeyValue::new(A_MESSAGING_MESSAGE_ID, msg_id.to_owned()),
+                KeyValue::new(A_MESSAGING_BODY_SIZE, req.body().len() as i64),
+                KeyValue::new(A_HTTP_METHOD, out.method.clone()),
+                KeyValue::new(A_SERVER_ADDRESS, out.url.host.clone()),
+                KeyValue::new(A_SERVER_PORT, out.url.port as i64),
+                KeyValue::new(
+                    A_TIME_BUDGET_MS,
+                    out.deadline.saturating_duration_since(Instant::now()).as_millis() as i64,
+                ),
+            ],
+        );
+        let headers = req.headers_mut();
+        headers.remove(http::header::HeaderName::from_static("traceparent"));
+        headers.remove(http::header::HeaderName::from_static("tracestate"));
+        trace::inject(&cx, headers);
+        Observed {
+            cx,
+            started: std::time::Instant::now(),
+            acked: false,
+        }
+    }
+
+    /// The first ack: its round trip goes on the span and in the ack histogram.
+    fn ack(&mut self, inner: &Inner, host: &str) {
+        if self.acked {
+            return;
+        }
+        self.acked = true;
+        let rtt = self.started.elapsed();
+        self.cx
+            .span()
+            .set_attribute(KeyValue::new(A_ACK_LATENCY_MS, rtt.as_secs_f64() * 1000.0));
+        inner.metrics.observe_ack(host, rtt);
+    }
+
+    fn finish(self, inner: &Inner, out: &Outgoing, result: Result<(StatusCode, usize), &Error>) {
+        let span = self.cx.span();
+        let (code, failed) = match result {
+            Ok((status, responders)) => {
+                span.set_attribute(KeyValue::new(A_HTTP_STATUS, status.as_u16() as i64));
+                span.set_attribute(KeyValue::new(A_RESPONDERS, responders as i64));
+                span.set_status(Status::Ok);
+                (status.as_u16(), false)
+            }
+            Err(e) => {
+                trace::record_error(&self.cx, e);
+                if matches!(e.kind(), ErrorKind::AckTimeout | ErrorKind::Timeout) {
+                    inner.metrics.count_timeout(&out.url.host, out.url.port, &out.method);
+                }
+                (e.status().as_u16(), true)
+            }
+        };
+        span.end();
+        inner.metrics.observe_client(
+            &out.url.host,
+            out.url.port,
+            &out.method,
+            code,
+            failed,
+            self.started.elapsed(),
+        );
+    }
+}
+
 fn register(inner: &Inner) -> (Waiter<'_>, mpsc::UnboundedReceiver<Delivery>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut pending = inner.pending.lock().expect("pending lock");
@@ -242,20 +328,39 @@ pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Respon
     let out = prepare(ctx, &mut req)?;
     let (waiter, mut rx) = register(inner);
     frame::set(req.headers_mut(), frame::MSG_ID, &waiter.msg_id);
-    publish_fragment(inner, &mut req, &out, 0, out.subject.clone()).await?;
+    let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
+    let result = unicast_exchange(inner, &mut req, &out, &mut rx, &mut observed).await;
+    match &result {
+        Ok(res) => observed.finish(inner, &out, Ok((res.status(), 1))),
+        Err(e) => observed.finish(inner, &out, Err(e)),
+    }
+    result
+}
 
+async fn unicast_exchange(
+    inner: &Inner,
+    req: &mut Request<Bytes>,
+    out: &Outgoing,
+    rx: &mut mpsc::UnboundedReceiver<Delivery>,
+    observed: &mut Observed,
+) -> Result<Response<Bytes>, Error> {
+    publish_fragment(inner, req, out, 0, out.subject.clone()).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut acked = false;
     loop {
         tokio::select! {
             delivery = rx.recv() => match delivery {
                 Some(Delivery::Ack { from_id, proceed }) => {
+                    observed.ack(inner, &out.url.host);
                     if !acked && proceed && out.fragments.len() > 1 {
-                        publish_rest(inner, &mut req, &out, &from_id).await?;
+                        publish_rest(inner, req, out, &from_id).await?;
                     }
                     acked = true;
                 }
-                Some(Delivery::Response { res, .. }) => return outcome(res),
+                Some(Delivery::Response { res, .. }) => {
+                    observed.ack(inner, &out.url.host);
+                    return outcome(res);
+                }
                 None => return Err(Error::internal("response channel closed")),
             },
             _ = tokio::time::sleep_until(ack_deadline), if !acked => {
@@ -266,10 +371,7 @@ pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Respon
     }
 }
 
-pub(crate) async fn multicast(
-    ctx: &Ctx,
-    mut req: Request<Bytes>,
-) -> Vec<Result<Response<Bytes>, Error>> {
+pub(crate) async fn multicast(ctx: &Ctx, mut req: Request<Bytes>) -> Vec<Result<Response<Bytes>, Error>> {
     let inner = &ctx.conn.inner;
     let out = match prepare(ctx, &mut req) {
         Ok(out) => out,
@@ -277,10 +379,25 @@ pub(crate) async fn multicast(
     };
     let (waiter, mut rx) = register(inner);
     frame::set(req.headers_mut(), frame::MSG_ID, &waiter.msg_id);
-    if let Err(e) = publish_fragment(inner, &mut req, &out, 0, out.subject.clone()).await {
+    let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
+    let results = multicast_exchange(inner, &mut req, &out, &mut rx, &mut observed).await;
+    match results.iter().find_map(|r| r.as_ref().err()) {
+        Some(e) if results.len() == 1 => observed.finish(inner, &out, Err(e)),
+        _ => observed.finish(inner, &out, Ok((StatusCode::OK, results.len()))),
+    }
+    results
+}
+
+async fn multicast_exchange(
+    inner: &Inner,
+    req: &mut Request<Bytes>,
+    out: &Outgoing,
+    rx: &mut mpsc::UnboundedReceiver<Delivery>,
+    observed: &mut Observed,
+) -> Vec<Result<Response<Bytes>, Error>> {
+    if let Err(e) = publish_fragment(inner, req, out, 0, out.subject.clone()).await {
         return vec![Err(e)];
     }
-
     let window_end = Instant::now() + ACK_TIMEOUT;
     let mut window_passed = false;
     let mut acked: HashSet<String> = HashSet::new();
@@ -293,8 +410,9 @@ pub(crate) async fn multicast(
         tokio::select! {
             delivery = rx.recv() => match delivery {
                 Some(Delivery::Ack { from_id, proceed }) => {
+                    observed.ack(inner, &out.url.host);
                     if proceed && out.fragments.len() > 1 && !acked.contains(&from_id) {
-                        if let Err(e) = publish_rest(inner, &mut req, &out, &from_id).await {
+                        if let Err(e) = publish_rest(inner, req, out, &from_id).await {
                             results.push(Err(e));
                         }
                     }

@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 
 use super::route::{Endpoint, Handler, Queue, RouteSpec};
 use super::{Ctx, CONTROL_PORT};
 use crate::error::Error;
+use crate::telemetry::metrics::{accepts_gzip, exposition_response};
+use crate::telemetry::trace::parse_trace_id;
+use crate::transport::ConnectionState;
 use crate::wire::ALL_HOSTS;
 
 pub const PING: &str = "ping";
@@ -60,17 +63,28 @@ async fn config_refresh(ctx: Ctx, _req: Request<Bytes>) -> Result<Response<Bytes
     Ok(json("{}"))
 }
 
-async fn metrics(ctx: Ctx, _req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
-    match ctx.connector().inner.metrics.clone() {
-        Some(hook) => hook().await,
-        None => Err(Error::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "no metrics registry",
-        )),
-    }
+async fn metrics(ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+    let inner = &ctx.connector().inner;
+    inner.metrics.refresh(
+        inner.bus.state() == ConnectionState::Connected,
+        inner.bus.reconnects(),
+    );
+    Ok(exposition_response(
+        inner.metrics.encode(),
+        accepts_gzip(req.headers()),
+    ))
 }
 
-async fn trace(_ctx: Ctx, _req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
-    // Selecting a trace matters only to the PROD tail sampler, which the telemetry layer adds.
+/// `?id=<32 hex>`: keep that trace (PROD's tail selection).
+async fn trace(ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+    let id = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("id="))
+        .and_then(parse_trace_id)
+        .ok_or_else(|| Error::bad_request("expected ?id=<32 hex digits>"))?;
+    ctx.connector().inner.tracer.select(id);
     Ok(json("{}"))
 }

@@ -44,6 +44,9 @@ pub use call::{ACK_TIMEOUT, DEFAULT_CALL_BUDGET, MAX_CALL_DEPTH, NETWORK_HOP};
 pub use route::{Handler, HandlerFuture, Queue, RouteSpec};
 
 use crate::config::{BusConfig, Deployment};
+use crate::telemetry;
+use crate::telemetry::metrics::ServiceMetrics;
+use crate::telemetry::trace::{ServiceIdentity, ServiceTracer};
 use crate::error::Error;
 use crate::transport::{Bus, ConnectionState, TransportError};
 use crate::wire::{self, is_valid_service_hostname, WireError};
@@ -71,6 +74,8 @@ pub enum StartError {
     Transport(#[from] TransportError),
     #[error("message size limit is too restrictive: max_payload {0} leaves no room for fragments")]
     PayloadLimit(usize),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 /// The hook that answers `:888/metrics`; the telemetry layer installs it.
@@ -85,7 +90,6 @@ pub struct Service {
     hostname: String,
     version: u32,
     endpoints: Vec<(String, String, Queue, Arc<dyn Handler>)>,
-    metrics: Option<MetricsHook>,
     refresh: Option<RefreshHook>,
 }
 
@@ -95,7 +99,6 @@ impl Service {
             hostname: hostname.into().to_ascii_lowercase(),
             version: 0,
             endpoints: Vec::new(),
-            metrics: None,
             refresh: None,
         }
     }
@@ -146,11 +149,6 @@ impl Service {
         self.route("POST", &route, handler)
     }
 
-    pub fn metrics_hook(mut self, hook: MetricsHook) -> Service {
-        self.metrics = Some(hook);
-        self
-    }
-
     pub fn refresh_hook(mut self, hook: RefreshHook) -> Service {
         self.refresh = Some(hook);
         self
@@ -191,6 +189,19 @@ impl Service {
         }
 
         let id = new_instance_id();
+        let starting = std::time::Instant::now();
+        let metrics = ServiceMetrics::new(&self.hostname, self.version, &id);
+        let tracer = ServiceTracer::new(
+            &config.telemetry,
+            &ServiceIdentity {
+                hostname: &self.hostname,
+                plane: &config.plane,
+                version: self.version,
+                id: &id,
+                deployment: config.deployment,
+            },
+        )
+        .map_err(StartError::Telemetry)?;
         let bus = config
             .transport
             .connect(&format!("{id}.{}", self.hostname))
@@ -218,16 +229,21 @@ impl Service {
             stop_inbox: CancellationToken::new(),
             inbox_task: Mutex::new(None),
             started: AtomicBool::new(false),
-            metrics: self.metrics,
             refresh: self.refresh,
+            tracer,
+            metrics,
         });
         let conn = Connector { inner };
         if let Err(e) = conn.activate(endpoints).await {
+            conn.inner.metrics.observe_callback("startup", true, starting.elapsed());
             conn.inner.stop_inbox.cancel();
             conn.inner.stop_serving.cancel();
             conn.inner.bus.close().await;
             return Err(e);
         }
+        conn.inner
+            .metrics
+            .observe_callback("startup", false, starting.elapsed());
         Ok(conn)
     }
 }
@@ -259,8 +275,9 @@ pub(crate) struct Inner {
     pub stop_inbox: CancellationToken,
     pub inbox_task: Mutex<Option<JoinHandle<()>>>,
     pub started: AtomicBool,
-    pub metrics: Option<MetricsHook>,
     pub refresh: Option<RefreshHook>,
+    pub tracer: ServiceTracer,
+    pub metrics: Arc<ServiceMetrics>,
 }
 
 /// A running service instance. Cheap to clone.
@@ -310,7 +327,19 @@ impl Connector {
             frame: None,
             deadline: None,
             depth: 0,
+            otel: opentelemetry::Context::new(),
         }
+    }
+
+    /// This instance's metrics; register custom metrics in its registry to have them carry
+    /// `service`, `ver` and `id` and appear on `:888/metrics`.
+    pub fn metrics(&self) -> &Arc<ServiceMetrics> {
+        &self.inner.metrics
+    }
+
+    /// This instance's tracer.
+    pub fn tracer(&self) -> &ServiceTracer {
+        &self.inner.tracer
     }
 
     /// Unicast `req` from a root context.
@@ -325,6 +354,7 @@ impl Connector {
             return;
         }
         tracing::info!(host = %inner.hostname, id = %inner.id, "shutting down");
+        let begun = std::time::Instant::now();
         inner.stop_serving.cancel();
         inner.tasks.close();
         if tokio::time::timeout(DRAIN_PATIENCE, inner.tasks.wait())
@@ -341,12 +371,16 @@ impl Connector {
             }
         }
         inner.lifetime.cancel();
+        inner.metrics.observe_callback("shutdown", false, begun.elapsed());
         inner.stop_inbox.cancel();
         let inbox = inner.inbox_task.lock().expect("inbox lock").take();
         if let Some(task) = inbox {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
         inner.bus.close().await;
+        // Flushing the exporter blocks on network I/O.
+        let conn = self.clone();
+        let _ = tokio::task::spawn_blocking(move || conn.inner.tracer.shutdown()).await;
         tracing::info!(host = %inner.hostname, id = %inner.id, "shut down");
     }
 }
@@ -359,6 +393,8 @@ pub struct Ctx {
     frame: Option<Arc<HeaderMap>>,
     deadline: Option<Instant>,
     depth: u32,
+    /// The span this work belongs to; outgoing calls are its children.
+    otel: opentelemetry::Context,
 }
 
 impl Ctx {
@@ -381,6 +417,29 @@ impl Ctx {
             .as_ref()
             .and_then(|f| f.get(name))
             .and_then(|v| v.to_str().ok())
+    }
+
+    /// The trace this work belongs to (32 hex digits).
+    pub fn trace_id(&self) -> String {
+        telemetry::trace::trace_id(&self.otel)
+    }
+
+    /// The OpenTelemetry context of the current span.
+    pub fn trace_context(&self) -> &opentelemetry::Context {
+        &self.otel
+    }
+
+    /// This context as part of the trace in `cx` (the ingress's root span, say).
+    pub fn with_trace_context(&self, cx: opentelemetry::Context) -> Ctx {
+        let mut ctx = self.clone();
+        ctx.otel = cx;
+        ctx
+    }
+
+    /// Keep this trace even where only selected traces are exported (PROD), here and on every
+    /// service that took part (`https://all:888/trace?id=`).
+    pub fn force_trace(&self) {
+        force_trace(&self.conn, &self.otel);
     }
 
     /// This context with a deadline no later than `timeout` from now.
@@ -454,6 +513,27 @@ impl Ctx {
             .multicast(build_request("POST", &url, body, content_type)?)
             .await)
     }
+}
+
+/// Select the trace of `cx` locally and broadcast the selection to every service.
+pub(crate) fn force_trace(conn: &Connector, cx: &opentelemetry::Context) {
+    use opentelemetry::trace::TraceContextExt;
+    if !conn.inner.tracer.is_selective() {
+        return;
+    }
+    let trace_id = cx.span().span_context().trace_id();
+    if conn.inner.tracer.is_selected(trace_id) {
+        return;
+    }
+    conn.inner.tracer.select(trace_id);
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let url = format!("https://all:{CONTROL_PORT}/trace?id={trace_id}");
+        if let Ok(req) = build_request("GET", &url, Bytes::new(), None) {
+            // The broadcast itself is not traced (a new root the sampler drops).
+            conn.ctx().multicast(req).await;
+        }
+    });
 }
 
 /// Build a bus request; a URL that cannot be parsed is a 400.

@@ -15,6 +15,12 @@ use super::fragment::{split_body, DefragOutcome, DEFRAG_SWEEP_INTERVAL};
 use super::route::{Endpoint, Queue};
 use super::{control, Connector, Ctx, Inner, StartError};
 use crate::error::Error;
+use crate::telemetry::names::*;
+use crate::telemetry::trace;
+use crate::wire::BusUrl;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::KeyValue;
+use tracing::Instrument;
 use crate::transport::{BusMessage, Subscription};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
@@ -236,22 +242,82 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         return;
     }
     let deadline = budget.map(|b| Instant::now() + b - NETWORK_HOP);
+    let started = std::time::Instant::now();
+    let port = BusUrl::from_uri(req.uri()).map(|u| u.port).unwrap_or(ep.route.port);
+    let method = req.method().as_str().to_owned();
+    let cx = inner.tracer.start(
+        &trace::extract(req.headers()),
+        format!(":{port}{}", ep.route.path),
+        SpanKind::Server,
+        vec![
+            KeyValue::new(A_HTTP_METHOD, method.clone()),
+            KeyValue::new(A_HTTP_ROUTE, ep.route.path.clone()),
+            KeyValue::new(A_URL_PATH, req.uri().path().to_owned()),
+            KeyValue::new(A_SERVER_ADDRESS, inner.hostname.clone()),
+            KeyValue::new(A_SERVER_PORT, port as i64),
+            KeyValue::new(A_MESSAGING_SYSTEM, NATS),
+            KeyValue::new(A_MESSAGING_OPERATION, "process"),
+            KeyValue::new(A_MESSAGING_MESSAGE_ID, reply.msg_id.clone()),
+            KeyValue::new(A_FROM_HOST, f.from_host().unwrap_or_default().to_owned()),
+            KeyValue::new(A_FROM_ID, f.from_id().unwrap_or_default().to_owned()),
+            KeyValue::new(A_CALL_DEPTH, f.call_depth() as i64),
+        ],
+    );
+    // Every log line of the handler carries the service, the instance and the trace.
+    let log_span = tracing::info_span!(
+        "bus",
+        host = %inner.hostname,
+        id = %inner.id,
+        trace_id = %trace::trace_id(&cx),
+    );
+    let conn = super::Connector {
+        inner: inner.clone(),
+    };
     let ctx = Ctx {
-        conn: super::Connector {
-            inner: inner.clone(),
-        },
+        conn: conn.clone(),
         frame: Some(Arc::new(req.headers().clone())),
         deadline,
         depth: f.call_depth(),
+        otel: cx.clone(),
     };
-    let result = run_handler(&inner, &ep, ctx, req, deadline).await;
-    if let Err(e) = &result {
-        if e.status().is_server_error() {
-            tracing::error!(host = %inner.hostname, route = %ep.route.display(), status = e.status().as_u16(), error = %e, "Handling request");
-        } else {
-            tracing::info!(host = %inner.hostname, route = %ep.route.display(), status = e.status().as_u16(), error = %e, "Handling request");
+    let result = run_handler(&inner, &ep, ctx, req, deadline)
+        .instrument(log_span.clone())
+        .await;
+    let (code, body) = match &result {
+        Ok(res) => (res.status().as_u16(), res.body().len()),
+        Err(e) => (e.status().as_u16(), 0),
+    };
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(A_HTTP_STATUS, code as i64));
+    match &result {
+        Ok(_) => span.set_status(Status::Ok),
+        Err(e) => {
+            trace::record_error(&cx, e);
+            super::force_trace(&conn, &cx);
+            log_span.in_scope(|| {
+                if e.status().is_server_error() {
+                    tracing::error!(route = %ep.route.display(), status = code, error = %e, "Handling request");
+                } else {
+                    tracing::info!(route = %ep.route.display(), status = code, error = %e, "Handling request");
+                }
+            });
         }
     }
+    span.end();
+    let handler = format!(
+        "{}:{port}{}",
+        ep.route.host.as_deref().unwrap_or(&inner.hostname),
+        ep.route.path
+    );
+    inner.metrics.observe_server(
+        &handler,
+        port,
+        &method,
+        code,
+        result.is_err(),
+        started.elapsed(),
+        body,
+    );
     respond(&inner, &reply, result).await;
 }
 

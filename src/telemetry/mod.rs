@@ -1,3 +1,9 @@
-//! Telemetry: logs now; traces and metrics join here.
+//! Telemetry: traces (OpenTelemetry, exported over OTLP), metrics (Prometheus) and logs
+//! (`tracing`), with every name fixed in [`names`].
 
 pub mod logs;
+pub mod metrics;
+pub mod names;
+pub mod trace;
+
+pub use trace::{OtlpProtocol, TelemetryConfig};
