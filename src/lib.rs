@@ -11,6 +11,7 @@ pub mod connector;
 pub mod error;
 pub mod examples;
 pub mod ingress;
+pub mod services;
 pub mod telemetry;
 pub mod transport;
 pub mod wire;

@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 use busgate::config::{ConfigError, ConfigFile};
 use busgate::ingress::http::{HttpIngress, IngressConfig};
-use busgate::{examples, telemetry, BusConfig, Connector};
+use busgate::services::metrics_core;
+use busgate::telemetry::admin::{AdminServer, AdminTargets, DEFAULT_ADMIN_ADDR};
+use busgate::{examples, telemetry, BusConfig, Connector, Deployment};
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +20,9 @@ struct Cli {
     /// NATS URL; overrides MICROBUS_NATS. Without either, an in-process bus is used.
     #[arg(long, global = true)]
     nats: Option<String>,
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, global = true, env = "BUSGATE_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
+    admin_addr: std::net::SocketAddr,
     #[command(flatten)]
     ingress: IngressArgs,
     #[command(subcommand)]
@@ -28,7 +33,7 @@ struct Cli {
 enum Command {
     /// Run the example services (hello.example, calculator.example).
     Examples,
-    /// Run the HTTP ingress only.
+    /// Run the HTTP ingress (and metrics.core) only.
     Ingress,
 }
 
@@ -49,8 +54,8 @@ struct IngressArgs {
 }
 
 impl IngressArgs {
-    fn resolve(&self) -> Result<IngressConfig, ConfigError> {
-        let file = match &self.config {
+    fn file(&self) -> Result<Option<ConfigFile>, ConfigError> {
+        Ok(match &self.config {
             Some(path) => Some(ConfigFile::load(path)?),
             None => {
                 let default = PathBuf::from("config.yaml");
@@ -59,7 +64,10 @@ impl IngressArgs {
                     .then(|| ConfigFile::load(&default))
                     .transpose()?
             }
-        };
+        })
+    }
+
+    fn resolve(&self, file: Option<&ConfigFile>) -> Result<IngressConfig, ConfigError> {
         let mut overrides = Vec::new();
         if let Some(p) = &self.ports {
             overrides.push(("Ports".to_owned(), p.clone()));
@@ -73,7 +81,7 @@ impl IngressArgs {
                 .ok_or_else(|| ConfigError::new("--set", kv, "expected NAME=VALUE"))?;
             overrides.push((k.trim().to_owned(), v.to_owned()));
         }
-        IngressConfig::resolve(file.as_ref(), |k| std::env::var(k).ok(), &overrides)
+        IngressConfig::resolve(file, |k| std::env::var(k).ok(), &overrides)
     }
 }
 
@@ -89,8 +97,21 @@ async fn main() -> std::process::ExitCode {
     };
     let run_ingress = !matches!(cli.command, Some(Command::Examples));
     let run_examples = !matches!(cli.command, Some(Command::Ingress));
-    let ingress_config = match run_ingress.then(|| cli.ingress.resolve()).transpose() {
-        Ok(c) => c,
+    let resolved = cli.ingress.file().and_then(|file| {
+        let ingress = run_ingress
+            .then(|| cli.ingress.resolve(file.as_ref()))
+            .transpose()?;
+        let secret = std::env::var(metrics_core::ENV_SECRET_KEY)
+            .ok()
+            .or_else(|| {
+                file.as_ref()
+                    .and_then(|f| f.get(metrics_core::HOSTNAME, metrics_core::SECRET_KEY))
+                    .map(str::to_owned)
+            });
+        Ok((ingress, secret))
+    });
+    let (ingress_config, secret_key) = match resolved {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("busgate: {e}");
             return std::process::ExitCode::from(2);
@@ -101,32 +122,58 @@ async fn main() -> std::process::ExitCode {
         bus = %config.transport.describe(),
         plane = %config.plane,
         deployment = %config.deployment,
+        traces = config.telemetry.endpoint.as_deref().unwrap_or("not exported"),
         "busgate starting"
     );
 
+    let targets = AdminTargets::default();
     let mut services: Vec<Connector> = Vec::new();
-    if run_examples {
-        match examples::start_all(&config).await {
-            Ok(s) => services = s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the example services");
-                return std::process::ExitCode::from(1);
-            }
-        }
-    }
     let mut ingress = None;
-    if let Some(ic) = ingress_config {
-        match HttpIngress::start(ic, &config).await {
-            Ok(i) => ingress = Some(i),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the HTTP ingress");
-                for conn in services.iter().rev() {
-                    conn.shutdown().await;
-                }
-                return std::process::ExitCode::from(1);
-            }
+    let started: Result<(), String> = async {
+        if run_examples {
+            services.extend(examples::start_all(&config).await.map_err(|e| format!("cannot start the example services: {e}"))?);
         }
+        if let Some(ic) = ingress_config {
+            if secret_key.is_none() && !matches!(config.deployment, Deployment::Local | Deployment::Testing) {
+                tracing::warn!("metrics.core has no SecretKey: /metrics.core/collect refuses every scrape outside LOCAL");
+            }
+            services.push(
+                metrics_core::service(secret_key)
+                    .start(&config)
+                    .await
+                    .map_err(|e| format!("cannot start metrics.core: {e}"))?,
+            );
+            let i = HttpIngress::start(ic, &config)
+                .await
+                .map_err(|e| format!("cannot start the HTTP ingress: {e}"))?;
+            targets.add(i.connector().clone());
+            ingress = Some(i);
+        }
+        Ok(())
     }
+    .await;
+    for s in &services {
+        targets.add(s.clone());
+    }
+    let admin = match started {
+        Ok(()) => AdminServer::start(cli.admin_addr, targets)
+            .await
+            .map_err(|e| format!("cannot listen on the admin address {}: {e}", cli.admin_addr)),
+        Err(e) => Err(e),
+    };
+    let admin = match admin {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            if let Some(i) = &ingress {
+                i.shutdown().await;
+            }
+            for conn in services.iter().rev() {
+                conn.shutdown().await;
+            }
+            return std::process::ExitCode::from(1);
+        }
+    };
 
     wait_for_signal().await;
     // The ingress first, so that requests in flight can still reach the services.
@@ -136,6 +183,7 @@ async fn main() -> std::process::ExitCode {
     for conn in services.iter().rev() {
         conn.shutdown().await;
     }
+    admin.shutdown().await;
     std::process::ExitCode::SUCCESS
 }
 

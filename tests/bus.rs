@@ -680,7 +680,11 @@ async fn control_plane_answers_on_own_host_and_all(bus: TestBus) {
         "{text}"
     );
     // A bad trace id is refused clearly.
-    let err = c.ctx().get("https://who.test:888/trace?id=xyz").await.unwrap_err();
+    let err = c
+        .ctx()
+        .get("https://who.test:888/trace?id=xyz")
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     let res = c
         .ctx()

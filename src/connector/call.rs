@@ -15,12 +15,12 @@ use super::{new_msg_id, Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::names::*;
 use crate::telemetry::trace;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
 use crate::transport::{Subscription, TransportError, TransportErrorKind};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 
 /// A unicast that is not acknowledged within this time has no responder: 404 `ack timeout`.
 /// Also the multicast ack window. Microbus's value, part of the protocol.
@@ -233,7 +233,10 @@ impl Observed {
         let inner = &ctx.conn.inner;
         let cx = inner.tracer.start(
             &ctx.otel,
-            format!("{} {}:{}{}", out.method, out.url.host, out.url.port, out.url.path),
+            format!(
+                "{} {}:{}{}",
+                out.method, out.url.host, out.url.port, out.url.path
+            ),
             SpanKind::Client,
             vec![
                 KeyValue::new(A_MESSAGING_SYSTEM, NATS),
@@ -246,7 +249,9 @@ impl Observed {
                 KeyValue::new(A_SERVER_PORT, out.url.port as i64),
                 KeyValue::new(
                     A_TIME_BUDGET_MS,
-                    out.deadline.saturating_duration_since(Instant::now()).as_millis() as i64,
+                    out.deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as i64,
                 ),
             ],
         );
@@ -286,7 +291,9 @@ impl Observed {
             Err(e) => {
                 trace::record_error(&self.cx, e);
                 if matches!(e.kind(), ErrorKind::AckTimeout | ErrorKind::Timeout) {
-                    inner.metrics.count_timeout(&out.url.host, out.url.port, &out.method);
+                    inner
+                        .metrics
+                        .count_timeout(&out.url.host, out.url.port, &out.method);
                 }
                 (e.status().as_u16(), true)
             }
@@ -371,7 +378,10 @@ async fn unicast_exchange(
     }
 }
 
-pub(crate) async fn multicast(ctx: &Ctx, mut req: Request<Bytes>) -> Vec<Result<Response<Bytes>, Error>> {
+pub(crate) async fn multicast(
+    ctx: &Ctx,
+    mut req: Request<Bytes>,
+) -> Vec<Result<Response<Bytes>, Error>> {
     let inner = &ctx.conn.inner;
     let out = match prepare(ctx, &mut req) {
         Ok(out) => out,

@@ -44,10 +44,10 @@ pub use call::{ACK_TIMEOUT, DEFAULT_CALL_BUDGET, MAX_CALL_DEPTH, NETWORK_HOP};
 pub use route::{Handler, HandlerFuture, Queue, RouteSpec};
 
 use crate::config::{BusConfig, Deployment};
+use crate::error::Error;
 use crate::telemetry;
 use crate::telemetry::metrics::ServiceMetrics;
 use crate::telemetry::trace::{ServiceIdentity, ServiceTracer};
-use crate::error::Error;
 use crate::transport::{Bus, ConnectionState, TransportError};
 use crate::wire::{self, is_valid_service_hostname, WireError};
 use call::Delivery;
@@ -235,7 +235,9 @@ impl Service {
         });
         let conn = Connector { inner };
         if let Err(e) = conn.activate(endpoints).await {
-            conn.inner.metrics.observe_callback("startup", true, starting.elapsed());
+            conn.inner
+                .metrics
+                .observe_callback("startup", true, starting.elapsed());
             conn.inner.stop_inbox.cancel();
             conn.inner.stop_serving.cancel();
             conn.inner.bus.close().await;
@@ -371,7 +373,9 @@ impl Connector {
             }
         }
         inner.lifetime.cancel();
-        inner.metrics.observe_callback("shutdown", false, begun.elapsed());
+        inner
+            .metrics
+            .observe_callback("shutdown", false, begun.elapsed());
         inner.stop_inbox.cancel();
         let inbox = inner.inbox_task.lock().expect("inbox lock").take();
         if let Some(task) = inbox {

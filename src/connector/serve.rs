@@ -17,14 +17,14 @@ use super::{control, Connector, Ctx, Inner, StartError};
 use crate::error::Error;
 use crate::telemetry::names::*;
 use crate::telemetry::trace;
-use crate::wire::BusUrl;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
-use opentelemetry::KeyValue;
-use tracing::Instrument;
 use crate::transport::{BusMessage, Subscription};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
+use crate::wire::BusUrl;
 use crate::wire::{self, codec, is_valid_hostname};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::KeyValue;
+use tracing::Instrument;
 
 /// Longest message id accepted from a peer (Microbus uses 8 characters).
 const MAX_MSG_ID_LEN: usize = 64;
@@ -243,7 +243,9 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     }
     let deadline = budget.map(|b| Instant::now() + b - NETWORK_HOP);
     let started = std::time::Instant::now();
-    let port = BusUrl::from_uri(req.uri()).map(|u| u.port).unwrap_or(ep.route.port);
+    let port = BusUrl::from_uri(req.uri())
+        .map(|u| u.port)
+        .unwrap_or(ep.route.port);
     let method = req.method().as_str().to_owned();
     let cx = inner.tracer.start(
         &trace::extract(req.headers()),
@@ -264,7 +266,9 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         ],
     );
     // Every log line of the handler carries the service, the instance and the trace.
-    let log_span = tracing::info_span!(
+    // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
+    // (and its count) to this service and trace.
+    let log_span = tracing::error_span!(
         "bus",
         host = %inner.hostname,
         id = %inner.id,

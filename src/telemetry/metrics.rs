@@ -37,7 +37,13 @@ type ConstLabels = HashMap<String, String>;
 
 // Identity labels go into each metric's own options (not the registry's) so that the
 // exposition lists all labels in alphabetical order, as Microbus does.
-fn histogram(c: &ConstLabels, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+fn histogram(
+    c: &ConstLabels,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
     HistogramVec::new(
         HistogramOpts::new(name, help)
             .const_labels(c.clone())
@@ -99,17 +105,73 @@ impl ServiceMetrics {
         let m = ServiceMetrics {
             instance_id: id.to_owned(),
             started: Instant::now(),
-            server_duration: histogram(c, SERVER_REQUEST_DURATION, "Time to handle a bus request, by route and outcome.", &server_labels, LATENCY_BUCKETS),
-            server_body: histogram(c, SERVER_RESPONSE_BODY, "Size of response bodies sent on the bus.", &server_labels, BODY_BUCKETS),
-            client_duration: histogram(c, CLIENT_REQUEST_DURATION, "Time of outgoing bus calls until the response, by target and outcome.", &client_labels, LATENCY_BUCKETS),
-            client_ack: histogram(c, CLIENT_ACK_LATENCY, "Time from publishing a request to its first ack.", &[L_HOST], ACK_BUCKETS),
-            client_timeouts: counter(c, CLIENT_TIMEOUTS, "Outgoing calls that ended in an ack timeout or a deadline.", &[L_HOST, L_PORT, L_METHOD]),
-            callback_duration: histogram(c, CALLBACK_DURATION, "Time of lifecycle callbacks (startup, shutdown).", &[L_HANDLER, L_ERROR], LATENCY_BUCKETS),
-            log_messages: counter(c, LOG_MESSAGES, "Log lines, by severity and message.", &[L_SEVERITY, L_MESSAGE]),
-            uptime: Gauge::with_opts(opts(c, UPTIME, "Seconds since the instance started.")).expect("valid gauge"),
-            nats_connected: IntGauge::with_opts(opts(c, NATS_CONNECTED, "1 while the instance's bus connection is up.")).expect("valid gauge"),
-            nats_reconnects: IntCounter::with_opts(opts(c, NATS_RECONNECTS, "Times the bus connection was re-established.")).expect("valid counter"),
-            overflows: counter(c, LABEL_OVERFLOWS, "Label values replaced by _other because a label had too many distinct values.", &[L_LABEL]),
+            server_duration: histogram(
+                c,
+                SERVER_REQUEST_DURATION,
+                "Time to handle a bus request, by route and outcome.",
+                &server_labels,
+                LATENCY_BUCKETS,
+            ),
+            server_body: histogram(
+                c,
+                SERVER_RESPONSE_BODY,
+                "Size of response bodies sent on the bus.",
+                &server_labels,
+                BODY_BUCKETS,
+            ),
+            client_duration: histogram(
+                c,
+                CLIENT_REQUEST_DURATION,
+                "Time of outgoing bus calls until the response, by target and outcome.",
+                &client_labels,
+                LATENCY_BUCKETS,
+            ),
+            client_ack: histogram(
+                c,
+                CLIENT_ACK_LATENCY,
+                "Time from publishing a request to its first ack.",
+                &[L_HOST],
+                ACK_BUCKETS,
+            ),
+            client_timeouts: counter(
+                c,
+                CLIENT_TIMEOUTS,
+                "Outgoing calls that ended in an ack timeout or a deadline.",
+                &[L_HOST, L_PORT, L_METHOD],
+            ),
+            callback_duration: histogram(
+                c,
+                CALLBACK_DURATION,
+                "Time of lifecycle callbacks (startup, shutdown).",
+                &[L_HANDLER, L_ERROR],
+                LATENCY_BUCKETS,
+            ),
+            log_messages: counter(
+                c,
+                LOG_MESSAGES,
+                "Log lines, by severity and message.",
+                &[L_SEVERITY, L_MESSAGE],
+            ),
+            uptime: Gauge::with_opts(opts(c, UPTIME, "Seconds since the instance started."))
+                .expect("valid gauge"),
+            nats_connected: IntGauge::with_opts(opts(
+                c,
+                NATS_CONNECTED,
+                "1 while the instance's bus connection is up.",
+            ))
+            .expect("valid gauge"),
+            nats_reconnects: IntCounter::with_opts(opts(
+                c,
+                NATS_RECONNECTS,
+                "Times the bus connection was re-established.",
+            ))
+            .expect("valid counter"),
+            overflows: counter(
+                c,
+                LABEL_OVERFLOWS,
+                "Label values replaced by _other because a label had too many distinct values.",
+                &[L_LABEL],
+            ),
             seen: Mutex::new(HashMap::new()),
             const_labels: labels.clone(),
             registry,
@@ -145,26 +207,61 @@ impl ServiceMetrics {
         OVERFLOW_VALUE.to_owned()
     }
 
-    pub fn observe_server(&self, handler: &str, port: u16, method: &str, code: u16, failed: bool, elapsed: Duration, body: usize) {
+    pub fn observe_server(
+        &self,
+        handler: &str,
+        port: u16,
+        method: &str,
+        code: u16,
+        failed: bool,
+        elapsed: Duration,
+        body: usize,
+    ) {
         let method = self.capped(L_METHOD, method);
         let (port, code) = (port.to_string(), code.to_string());
-        let labels = [handler, &port, &method, &code, if failed { ERROR } else { OK }];
-        self.server_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
-        self.server_body.with_label_values(&labels).observe(body as f64);
+        let labels = [
+            handler,
+            &port,
+            &method,
+            &code,
+            if failed { ERROR } else { OK },
+        ];
+        self.server_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.server_body
+            .with_label_values(&labels)
+            .observe(body as f64);
     }
 
-    pub fn observe_client(&self, host: &str, port: u16, method: &str, code: u16, failed: bool, elapsed: Duration) {
+    pub fn observe_client(
+        &self,
+        host: &str,
+        port: u16,
+        method: &str,
+        code: u16,
+        failed: bool,
+        elapsed: Duration,
+    ) {
         let host = self.capped(L_HOST, host);
         let method = self.capped(L_METHOD, method);
         let (port, code) = (port.to_string(), code.to_string());
         self.client_duration
-            .with_label_values(&[host.as_str(), &port, &method, &code, if failed { ERROR } else { OK }])
+            .with_label_values(&[
+                host.as_str(),
+                &port,
+                &method,
+                &code,
+                if failed { ERROR } else { OK },
+            ])
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_ack(&self, host: &str, elapsed: Duration) {
         let host = self.capped(L_HOST, host);
-        self.client_ack.with_label_values(&[&host]).observe(elapsed.as_secs_f64());
+        self.client_ack
+            .with_label_values(&[&host])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn count_timeout(&self, host: &str, port: u16, method: &str) {
@@ -184,7 +281,9 @@ impl ServiceMetrics {
     pub fn count_log(&self, severity: &str, message: &str) {
         let message: String = message.chars().take(128).collect();
         let message = self.capped(L_MESSAGE, &message);
-        self.log_messages.with_label_values(&[severity, &message]).inc();
+        self.log_messages
+            .with_label_values(&[severity, &message])
+            .inc();
     }
 
     /// Refresh the gauges that are read at scrape time.
@@ -247,8 +346,10 @@ pub fn process_registry() -> &'static Registry {
     PROCESS.get_or_init(|| {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("process collector registers once");
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector registers once");
         r
     })
 }
@@ -269,11 +370,12 @@ pub fn live_services() -> Vec<Arc<ServiceMetrics>> {
     live.iter().filter_map(Weak::upgrade).collect()
 }
 
-/// One exposition for the whole process: process metrics and every live service, each family
-/// once.
-pub fn gather_process() -> String {
+/// One exposition for the process: process metrics, log lines outside services, and the
+/// given services, each family once.
+pub fn gather(services: &[Arc<ServiceMetrics>]) -> String {
     let mut merged: Vec<prometheus::proto::MetricFamily> = process_registry().gather();
-    for svc in live_services() {
+    let process_logs = super::logs::process_metrics();
+    for svc in std::iter::once(&process_logs).chain(services) {
         for mut family in svc.registry.gather() {
             match merged.iter_mut().find(|f| f.name() == family.name()) {
                 Some(existing) => existing.mut_metric().extend(family.take_metric()),
@@ -292,13 +394,23 @@ mod tests {
     #[test]
     fn every_series_carries_service_labels() {
         let m = ServiceMetrics::new("unit.test", 3, "abc123");
-        m.observe_server("unit.test:443/x", 443, "GET", 200, false, Duration::from_micros(40), 10);
+        m.observe_server(
+            "unit.test:443/x",
+            443,
+            "GET",
+            200,
+            false,
+            Duration::from_micros(40),
+            10,
+        );
         m.refresh(true, 0);
         let text = m.encode();
         assert!(text.contains(
             r#"microbus_server_request_duration_seconds_bucket{code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443",service="unit.test",ver="3",le="0.00005"} 1"#
         ), "{text}");
-        assert!(text.contains(r#"busgate_nats_connected{id="abc123",service="unit.test",ver="3"} 1"#));
+        assert!(
+            text.contains(r#"busgate_nats_connected{id="abc123",service="unit.test",ver="3"} 1"#)
+        );
         assert!(live_service("abc123").is_some());
     }
 
@@ -341,7 +453,10 @@ pub fn exposition_response(text: String, gzip: bool) -> http::Response<bytes::By
         http::HeaderValue::from_static(TEXT_CONTENT_TYPE),
     );
     if gzip {
-        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(text.len() / 4), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(text.len() / 4),
+            flate2::Compression::fast(),
+        );
         if enc.write_all(text.as_bytes()).is_ok() {
             if let Ok(zipped) = enc.finish() {
                 res.headers_mut().insert(

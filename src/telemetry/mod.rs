@@ -1,6 +1,8 @@
 //! Telemetry: traces (OpenTelemetry, exported over OTLP), metrics (Prometheus) and logs
 //! (`tracing`), with every name fixed in [`names`].
 
+pub mod admin;
+pub mod exposition;
 pub mod logs;
 pub mod metrics;
 pub mod names;

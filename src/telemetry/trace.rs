@@ -14,8 +14,8 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult,
-    SdkTracer, SdkTracerProvider, ShouldSample, SpanData, SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracer,
+    SdkTracerProvider, ShouldSample, SpanData, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 
@@ -70,13 +70,23 @@ impl Default for TelemetryConfig {
 impl TelemetryConfig {
     /// The standard `OTEL_EXPORTER_OTLP_*` variables: a signal endpoint is used as is, a base
     /// endpoint gets `/v1/traces` over HTTP.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<TelemetryConfig, ConfigError> {
-        let get = |k: &str| lookup(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<TelemetryConfig, ConfigError> {
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let protocol = match get(ENV_OTLP_PROTOCOL).as_deref() {
             None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
             Some("grpc") => OtlpProtocol::Grpc,
             Some(other) => {
-                return Err(ConfigError::new(ENV_OTLP_PROTOCOL, other, "expected http/protobuf or grpc"))
+                return Err(ConfigError::new(
+                    ENV_OTLP_PROTOCOL,
+                    other,
+                    "expected http/protobuf or grpc",
+                ))
             }
         };
         let endpoint = match (get(ENV_OTLP_TRACES_ENDPOINT), get(ENV_OTLP_ENDPOINT)) {
@@ -89,14 +99,22 @@ impl TelemetryConfig {
         };
         if let Some(e) = &endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(ConfigError::new(ENV_OTLP_ENDPOINT, e, "expected an http:// or https:// URL"));
+                return Err(ConfigError::new(
+                    ENV_OTLP_ENDPOINT,
+                    e,
+                    "expected an http:// or https:// URL",
+                ));
             }
         }
         let slow_trace_threshold = match get(ENV_SLOW_TRACE_THRESHOLD) {
             Some(v) => parse_duration(ENV_SLOW_TRACE_THRESHOLD, &v)?,
             None => DEFAULT_SLOW_TRACE_THRESHOLD,
         };
-        Ok(TelemetryConfig { endpoint, protocol, slow_trace_threshold })
+        Ok(TelemetryConfig {
+            endpoint,
+            protocol,
+            slow_trace_threshold,
+        })
     }
 }
 
@@ -117,7 +135,10 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
             self.0.insert(name, value);
         }
     }
@@ -172,7 +193,11 @@ impl ShouldSample for Muffler {
             || name.ends_with("/metrics.core/collect")
             || name.ends_with("/metrics.core:443/collect");
         SamplingResult {
-            decision: if muffled { SamplingDecision::Drop } else { SamplingDecision::RecordAndSample },
+            decision: if muffled {
+                SamplingDecision::Drop
+            } else {
+                SamplingDecision::RecordAndSample
+            },
             attributes: Vec::new(),
             trace_state: parent
                 .map(|cx| cx.span().span_context().trace_state().clone())
@@ -206,15 +231,21 @@ impl Selector {
                 st.selected.retain(|_, at| at.elapsed() < SELECTION_TTL);
                 if st.selected.len() >= SELECTED_TRACES_MAX {
                     // Forget the oldest selection rather than grow without bound.
-                    if let Some(oldest) = st.selected.iter().min_by_key(|(_, at)| **at).map(|(t, _)| *t) {
+                    if let Some(oldest) = st
+                        .selected
+                        .iter()
+                        .min_by_key(|(_, at)| **at)
+                        .map(|(t, _)| *t)
+                    {
                         st.selected.remove(&oldest);
                     }
                 }
             }
             st.selected.insert(trace_id, Instant::now());
-            let (keep, flush): (VecDeque<SpanData>, VecDeque<SpanData>) = std::mem::take(&mut st.buffer)
-                .into_iter()
-                .partition(|s| s.span_context.trace_id() != trace_id);
+            let (keep, flush): (VecDeque<SpanData>, VecDeque<SpanData>) =
+                std::mem::take(&mut st.buffer)
+                    .into_iter()
+                    .partition(|s| s.span_context.trace_id() != trace_id);
             st.buffer = keep;
             flush.into()
         };
@@ -287,7 +318,10 @@ pub struct ServiceTracer {
 }
 
 impl ServiceTracer {
-    pub fn new(config: &TelemetryConfig, who: &ServiceIdentity<'_>) -> Result<ServiceTracer, String> {
+    pub fn new(
+        config: &TelemetryConfig,
+        who: &ServiceIdentity<'_>,
+    ) -> Result<ServiceTracer, String> {
         let resource = Resource::builder_empty()
             .with_attributes([
                 KeyValue::new("service.name", who.hostname.to_owned()),
@@ -323,11 +357,21 @@ impl ServiceTracer {
         }
         let provider = builder.build();
         let tracer = provider.tracer("busgate");
-        Ok(ServiceTracer { tracer, provider, selector })
+        Ok(ServiceTracer {
+            tracer,
+            provider,
+            selector,
+        })
     }
 
     /// Start a span of `kind` under `parent` and return the context holding it.
-    pub fn start(&self, parent: &Context, name: String, kind: SpanKind, attributes: Vec<KeyValue>) -> Context {
+    pub fn start(
+        &self,
+        parent: &Context,
+        name: String,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+    ) -> Context {
         let span = self
             .tracer
             .span_builder(name)
@@ -345,7 +389,9 @@ impl ServiceTracer {
     }
 
     pub fn is_selected(&self, trace_id: TraceId) -> bool {
-        self.selector.as_ref().is_some_and(|s| s.is_selected(trace_id))
+        self.selector
+            .as_ref()
+            .is_some_and(|s| s.is_selected(trace_id))
     }
 
     /// Whether this tracer drops traces unless they are selected.
@@ -361,7 +407,11 @@ impl ServiceTracer {
     }
 }
 
-fn build_exporter(config: &TelemetryConfig, endpoint: &str, resource: &Resource) -> Result<opentelemetry_otlp::SpanExporter, String> {
+fn build_exporter(
+    config: &TelemetryConfig,
+    endpoint: &str,
+    resource: &Resource,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
     use opentelemetry_otlp::{SpanExporter, WithExportConfig};
     use opentelemetry_sdk::trace::SpanExporter as _;
     let built = match config.protocol {
@@ -376,7 +426,8 @@ fn build_exporter(config: &TelemetryConfig, endpoint: &str, resource: &Resource)
             .with_timeout(EXPORT_TIMEOUT)
             .build(),
     };
-    let mut exporter = built.map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
+    let mut exporter =
+        built.map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
     exporter.set_resource(resource);
     Ok(exporter)
 }
@@ -386,7 +437,9 @@ pub fn parse_trace_id(hex: &str) -> Option<TraceId> {
     if hex.len() != 32 {
         return None;
     }
-    TraceId::from_hex(hex).ok().filter(|t| *t != TraceId::INVALID)
+    TraceId::from_hex(hex)
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)
 }
 
 #[cfg(test)]
@@ -396,33 +449,69 @@ mod tests {
     #[test]
     fn otel_environment() {
         let cfg = |pairs: &[(&str, &str)]| {
-            let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let map: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             TelemetryConfig::from_lookup(|k| map.get(k).cloned())
         };
         assert_eq!(cfg(&[]).unwrap().endpoint, None);
         let c = cfg(&[(ENV_OTLP_ENDPOINT, "http://jaeger:4318/")]).unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("http://jaeger:4318/v1/traces"));
         assert_eq!(c.protocol, OtlpProtocol::HttpProtobuf);
-        let c = cfg(&[(ENV_OTLP_ENDPOINT, "http://jaeger:4317"), (ENV_OTLP_PROTOCOL, "grpc")]).unwrap();
-        assert_eq!((c.endpoint.as_deref(), c.protocol), (Some("http://jaeger:4317"), OtlpProtocol::Grpc));
-        let c = cfg(&[(ENV_OTLP_ENDPOINT, "http://a:1"), (ENV_OTLP_TRACES_ENDPOINT, "http://b:2/custom")]).unwrap();
+        let c = cfg(&[
+            (ENV_OTLP_ENDPOINT, "http://jaeger:4317"),
+            (ENV_OTLP_PROTOCOL, "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.endpoint.as_deref(), c.protocol),
+            (Some("http://jaeger:4317"), OtlpProtocol::Grpc)
+        );
+        let c = cfg(&[
+            (ENV_OTLP_ENDPOINT, "http://a:1"),
+            (ENV_OTLP_TRACES_ENDPOINT, "http://b:2/custom"),
+        ])
+        .unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("http://b:2/custom"));
-        assert_eq!(cfg(&[(ENV_OTLP_PROTOCOL, "http/json")]).unwrap_err().name, ENV_OTLP_PROTOCOL);
-        assert_eq!(cfg(&[(ENV_OTLP_ENDPOINT, "jaeger:4318")]).unwrap_err().name, ENV_OTLP_ENDPOINT);
-        assert_eq!(cfg(&[(ENV_SLOW_TRACE_THRESHOLD, "250ms")]).unwrap().slow_trace_threshold, Duration::from_millis(250));
+        assert_eq!(
+            cfg(&[(ENV_OTLP_PROTOCOL, "http/json")]).unwrap_err().name,
+            ENV_OTLP_PROTOCOL
+        );
+        assert_eq!(
+            cfg(&[(ENV_OTLP_ENDPOINT, "jaeger:4318")]).unwrap_err().name,
+            ENV_OTLP_ENDPOINT
+        );
+        assert_eq!(
+            cfg(&[(ENV_SLOW_TRACE_THRESHOLD, "250ms")])
+                .unwrap()
+                .slow_trace_threshold,
+            Duration::from_millis(250)
+        );
     }
 
     #[test]
     fn context_round_trips_through_headers_in_any_case() {
         let mut h = HeaderMap::new();
-        h.insert("TRACEPARENT", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        h.insert(
+            "TRACEPARENT",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
         let cx = extract(&h);
         assert_eq!(trace_id(&cx), "0af7651916cd43dd8448eb211c80319c");
         let mut out = HeaderMap::new();
         inject(&cx, &mut out);
-        assert_eq!(out["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert_eq!(
+            out["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
         assert!(parse_trace_id("0af7651916cd43dd8448eb211c80319c").is_some());
-        for bad in ["", "xyz", "00000000000000000000000000000000", "0af7651916cd43dd8448eb211c80319"] {
+        for bad in [
+            "",
+            "xyz",
+            "00000000000000000000000000000000",
+            "0af7651916cd43dd8448eb211c80319",
+        ] {
             assert!(parse_trace_id(bad).is_none(), "{bad}");
         }
     }

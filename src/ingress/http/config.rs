@@ -53,6 +53,11 @@ pub const TRUSTED_PROXIES: &str = "TrustedProxies";
 /// Peers whose `X-Forwarded-*` headers are believed; anyone else's are replaced.
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1, ::1";
 
+pub const TRUST_TRACE_CONTEXT: &str = "TrustTraceContext";
+/// Listener ports whose incoming `traceparent` is continued; elsewhere (the public 443/80)
+/// every request starts a new trace, so outsiders cannot join or forge traces.
+pub const DEFAULT_TRUST_TRACE_CONTEXT: &str = "8080";
+
 pub const BLOCKED_PATHS: &str = "BlockedPaths";
 /// Paths that scanners probe; answered 404 without touching the bus (Microbus's list).
 pub const DEFAULT_BLOCKED_PATHS: &str = "/geoserver
@@ -116,7 +121,7 @@ pub const DEFAULT_BLOCKED_PATHS: &str = "/geoserver
 *.exe";
 
 /// Every property with its default, in the order they are documented.
-pub const PROPERTIES: [(&str, &str); 11] = [
+pub const PROPERTIES: [(&str, &str); 12] = [
     (PORTS, DEFAULT_PORTS),
     (PORT_MAPPINGS, DEFAULT_PORT_MAPPINGS),
     (TIME_BUDGET, DEFAULT_TIME_BUDGET),
@@ -127,6 +132,7 @@ pub const PROPERTIES: [(&str, &str); 11] = [
     (WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT),
     (MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_BYTES),
     (TRUSTED_PROXIES, DEFAULT_TRUSTED_PROXIES),
+    (TRUST_TRACE_CONTEXT, DEFAULT_TRUST_TRACE_CONTEXT),
     (BLOCKED_PATHS, DEFAULT_BLOCKED_PATHS),
 ];
 
@@ -269,6 +275,7 @@ pub struct IngressConfig {
     pub write_timeout: Duration,
     pub max_header_bytes: usize,
     pub trusted_proxies: HashSet<IpAddr>,
+    pub trust_trace_context: HashSet<u16>,
     pub blocked_paths: BlockedPaths,
     /// Where `httpingress-<port>-cert.pem` and `-key.pem` are looked for.
     pub cert_dir: PathBuf,
@@ -372,7 +379,23 @@ impl IngressConfig {
                 ConfigError::new(TRUSTED_PROXIES, &proxies, "expected IP addresses")
             })?);
         }
+        let trust_value = get(TRUST_TRACE_CONTEXT);
+        let mut trust_trace_context = HashSet::new();
+        for p in trust_value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            trust_trace_context.insert(p.parse::<u16>().map_err(|_| {
+                ConfigError::new(
+                    TRUST_TRACE_CONTEXT,
+                    &trust_value,
+                    "expected ports like 8080",
+                )
+            })?);
+        }
         Ok(IngressConfig {
+            trust_trace_context,
             ports,
             port_mappings: PortMappings::parse(&get(PORT_MAPPINGS))?,
             time_budget: parse_duration(TIME_BUDGET, &get(TIME_BUDGET))?,
@@ -453,6 +476,7 @@ mod tests {
             (MAX_HEADER_BYTES, "10"),
             (TRUSTED_PROXIES, "localhost"),
             (PORT_MAPPINGS, "1->2"),
+            (TRUST_TRACE_CONTEXT, "x"),
         ] {
             let err =
                 IngressConfig::resolve(None, none, &[(name.into(), value.into())]).unwrap_err();

@@ -29,9 +29,21 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
 }
 
-/// The trace id shown on error pages; the telemetry layer makes it the trace's id.
+/// The trace id shown on error pages: the id of the request's trace.
 #[derive(Debug, Clone)]
 pub struct TraceId(pub String);
+
+/// The ingress span of the request, parent of the bus call.
+#[derive(Debug, Clone)]
+pub struct TraceContext(pub opentelemetry::Context);
+
+/// Time spent waiting for the bus, for `Server-Timing`.
+#[derive(Debug, Clone, Copy)]
+pub struct BusTime(pub Duration);
+
+/// Bytes of the request body that were read.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestBodySize(pub usize);
 
 /// The deadline of the bus call, set by the timeout layer.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +104,138 @@ fn new_trace_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// The root SERVER span of every request `:<port><path>`, continued from the client's
+/// `traceparent` only on trusted listeners; `Server-Timing` with total and bus time; the
+/// ingress metrics per listener and target.
+pub async fn telemetry(
+    State(shared): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+    use opentelemetry::KeyValue;
+    use tracing::Instrument;
+
+    use crate::telemetry::names::*;
+    use crate::telemetry::trace;
+
+    let started = std::time::Instant::now();
+    let info = conn_info(&req);
+    let parent = if shared
+        .config
+        .trust_trace_context
+        .contains(&info.listen_port)
+    {
+        trace::extract(req.headers())
+    } else {
+        opentelemetry::Context::new()
+    };
+    let path = req.uri().path().to_owned();
+    let method = req.method().as_str().to_owned();
+    let mut attributes = vec![
+        KeyValue::new(A_HTTP_METHOD, method.clone()),
+        KeyValue::new(A_URL_PATH, path.clone()),
+        KeyValue::new(A_URL_SCHEME, if info.tls { "https" } else { "http" }),
+        KeyValue::new(A_SERVER_PORT, info.listen_port as i64),
+        KeyValue::new(A_CLIENT_ADDRESS, client_ip(&shared, &req).to_string()),
+    ];
+    if let Some(q) = req.uri().query() {
+        attributes.push(KeyValue::new(A_URL_QUERY, q.to_owned()));
+    }
+    if let Some(ua) = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attributes.push(KeyValue::new(A_USER_AGENT, ua.to_owned()));
+    }
+    let route = super::proxy::parse_target(&path)
+        .map(|t| format!("{}:{}", t.host, t.port))
+        .unwrap_or_else(|| "_invalid".to_owned());
+    attributes.push(KeyValue::new(A_HTTP_ROUTE, route.clone()));
+    let cx = shared.conn.tracer().start(
+        &parent,
+        format!(":{}{}", info.listen_port, path),
+        SpanKind::Server,
+        attributes,
+    );
+    let trace_id = trace::trace_id(&cx);
+    req.extensions_mut().insert(TraceId(trace_id.clone()));
+    req.extensions_mut().insert(TraceContext(cx.clone()));
+
+    let port_label = info.listen_port.to_string();
+    let metrics = &shared.metrics;
+    let in_flight = metrics.in_flight.with_label_values(&[&port_label]);
+    in_flight.inc();
+    // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
+    // (and its count) to this service and trace.
+    let log_span = tracing::error_span!(
+        "http",
+        host = %shared.conn.hostname(),
+        id = %shared.conn.id(),
+        trace_id = %trace_id,
+    );
+    let mut res = next.run(req).instrument(log_span).await;
+    in_flight.dec();
+
+    let elapsed = started.elapsed();
+    let status = res.status().as_u16();
+    let response_size = axum::body::HttpBody::size_hint(res.body())
+        .exact()
+        .unwrap_or(0);
+    let request_size = res
+        .extensions()
+        .get::<RequestBodySize>()
+        .map(|s| s.0)
+        .unwrap_or(0);
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(A_HTTP_STATUS, status as i64));
+    span.set_attribute(KeyValue::new(A_HTTP_REQUEST_BODY_SIZE, request_size as i64));
+    span.set_attribute(KeyValue::new(
+        A_HTTP_RESPONSE_BODY_SIZE,
+        response_size as i64,
+    ));
+    match res.extensions().get::<IngressError>() {
+        Some(IngressError(err)) => {
+            trace::record_error(&cx, err);
+            crate::connector::force_trace(&shared.conn, &cx);
+        }
+        None if status >= 500 => span.set_status(Status::error(format!("status {status}"))),
+        None => span.set_status(Status::Ok),
+    }
+    span.end();
+
+    let route_label = shared.conn.metrics().capped(L_ROUTE, &route);
+    let method_label = shared.conn.metrics().capped(L_METHOD, &method);
+    metrics
+        .duration
+        .with_label_values(&[
+            port_label.as_str(),
+            &route_label,
+            &method_label,
+            &status.to_string(),
+        ])
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .request_body
+        .with_label_values(&[&port_label])
+        .observe(request_size as f64);
+    metrics
+        .response_body
+        .with_label_values(&[&port_label])
+        .observe(response_size as f64);
+
+    let mut timing = format!("total;dur={:.3}", elapsed.as_secs_f64() * 1000.0);
+    if let Some(BusTime(bus)) = res.extensions().get::<BusTime>() {
+        timing.push_str(&format!(", bus;dur={:.3}", bus.as_secs_f64() * 1000.0));
+    }
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("server-timing"), v);
+    }
+    res
+}
+
 /// Renders an [`IngressError`] as `text/plain`: the full error and stack for a client on
 /// localhost, `<status text> <trace id>` for anyone else; every error page names its trace.
 pub async fn error_printer(
@@ -107,7 +251,8 @@ pub async fn error_printer(
     req.extensions_mut().insert(trace_id.clone());
     let local = client_ip(&shared, &req).is_loopback();
     let mut res = next.run(req).await;
-    let Some(IngressError(err)) = res.extensions_mut().remove::<IngressError>() else {
+    // Left in place: the telemetry layer records it on the span.
+    let Some(IngressError(err)) = res.extensions().get::<IngressError>().cloned() else {
         return res;
     };
     let id = &trace_id.0;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! client ──HTTP──▶ listener (:8080, TLS when httpingress-<port>-cert.pem exists)
-//!                    └─ error printer ▸ blocked paths ▸ access log ▸ secure redirect ▸ CORS
+//!                    └─ telemetry ▸ error printer ▸ blocked paths ▸ access log ▸ secure redirect ▸ CORS
 //!                       ▸ X-Forwarded ▸ internal headers ▸ root path ▸ timeout
 //!                       ▸ cache control ▸ compression ▸ default favicon ▸ proxy ──bus──▶ service
 //! ```
@@ -43,6 +43,7 @@ use middleware::ConnInfo;
 
 use crate::config::BusConfig;
 use crate::connector::{Connector, Service, StartError};
+use crate::telemetry::metrics::IngressMetrics;
 
 /// Responses smaller than this are not worth compressing (Microbus's threshold).
 pub const COMPRESSION_MIN_BYTES: u64 = 1024;
@@ -68,6 +69,7 @@ pub enum IngressError {
 pub struct Shared {
     pub config: IngressConfig,
     pub conn: Connector,
+    pub metrics: IngressMetrics,
     pub memory: Arc<MemoryBudget>,
     /// Listener ports that serve TLS.
     pub tls_ports: HashSet<u16>,
@@ -112,6 +114,7 @@ impl HttpIngress {
             listeners.push((port, listener, tls));
         }
         let shared = Arc::new(Shared {
+            metrics: IngressMetrics::register(conn.metrics()),
             memory: MemoryBudget::new(config.request_memory_limit_bytes / 2),
             config,
             conn,
@@ -194,6 +197,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(proxy::proxy)
         .layer(
             ServiceBuilder::new()
+                .layer(from_fn_with_state(s.clone(), middleware::telemetry))
                 .layer(from_fn_with_state(s.clone(), middleware::error_printer))
                 .layer(from_fn_with_state(s.clone(), middleware::blocked_paths))
                 .layer(from_fn(middleware::access_log))

@@ -12,7 +12,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body_util::BodyExt;
 
-use super::middleware::{empty_not_found, error_response, ConnInfo, Deadline};
+use super::middleware::{
+    empty_not_found, error_response, BusTime, ConnInfo, Deadline, RequestBodySize, TraceContext,
+};
 use super::Shared;
 use crate::connector::CONTROL_PORT;
 use crate::error::Error;
@@ -116,11 +118,18 @@ pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response 
     };
     copy_headers(&parts.headers, bus_req.headers_mut());
 
+    let request_size = RequestBodySize(bus_req.body().len());
     let mut ctx = shared.conn.ctx();
     if let Some(Deadline(Some(deadline))) = parts.extensions.get::<Deadline>() {
         ctx = ctx.with_deadline(*deadline);
     }
-    match ctx.request(bus_req).await {
+    if let Some(TraceContext(cx)) = parts.extensions.get::<TraceContext>() {
+        ctx = ctx.with_trace_context(cx.clone());
+    }
+    let bus_started = std::time::Instant::now();
+    let result = ctx.request(bus_req).await;
+    let bus_time = BusTime(bus_started.elapsed());
+    let mut out = match result {
         Ok(res) => {
             let (res_parts, res_body) = res.into_parts();
             let mut out = Response::new(Body::from(res_body));
@@ -129,7 +138,10 @@ pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response 
             out
         }
         Err(e) => error_response(e),
-    }
+    };
+    out.extensions_mut().insert(bus_time);
+    out.extensions_mut().insert(request_size);
+    out
 }
 
 /// Most bytes of a refused body read and thrown away so that the client, still sending,

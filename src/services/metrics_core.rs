@@ -1,0 +1,141 @@
+//! `metrics.core`: one Prometheus scrape target for the whole bus. `GET /metrics.core/collect`
+//! through the ingress pings the bus, pulls `:888/metrics` from every instance in parallel, and
+//! returns one exposition with each family once.
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
+use http::{Request, Response, StatusCode};
+
+use crate::config::Deployment;
+use crate::connector::{build_request, Ctx, Service, CONTROL_PORT};
+use crate::error::Error;
+use crate::telemetry::exposition;
+use crate::telemetry::metrics::{accepts_gzip, exposition_response};
+use crate::wire::frame::Frame;
+use crate::wire::{is_valid_hostname, ALL_HOSTS};
+
+pub const HOSTNAME: &str = "metrics.core";
+/// The secret a scraper passes as `?secretKey=`; needed outside LOCAL and TESTING.
+pub const SECRET_KEY: &str = "SecretKey";
+pub const ENV_SECRET_KEY: &str = "BUSGATE_METRICS_SECRET_KEY";
+/// Prometheus tells how long it will wait; we answer a little before that.
+pub const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
+pub const SCRAPE_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+
+pub fn service(secret_key: Option<String>) -> Service {
+    let secret = secret_key.filter(|k| !k.is_empty());
+    Service::new(HOSTNAME)
+        .version(1)
+        .any("/collect", move |ctx: Ctx, req: Request<Bytes>| {
+            let secret = secret.clone();
+            async move { collect(ctx, req, secret.as_deref()).await }
+        })
+}
+
+fn query_arg(req: &Request<Bytes>, names: &[&str]) -> Option<String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    pairs
+        .into_iter()
+        .find(|(k, _)| names.contains(&k.as_str()))
+        .map(|(_, v)| v)
+}
+
+async fn collect(
+    ctx: Ctx,
+    req: Request<Bytes>,
+    secret: Option<&str>,
+) -> Result<Response<Bytes>, Error> {
+    let given = query_arg(&req, &["secretKey", "secretkey"]);
+    let open = matches!(
+        ctx.connector().deployment(),
+        Deployment::Local | Deployment::Testing
+    );
+    match secret {
+        Some(s) if given.as_deref() == Some(s) => {}
+        None if open => {}
+        _ => return Err(Error::new(StatusCode::NOT_FOUND, "incorrect secret key")),
+    }
+    let target = query_arg(&req, &["service"]).unwrap_or_else(|| ALL_HOSTS.to_owned());
+    if !is_valid_hostname(&target) {
+        return Err(Error::bad_request(format!("invalid service '{target}'")));
+    }
+    let mut ctx = ctx;
+    if let Some(secs) = req
+        .headers()
+        .get(SCRAPE_TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+    {
+        let budget =
+            Duration::from_secs_f64(secs.min(3600.0)).saturating_sub(SCRAPE_TIMEOUT_MARGIN);
+        ctx = ctx.with_timeout(budget);
+    }
+
+    let ping = build_request(
+        "POST",
+        &format!("https://{target}:{CONTROL_PORT}/ping"),
+        Bytes::new(),
+        None,
+    )?;
+    let mut hosts: Vec<String> = ctx
+        .multicast(ping)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|res| Frame(res.headers()).from_host().map(str::to_owned))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+
+    let pulls = hosts.iter().map(|host| {
+        let ctx = ctx.clone();
+        async move {
+            let mut req = build_request(
+                "GET",
+                &format!("https://{host}:{CONTROL_PORT}/metrics"),
+                Bytes::new(),
+                None,
+            )?;
+            req.headers_mut()
+                .insert(ACCEPT_ENCODING, http::HeaderValue::from_static("gzip"));
+            Ok::<_, Error>(ctx.multicast(req).await)
+        }
+    });
+    let mut texts = Vec::new();
+    for pulled in join_all(pulls).await {
+        for res in pulled?.into_iter() {
+            match res.and_then(|r| body_text(&r)) {
+                Ok(text) => texts.push(text),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an instance's metrics could not be collected")
+                }
+            }
+        }
+    }
+    Ok(exposition_response(
+        exposition::merge(&texts),
+        accepts_gzip(req.headers()),
+    ))
+}
+
+fn body_text(res: &Response<Bytes>) -> Result<String, Error> {
+    let gzipped = res
+        .headers()
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if !gzipped {
+        return String::from_utf8(res.body().to_vec())
+            .map_err(|_| Error::internal("metrics are not UTF-8"));
+    }
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(res.body().as_ref())
+        .read_to_string(&mut text)
+        .map_err(|e| Error::internal(format!("cannot gunzip metrics: {e}")))?;
+    Ok(text)
+}

@@ -1,0 +1,3 @@
+//! Core services busgate ships besides the ingresses.
+
+pub mod metrics_core;
