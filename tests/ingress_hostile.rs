@@ -44,7 +44,11 @@ fn sink() -> Service {
             Ok(Response::new(Bytes::from(req.body().len().to_string())))
         })
         .any("/headers", |_ctx: Ctx, req: Request<Bytes>| async move {
-            let names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+            let names: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
+                .collect();
             Ok(Response::builder()
                 .header("mIcRoBuS-Leak", "x")
                 .header(
@@ -310,9 +314,14 @@ async fn internal_headers_in_any_case_never_cross() {
     // Only the ingress's own frame headers reach the service.
     let seen = res.text();
     assert!(
-        !seen.contains("microbus-fragment") && !seen.contains("traceparent"),
+        !seen.contains("microbus-fragment")
+            && !seen.contains("=Err")
+            && !seen.contains("traceparent=x")
+            && !seen.contains("microbus-time-budget=1,"),
         "{seen}"
     );
+    // The traceparent the service sees is the ingress's own span.
+    assert!(seen.contains("traceparent=00-"), "{seen}");
     assert!(res
         .headers
         .iter()
@@ -460,6 +469,7 @@ async fn secure_redirect_when_tls_serves_443() {
         .await
         .unwrap();
     let shared = Arc::new(Shared {
+        metrics: busgate::telemetry::metrics::IngressMetrics::register(conn.metrics()),
         config: IngressConfig::default(),
         conn: conn.clone(),
         memory: busgate::ingress::http::memory::MemoryBudget::new(1 << 20),

@@ -191,6 +191,7 @@ impl Service {
         let id = new_instance_id();
         let starting = std::time::Instant::now();
         let metrics = ServiceMetrics::new(&self.hostname, self.version, &id);
+        metrics.set_enabled(config.telemetry.enabled);
         let tracer = ServiceTracer::new(
             &config.telemetry,
             &ServiceIdentity {

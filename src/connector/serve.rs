@@ -15,6 +15,7 @@ use super::fragment::{split_body, DefragOutcome, DEFRAG_SWEEP_INTERVAL};
 use super::route::{Endpoint, Queue};
 use super::{control, Connector, Ctx, Inner, StartError};
 use crate::error::Error;
+use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace;
 use crate::transport::{BusMessage, Subscription};
@@ -317,9 +318,11 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         &handler,
         port,
         &method,
-        code,
-        result.is_err(),
-        started.elapsed(),
+        Outcome {
+            code,
+            failed: result.is_err(),
+            elapsed: started.elapsed(),
+        },
         body,
     );
     respond(&inner, &reply, result).await;

@@ -22,7 +22,8 @@ pub const HOSTNAME: &str = "metrics.core";
 /// The secret a scraper passes as `?secretKey=`; needed outside LOCAL and TESTING.
 pub const SECRET_KEY: &str = "SecretKey";
 pub const ENV_SECRET_KEY: &str = "BUSGATE_METRICS_SECRET_KEY";
-/// Prometheus tells how long it will wait; we answer a little before that.
+/// Prometheus tells how long it will wait; we answer a little before that: a tenth of it,
+/// at most half a second.
 pub const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
 pub const SCRAPE_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
 

@@ -69,8 +69,18 @@ fn register(registry: &Registry, c: impl Collector + Clone + 'static) -> Box<dyn
     Box::new(c)
 }
 
+/// How a request or call ended, for the duration histograms.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub code: u16,
+    pub failed: bool,
+    pub elapsed: Duration,
+}
+
 /// The metrics of one service instance.
 pub struct ServiceMetrics {
+    /// False when telemetry is off: observations are skipped.
+    enabled: std::sync::atomic::AtomicBool,
     pub registry: Registry,
     /// `service`, `ver`, `id`: put them on custom metrics too.
     pub const_labels: HashMap<String, String>,
@@ -103,6 +113,7 @@ impl ServiceMetrics {
         let server_labels = [L_HANDLER, L_PORT, L_METHOD, L_CODE, L_ERROR];
         let client_labels = [L_HOST, L_PORT, L_METHOD, L_CODE, L_ERROR];
         let m = ServiceMetrics {
+            enabled: std::sync::atomic::AtomicBool::new(true),
             instance_id: id.to_owned(),
             started: Instant::now(),
             server_duration: histogram(
@@ -192,6 +203,14 @@ impl ServiceMetrics {
         m
     }
 
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// `value`, or [`OVERFLOW_VALUE`] once `label` has seen [`MAX_LABEL_VALUES`] others.
     pub fn capped(&self, label: &'static str, value: &str) -> String {
         let mut seen = self.seen.lock().expect("seen lock");
@@ -212,23 +231,24 @@ impl ServiceMetrics {
         handler: &str,
         port: u16,
         method: &str,
-        code: u16,
-        failed: bool,
-        elapsed: Duration,
+        outcome: Outcome,
         body: usize,
     ) {
+        if !self.enabled() {
+            return;
+        }
         let method = self.capped(L_METHOD, method);
-        let (port, code) = (port.to_string(), code.to_string());
+        let (port, code) = (port.to_string(), outcome.code.to_string());
         let labels = [
             handler,
             &port,
             &method,
             &code,
-            if failed { ERROR } else { OK },
+            if outcome.failed { ERROR } else { OK },
         ];
         self.server_duration
             .with_label_values(&labels)
-            .observe(elapsed.as_secs_f64());
+            .observe(outcome.elapsed.as_secs_f64());
         self.server_body
             .with_label_values(&labels)
             .observe(body as f64);
@@ -243,6 +263,9 @@ impl ServiceMetrics {
         failed: bool,
         elapsed: Duration,
     ) {
+        if !self.enabled() {
+            return;
+        }
         let host = self.capped(L_HOST, host);
         let method = self.capped(L_METHOD, method);
         let (port, code) = (port.to_string(), code.to_string());
@@ -258,6 +281,9 @@ impl ServiceMetrics {
     }
 
     pub fn observe_ack(&self, host: &str, elapsed: Duration) {
+        if !self.enabled() {
+            return;
+        }
         let host = self.capped(L_HOST, host);
         self.client_ack
             .with_label_values(&[&host])
@@ -265,6 +291,9 @@ impl ServiceMetrics {
     }
 
     pub fn count_timeout(&self, host: &str, port: u16, method: &str) {
+        if !self.enabled() {
+            return;
+        }
         let host = self.capped(L_HOST, host);
         let method = self.capped(L_METHOD, method);
         self.client_timeouts
@@ -273,12 +302,18 @@ impl ServiceMetrics {
     }
 
     pub fn observe_callback(&self, name: &str, failed: bool, elapsed: Duration) {
+        if !self.enabled() {
+            return;
+        }
         self.callback_duration
             .with_label_values(&[name, if failed { ERROR } else { OK }])
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn count_log(&self, severity: &str, message: &str) {
+        if !self.enabled() {
+            return;
+        }
         let message: String = message.chars().take(128).collect();
         let message = self.capped(L_MESSAGE, &message);
         self.log_messages
@@ -387,45 +422,6 @@ pub fn gather(services: &[Arc<ServiceMetrics>]) -> String {
     encode_families(merged)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_series_carries_service_labels() {
-        let m = ServiceMetrics::new("unit.test", 3, "abc123");
-        m.observe_server(
-            "unit.test:443/x",
-            443,
-            "GET",
-            200,
-            false,
-            Duration::from_micros(40),
-            10,
-        );
-        m.refresh(true, 0);
-        let text = m.encode();
-        assert!(text.contains(
-            r#"microbus_server_request_duration_seconds_bucket{code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443",service="unit.test",ver="3",le="0.00005"} 1"#
-        ), "{text}");
-        assert!(
-            text.contains(r#"busgate_nats_connected{id="abc123",service="unit.test",ver="3"} 1"#)
-        );
-        assert!(live_service("abc123").is_some());
-    }
-
-    #[test]
-    fn outside_labels_are_capped() {
-        let m = ServiceMetrics::new("cap.test", 0, "cap1");
-        for i in 0..MAX_LABEL_VALUES + 10 {
-            m.observe_ack(&format!("h{i}.example"), Duration::from_millis(1));
-        }
-        let text = m.encode();
-        assert!(text.contains(r#"host="_other""#));
-        assert!(text.contains(r#"busgate_label_overflow_total{id="cap1",label="host",service="cap.test",ver="0"} 10"#), "{text}");
-    }
-}
-
 /// The content type of the Prometheus text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -470,4 +466,45 @@ pub fn exposition_response(text: String, gzip: bool) -> http::Response<bytes::By
     }
     *res.body_mut() = bytes::Bytes::from(text);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_carries_service_labels() {
+        let m = ServiceMetrics::new("unit.test", 3, "abc123");
+        m.observe_server(
+            "unit.test:443/x",
+            443,
+            "GET",
+            Outcome {
+                code: 200,
+                failed: false,
+                elapsed: Duration::from_micros(40),
+            },
+            10,
+        );
+        m.refresh(true, 0);
+        let text = m.encode();
+        assert!(text.contains(
+            r#"microbus_server_request_duration_seconds_bucket{code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443",service="unit.test",ver="3",le="0.00005"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"busgate_nats_connected{id="abc123",service="unit.test",ver="3"} 1"#)
+        );
+        assert!(live_service("abc123").is_some());
+    }
+
+    #[test]
+    fn outside_labels_are_capped() {
+        let m = ServiceMetrics::new("cap.test", 0, "cap1");
+        for i in 0..MAX_LABEL_VALUES + 10 {
+            m.observe_ack(&format!("h{i}.example"), Duration::from_millis(1));
+        }
+        let text = m.encode();
+        assert!(text.contains(r#"host="_other""#));
+        assert!(text.contains(r#"busgate_label_overflow_total{id="cap1",label="host",service="cap.test",ver="0"} 10"#), "{text}");
+    }
 }

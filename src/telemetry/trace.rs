@@ -26,6 +26,8 @@ use crate::error::Error;
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const ENV_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 pub const ENV_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// `off` turns spans and metrics off (for comparison benchmarks); anything else leaves them on.
+pub const ENV_TELEMETRY: &str = "BUSGATE_TELEMETRY";
 /// PROD also keeps traces with a span slower than this (busgate's setting).
 pub const ENV_SLOW_TRACE_THRESHOLD: &str = "BUSGATE_TRACE_SLOW_THRESHOLD";
 pub const DEFAULT_SLOW_TRACE_THRESHOLD: Duration = Duration::from_secs(1);
@@ -51,6 +53,8 @@ pub enum OtlpProtocol {
 /// Where and how spans are exported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetryConfig {
+    /// Record spans and metrics at all.
+    pub enabled: bool,
     /// The full OTLP traces endpoint; `None` keeps tracing local (ids in logs, nothing sent).
     pub endpoint: Option<String>,
     pub protocol: OtlpProtocol,
@@ -60,6 +64,7 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
+            enabled: true,
             endpoint: None,
             protocol: OtlpProtocol::HttpProtobuf,
             slow_trace_threshold: DEFAULT_SLOW_TRACE_THRESHOLD,
@@ -110,7 +115,9 @@ impl TelemetryConfig {
             Some(v) => parse_duration(ENV_SLOW_TRACE_THRESHOLD, &v)?,
             None => DEFAULT_SLOW_TRACE_THRESHOLD,
         };
+        let enabled = !get(ENV_TELEMETRY).is_some_and(|v| v.eq_ignore_ascii_case("off"));
         Ok(TelemetryConfig {
+            enabled,
             endpoint,
             protocol,
             slow_trace_threshold,
@@ -135,6 +142,10 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // An empty `tracestate` says nothing; Microbus does not send it either.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(key.as_bytes()),
             HeaderValue::from_str(&value),
@@ -331,11 +342,16 @@ impl ServiceTracer {
                 KeyValue::new("deployment.environment.name", who.deployment.as_str()),
             ])
             .build();
+        let sampler = if config.enabled {
+            Sampler::ParentBased(Box::new(Muffler))
+        } else {
+            Sampler::AlwaysOff
+        };
         let mut builder = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Muffler)))
+            .with_sampler(sampler)
             .with_resource(resource.clone());
         let mut selector = None;
-        if let Some(endpoint) = &config.endpoint {
+        if let Some(endpoint) = config.endpoint.as_ref().filter(|_| config.enabled) {
             let batch = BatchSpanProcessor::builder(build_exporter(config, endpoint, &resource)?)
                 .with_batch_config(
                     BatchConfigBuilder::default()

@@ -205,25 +205,27 @@ pub async fn telemetry(
     }
     span.end();
 
-    let route_label = shared.conn.metrics().capped(L_ROUTE, &route);
-    let method_label = shared.conn.metrics().capped(L_METHOD, &method);
-    metrics
-        .duration
-        .with_label_values(&[
-            port_label.as_str(),
-            &route_label,
-            &method_label,
-            &status.to_string(),
-        ])
-        .observe(elapsed.as_secs_f64());
-    metrics
-        .request_body
-        .with_label_values(&[&port_label])
-        .observe(request_size as f64);
-    metrics
-        .response_body
-        .with_label_values(&[&port_label])
-        .observe(response_size as f64);
+    if shared.conn.metrics().enabled() {
+        let route_label = shared.conn.metrics().capped(L_ROUTE, &route);
+        let method_label = shared.conn.metrics().capped(L_METHOD, &method);
+        metrics
+            .duration
+            .with_label_values(&[
+                port_label.as_str(),
+                &route_label,
+                &method_label,
+                &status.to_string(),
+            ])
+            .observe(elapsed.as_secs_f64());
+        metrics
+            .request_body
+            .with_label_values(&[&port_label])
+            .observe(request_size as f64);
+        metrics
+            .response_body
+            .with_label_values(&[&port_label])
+            .observe(response_size as f64);
+    }
 
     let mut timing = format!("total;dur={:.3}", elapsed.as_secs_f64() * 1000.0);
     if let Some(BusTime(bus)) = res.extensions().get::<BusTime>() {
