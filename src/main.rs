@@ -35,6 +35,8 @@ enum Command {
     Examples,
     /// Run the HTTP ingress (and metrics.core) only.
     Ingress,
+    /// Exit 0 when `GET <url>` answers 2xx (container health checks).
+    Probe { url: String },
 }
 
 #[derive(Args)]
@@ -88,6 +90,15 @@ impl IngressArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { url }) = &cli.command {
+        return match busgate::telemetry::admin::probe(url).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("busgate probe: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match BusConfig::from_env(cli.nats.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,247 @@
+//! Telemetry cost and metrics collection, measured in one run so that the ratios hold on a
+//! noisy shared machine.
+//!
+//! Run: `cargo bench --bench telemetry` (needs `nats-server` and `wrk`). Writes
+//! `benches/RESULTS.md`.
+//!
+//! 1. Ingress + bus throughput and p99 at 64 connections (wrk, 2 threads) for
+//!    `GET /calculator.example/arithmetic`, with tracing (exported over OTLP/HTTP to a local
+//!    sink) and metrics on, and with both off; rounds alternate off/on and the median counts.
+//! 2. The time to answer `GET /metrics.core/collect` with 20 service instances on the bus.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use busgate::ingress::http::{HttpIngress, IngressConfig};
+use busgate::services::metrics_core;
+use busgate::telemetry::TelemetryConfig;
+use busgate::{examples, BusConfig, Connector, Ctx, Service};
+use bytes::Bytes;
+
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 8;
+const CONNECTIONS: u32 = 64;
+const COLLECT_INSTANCES: usize = 20;
+const COLLECT_RUNS: usize = 10;
+
+struct Nats(Child, u16);
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats() -> Nats {
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", "-1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server is needed");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                let _ = tx.send(rest.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap());
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(10)).expect("nats-server started");
+    Nats(child, port)
+}
+
+/// An OTLP/HTTP endpoint that accepts and discards spans, counting bytes.
+async fn otlp_sink() -> (String, Arc<AtomicU64>) {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counted = bytes.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(body.len() as u64, Ordering::Relaxed);
+                ([(http::header::CONTENT_TYPE, "application/x-protobuf")], Bytes::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1/traces"), bytes)
+}
+
+struct Stack {
+    services: Vec<Connector>,
+    ingress: HttpIngress,
+    addr: SocketAddr,
+}
+
+async fn stack(nats_port: u16, plane: &str, telemetry: TelemetryConfig) -> Stack {
+    let mut cfg = BusConfig::nats(&format!("nats://127.0.0.1:{nats_port}")).with_plane(plane).unwrap();
+    cfg.telemetry = telemetry;
+    let mut services = examples::start_all(&cfg).await.unwrap();
+    services.push(metrics_core::service(None).start(&cfg).await.unwrap());
+    let mut ic = IngressConfig::resolve(None, |_| None, &[("Ports".into(), "0".into())]).unwrap();
+    ic.bind_ip = "127.0.0.1".parse().unwrap();
+    let ingress = HttpIngress::start(ic, &cfg).await.unwrap();
+    let addr = ingress.local_addrs()[0];
+    Stack { services, ingress, addr }
+}
+
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+    errors: bool,
+}
+
+fn millis(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap() / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap()
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap() * 1000.0
+    } else {
+        f64::NAN
+    }
+}
+
+async fn wrk(addr: SocketAddr, path: &str) -> Wrk {
+    let url = format!("http://{addr}{path}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("wrk")
+            .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{SECONDS}s"), "--latency", &url])
+            .output()
+            .expect("wrk is needed (apt-get install wrk)")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0);
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(millis)
+        .unwrap_or(f64::NAN);
+    let errors = text.contains("Non-2xx") || text.contains("Socket errors");
+    Wrk { rps, p99_ms, errors }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let nats = nats();
+    let (sink, exported) = otlp_sink().await;
+    let on = stack(
+        nats.1,
+        "benchon",
+        TelemetryConfig { endpoint: Some(sink.clone()), ..TelemetryConfig::default() },
+    )
+    .await;
+    let off = stack(nats.1, "benchoff", TelemetryConfig { enabled: false, ..TelemetryConfig::default() }).await;
+    let path = "/calculator.example/arithmetic?x=3&op=*&y=4";
+    // Warm up both.
+    for s in [&on, &off] {
+        let _ = wrk(s.addr, path).await;
+    }
+    let (mut off_rps, mut on_rps, mut off_p99, mut on_p99) = (vec![], vec![], vec![], vec![]);
+    let mut errors = false;
+    for round in 0..ROUNDS {
+        let o = wrk(off.addr, path).await;
+        let t = wrk(on.addr, path).await;
+        println!("round {round}: off {:.0} req/s p99 {:.2} ms | on {:.0} req/s p99 {:.2} ms", o.rps, o.p99_ms, t.rps, t.p99_ms);
+        errors |= o.errors || t.errors;
+        off_rps.push(o.rps);
+        on_rps.push(t.rps);
+        off_p99.push(o.p99_ms);
+        on_p99.push(t.p99_ms);
+    }
+    let (off_rps, on_rps) = (median(off_rps), median(on_rps));
+    let (off_p99, on_p99) = (median(off_p99), median(on_p99));
+    let cost = (1.0 - on_rps / off_rps) * 100.0;
+    println!("median: off {off_rps:.0} req/s p99 {off_p99:.2} ms | on {on_rps:.0} req/s p99 {on_p99:.2} ms | telemetry costs {cost:.1}% of throughput");
+
+    // metrics.core/collect with 20 instances on the bus (the "off" plane holds 4 already).
+    let mut cfg = BusConfig::nats(&format!("nats://127.0.0.1:{}", nats.1)).with_plane("benchoff").unwrap();
+    cfg.telemetry.enabled = false;
+    let mut extra = Vec::new();
+    for _ in 0..COLLECT_INSTANCES - off.services.len() - 1 {
+        extra.push(
+            Service::new("replica.bench")
+                .get("/x", |_ctx: Ctx, _req| async { Ok(http::Response::new(Bytes::new())) })
+                .start(&cfg)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..COLLECT_RUNS {
+        let started = Instant::now();
+        let res = reqwest_get(off.addr, "/metrics.core/collect").await;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        size = res.len();
+    }
+    let collect_ms = median(times.clone());
+    let instances = COLLECT_INSTANCES;
+    println!("collect of {instances} instances: median {collect_ms:.1} ms, {size} bytes");
+
+    let report = format!(
+        "# Benchmarks\n\n\
+Measured by `cargo bench --bench telemetry` on {date} ({cores} cores, client, servers and NATS sharing them; \
+figures are medians of {ROUNDS} alternating rounds of `wrk -t2 -c{CONNECTIONS} -d{SECONDS}s`).\n\n\
+## Telemetry cost: ingress + one bus hop (`GET /calculator.example/arithmetic`)\n\n\
+| telemetry | req/s | p99 |\n|---|---|---|\n\
+| off (`BUSGATE_TELEMETRY=off`) | {off_rps:.0} | {off_p99:.2} ms |\n\
+| on: spans exported over OTLP/HTTP, metrics recorded | {on_rps:.0} | {on_p99:.2} ms |\n\n\
+Telemetry costs **{cost:.1}%** of throughput (goal: at most 5%). {errs}Spans exported: {kb} KB.\n\
+Logs are off in both runs (an INFO access line per request is a separate cost).\n\n\
+## `metrics.core/collect`\n\n\
+{instances} instances on the bus: median **{collect_ms:.0} ms** over {COLLECT_RUNS} scrapes, {size} bytes of exposition. \
+Most of it is the two multicast ack windows (ping, then metrics) of 250 ms each.\n",
+        date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        errs = if errors { "wrk reported errors or non-2xx answers. " } else { "No errors. " },
+        kb = exported.load(Ordering::Relaxed) / 1024,
+    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS.md");
+    std::fs::write(path, report).unwrap();
+    println!("written to {path}");
+
+    for c in extra {
+        c.shutdown().await;
+    }
+    for s in [on, off] {
+        s.ingress.shutdown().await;
+        for c in s.services {
+            c.shutdown().await;
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET over TCP; returns the body.
+async fn reqwest_get(addr: SocketAddr, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    buf[head_end..].to_vec()
+}
