@@ -34,11 +34,17 @@ fn dashboards() -> Vec<(String, Value)> {
             let text = std::fs::read_to_string(&path).unwrap();
             let json: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
-            out.push((path.file_name().unwrap().to_string_lossy().into_owned(), json));
+            out.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                json,
+            ));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 3, "gateway overview, service and system dashboards");
+    assert!(
+        out.len() >= 3,
+        "gateway overview, service and system dashboards"
+    );
     out
 }
 
@@ -50,7 +56,10 @@ fn exprs(d: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for p in panels(d) {
         for t in p["targets"].as_array().unwrap() {
-            out.push((p["title"].as_str().unwrap().to_owned(), t["expr"].as_str().unwrap().to_owned()));
+            out.push((
+                p["title"].as_str().unwrap().to_owned(),
+                t["expr"].as_str().unwrap().to_owned(),
+            ));
         }
     }
     out
@@ -66,8 +75,16 @@ fn dashboards_are_well_formed() {
             .map(|v| (v["name"].as_str().unwrap(), v))
             .collect();
         // Datasources are variables whose defaults are the import inputs.
-        let inputs: Vec<&str> = d["__inputs"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
-        assert!(inputs.contains(&"DS_PROMETHEUS") && inputs.contains(&"DS_JAEGER"), "{name}");
+        let inputs: Vec<&str> = d["__inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            inputs.contains(&"DS_PROMETHEUS") && inputs.contains(&"DS_JAEGER"),
+            "{name}"
+        );
         assert_eq!(vars["datasource"]["type"], "datasource");
         assert_eq!(vars["datasource"]["query"], "prometheus");
         assert_eq!(vars["datasource"]["current"]["value"], "${DS_PROMETHEUS}");
@@ -75,34 +92,74 @@ fn dashboards_are_well_formed() {
         assert_eq!(vars["traces"]["current"]["value"], "${DS_JAEGER}");
         let resolvable = |ds: &Value, what: &str| {
             let uid = ds["uid"].as_str().unwrap_or_default();
-            let var = uid.strip_prefix("${").and_then(|u| u.strip_suffix('}')).unwrap_or("");
-            assert!(vars.get(var).is_some_and(|v| v["type"] == "datasource"), "{name}: {what} uses datasource {uid}");
+            let var = uid
+                .strip_prefix("${")
+                .and_then(|u| u.strip_suffix('}'))
+                .unwrap_or("");
+            assert!(
+                vars.get(var).is_some_and(|v| v["type"] == "datasource"),
+                "{name}: {what} uses datasource {uid}"
+            );
         };
 
         let mut ids = HashSet::new();
         let mut cells: HashSet<(u64, u64)> = HashSet::new();
         for p in panels(&d) {
             let title = p["title"].as_str().unwrap();
-            assert!(ids.insert(p["id"].as_u64().unwrap()), "{name}: duplicate id in {title}");
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{name}: duplicate id in {title}"
+            );
             let g = &p["gridPos"];
-            let (x, y, w, h) = (g["x"].as_u64().unwrap(), g["y"].as_u64().unwrap(), g["w"].as_u64().unwrap(), g["h"].as_u64().unwrap());
-            assert!(x + w <= 24 && w > 0 && h > 0, "{name}: {title} outside the grid");
+            let (x, y, w, h) = (
+                g["x"].as_u64().unwrap(),
+                g["y"].as_u64().unwrap(),
+                g["w"].as_u64().unwrap(),
+                g["h"].as_u64().unwrap(),
+            );
+            assert!(
+                x + w <= 24 && w > 0 && h > 0,
+                "{name}: {title} outside the grid"
+            );
             for cx in x..x + w {
                 for cy in y..y + h {
-                    assert!(cells.insert((cx, cy)), "{name}: {title} overlaps another panel at {cx},{cy}");
+                    assert!(
+                        cells.insert((cx, cy)),
+                        "{name}: {title} overlaps another panel at {cx},{cy}"
+                    );
                 }
             }
-            assert!(!p["description"].as_str().unwrap_or("").is_empty(), "{name}: {title} has no description");
-            assert!(!p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("").is_empty(), "{name}: {title} has no unit");
+            assert!(
+                !p["description"].as_str().unwrap_or("").is_empty(),
+                "{name}: {title} has no description"
+            );
+            assert!(
+                !p["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .unwrap_or("")
+                    .is_empty(),
+                "{name}: {title} has no unit"
+            );
             resolvable(&p["datasource"], title);
             for t in p["targets"].as_array().unwrap() {
                 resolvable(&t["datasource"], title);
                 if p["type"] == "timeseries" {
-                    assert!(!t["legendFormat"].as_str().unwrap_or("").is_empty(), "{name}: {title} has no legend");
+                    assert!(
+                        !t["legendFormat"].as_str().unwrap_or("").is_empty(),
+                        "{name}: {title} has no legend"
+                    );
                 }
             }
-            for link in p["fieldConfig"]["defaults"]["links"].as_array().into_iter().flatten() {
-                assert!(link["url"].as_str().unwrap().contains("%24%7Btraces%7D") || link["url"].as_str().unwrap().contains("${traces}"), "{name}: {title} links to Jaeger");
+            for link in p["fieldConfig"]["defaults"]["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    link["url"].as_str().unwrap().contains("%24%7Btraces%7D")
+                        || link["url"].as_str().unwrap().contains("${traces}"),
+                    "{name}: {title} links to Jaeger"
+                );
             }
         }
         for v in vars.values().filter(|v| v["type"] == "query") {
@@ -111,16 +168,30 @@ fn dashboards_are_well_formed() {
     }
     // Generated, and in sync with the generator.
     let before: Vec<_> = dashboards();
-    let out = Command::new("python3").arg(repo().join("scripts/gen-dashboards.py")).output();
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/gen-dashboards.py"))
+        .output();
     if let Ok(out) = out {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(before, dashboards(), "dashboards/ differs from scripts/gen-dashboards.py: regenerate and commit");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            before,
+            dashboards(),
+            "dashboards/ differs from scripts/gen-dashboards.py: regenerate and commit"
+        );
     }
 }
 
 fn metric_names(expr: &str) -> BTreeSet<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|t| ["microbus_", "busgate_", "process_"].iter().any(|p| t.starts_with(p)))
+        .filter(|t| {
+            ["microbus_", "busgate_", "process_"]
+                .iter()
+                .any(|p| t.starts_with(p))
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -136,7 +207,9 @@ fn family_names(exposition: &str) -> HashSet<String> {
 
 fn mixed() -> Service {
     Service::new("mixed.test")
-        .get("/ok", |_ctx: Ctx, _req| async { Ok(Response::new(Bytes::from_static(b"ok"))) })
+        .get("/ok", |_ctx: Ctx, _req| async {
+            Ok(Response::new(Bytes::from_static(b"ok")))
+        })
         .get("/bad", |_ctx: Ctx, _req| async {
             Err::<Response<Bytes>, _>(Error::bad_request("bad input"))
         })
@@ -175,7 +248,15 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
     let mut services = examples::start_all(&cfg).await.unwrap();
     services.push(mixed().start(&cfg).await.unwrap());
     services.push(metrics_core::service(None).start(&cfg).await.unwrap());
-    let mut ic = IngressConfig::resolve(None, |_| None, &[("Ports".into(), "0".into()), ("TimeBudget".into(), "1s".into())]).unwrap();
+    let mut ic = IngressConfig::resolve(
+        None,
+        |_| None,
+        &[
+            ("Ports".into(), "0".into()),
+            ("TimeBudget".into(), "1s".into()),
+        ],
+    )
+    .unwrap();
     ic.bind_ip = "127.0.0.1".parse().unwrap();
     let ingress = HttpIngress::start(ic, &cfg).await.unwrap();
     let addr = ingress.local_addrs()[0];
@@ -184,22 +265,9 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
         targets.add(s.clone());
     }
     targets.add(ingress.connector().clone());
-    let admin = AdminServer::start("127.0.0.1:0".parse().unwrap(), targets).await.unwrap();
-
-    // Every metric a dashboard names exists in busgate's exposition.
-    let exposition = get(admin.local_addr(), "/metrics").await.text();
-    let families = family_names(&exposition);
-    for (name, d) in dashboards() {
-        for (title, expr) in exprs(&d) {
-            for metric in metric_names(&expr) {
-                let family = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| metric.strip_suffix(s).filter(|f| families.contains(*f)))
-                    .unwrap_or(&metric);
-                assert!(families.contains(family), "{name}: {title} queries {metric}, which busgate does not export");
-            }
-        }
-    }
+    let admin = AdminServer::start("127.0.0.1:0".parse().unwrap(), targets)
+        .await
+        .unwrap();
 
     // Traffic of every kind, kept flowing while Prometheus scrapes and the queries run.
     let running = Arc::new(AtomicBool::new(true));
@@ -218,14 +286,25 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
             ];
             while running.load(Ordering::Relaxed) {
                 for p in paths {
-                    let _ = request(addr, "GET", p, &[("Content-Type", "text/plain")], b"payload").await;
+                    let _ = request(
+                        addr,
+                        "GET",
+                        p,
+                        &[("Content-Type", "text/plain")],
+                        b"payload",
+                    )
+                    .await;
                 }
             }
         })
     };
 
     let dir = TempDir::new("prometheus-dash");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: busgate\n    static_configs:\n      - targets: ['{admin}']\n  - job_name: bus\n    metrics_path: /metrics.core/collect\n    scrape_interval: 2s\n    scrape_timeout: 1900ms\n    static_configs:\n      - targets: ['{addr}']\n",
         admin = admin.local_addr(),
@@ -253,12 +332,45 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
             continue;
         }
         let n = prom_query(prom, "count_over_time(microbus_server_request_duration_seconds_count{job=\"bus\",service=\"mixed.test\",handler=\"mixed.test:443/call\"}[1m])").await;
-        let m = prom_query(prom, "count_over_time(busgate_ingress_requests_in_flight{job=\"busgate\"}[1m])").await;
+        let m = prom_query(
+            prom,
+            "count_over_time(busgate_ingress_requests_in_flight{job=\"busgate\"}[1m])",
+        )
+        .await;
         let enough = |v: &Value| {
-            v["data"]["result"].as_array().is_some_and(|r| r.iter().any(|s| s["value"][1].as_str().unwrap_or("0").parse::<f64>().unwrap_or(0.0) >= 4.0))
+            v["data"]["result"].as_array().is_some_and(|r| {
+                r.iter().any(|s| {
+                    s["value"][1]
+                        .as_str()
+                        .unwrap_or("0")
+                        .parse::<f64>()
+                        .unwrap_or(0.0)
+                        >= 4.0
+                })
+            })
         };
         if enough(&n) && enough(&m) {
             break;
+        }
+    }
+
+    // Every metric a dashboard names exists in busgate's exposition (now that traffic made
+    // every labelled series appear).
+    let exposition = get(admin.local_addr(), "/metrics").await.text()
+        + &get(addr, "/metrics.core/collect").await.text();
+    let families = family_names(&exposition);
+    for (name, d) in dashboards() {
+        for (title, expr) in exprs(&d) {
+            for metric in metric_names(&expr) {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| metric.strip_suffix(s).filter(|f| families.contains(*f)))
+                    .unwrap_or(&metric);
+                assert!(
+                    families.contains(family),
+                    "{name}: {title} queries {metric}, which busgate does not export"
+                );
+            }
         }
     }
 
@@ -271,7 +383,10 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
                 .replace("$job", "bus")
                 .replace("$service", "mixed.test");
             let v = prom_query(prom, &q).await;
-            let ok = v["status"] == "success" && v["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
+            let ok = v["status"] == "success"
+                && v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty());
             if !ok {
                 failures.push(format!("{name}: {title}: {q} → {v}"));
             }
@@ -279,7 +394,12 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
     }
     running.store(false, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(5), traffic).await;
-    assert!(failures.is_empty(), "{} queries returned nothing:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} queries returned nothing:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     admin.shutdown().await;
     ingress.shutdown().await;
@@ -289,7 +409,10 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
 }
 
 fn compose() -> serde_yaml_ng::Value {
-    serde_yaml_ng::from_str(&std::fs::read_to_string(repo().join("compose/observability.yml")).unwrap()).unwrap()
+    serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("compose/observability.yml")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn run(cmd: &str, args: &[&str], dir: &Path) -> (bool, String) {
@@ -298,23 +421,44 @@ fn run(cmd: &str, args: &[&str], dir: &Path) -> (bool, String) {
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("{cmd} is needed: {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
 fn prometheus_config_and_alert_rules_pass_promtool() {
     let dir = repo().join("compose/prometheus");
-    let (ok, out) = run("promtool", &["check", "config", "--syntax-only", "prometheus.yml"], &dir);
+    let (ok, out) = run(
+        "promtool",
+        &["check", "config", "--syntax-only", "prometheus.yml"],
+        &dir,
+    );
     assert!(ok, "{out}");
     let (ok, out) = run("promtool", &["check", "rules", "rules/busgate.yml"], &dir);
     assert!(ok, "{out}");
     // Every alert fires and resolves in the unit tests.
-    let (ok, out) = run("promtool", &["test", "rules", "tests/busgate_test.yml"], &dir);
+    let (ok, out) = run(
+        "promtool",
+        &["test", "rules", "tests/busgate_test.yml"],
+        &dir,
+    );
     assert!(ok, "{out}");
     let rules = std::fs::read_to_string(dir.join("rules/busgate.yml")).unwrap();
     let tests = std::fs::read_to_string(dir.join("tests/busgate_test.yml")).unwrap();
-    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
-        assert!(tests.contains(&format!("alertname: {alert}")), "{alert} has no unit test");
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "{alert} has no unit test"
+        );
     }
 }
 
@@ -327,17 +471,29 @@ fn compose_file_validates_and_matches_the_repo() {
     let mut published = BTreeSet::new();
     for (_, svc) in services {
         for p in svc["ports"].as_sequence().into_iter().flatten() {
-            let host = p.as_str().unwrap().split(':').next().unwrap().parse::<u16>().unwrap();
+            let host = p
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
             assert!(published.insert(host), "port {host} published twice");
         }
     }
-    let expected: BTreeSet<u16> = [4222, 8222, 8080, 9090, 3000, 16686, 4317, 4318, 9464].into_iter().collect();
+    let expected: BTreeSet<u16> = [4222, 8222, 8080, 9090, 3000, 16686, 4317, 4318, 9464]
+        .into_iter()
+        .collect();
     assert_eq!(published, expected);
     // Images pinned by tag, never latest.
     for (name, svc) in services {
         if let Some(image) = svc["image"].as_str().filter(|_| svc.get("build").is_none()) {
             let tag = image.rsplit(':').next().unwrap();
-            assert!(image.contains(':') && tag != "latest", "{name:?} image {image} is not pinned");
+            assert!(
+                image.contains(':') && tag != "latest",
+                "{name:?} image {image} is not pinned"
+            );
         }
     }
     // Every file mounted from the repo exists.
@@ -345,29 +501,69 @@ fn compose_file_validates_and_matches_the_repo() {
         for v in svc["volumes"].as_sequence().into_iter().flatten() {
             let source = v.as_str().unwrap().split(':').next().unwrap();
             if source.starts_with('.') {
-                assert!(dir.join(source).exists(), "{name:?} mounts {source}, which does not exist");
+                assert!(
+                    dir.join(source).exists(),
+                    "{name:?} mounts {source}, which does not exist"
+                );
             }
         }
     }
     // Prometheus scrapes busgate's admin port and its ingress, as compose runs them.
-    let prom: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("prometheus/prometheus.yml")).unwrap()).unwrap();
+    let prom: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
     let busgate = &c["services"]["busgate"];
-    let command: Vec<&str> = busgate["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    let container_ports: Vec<String> = busgate["ports"].as_sequence().unwrap().iter().map(|p| p.as_str().unwrap().rsplit(':').next().unwrap().to_owned()).collect();
+    let command: Vec<&str> = busgate["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let container_ports: Vec<String> = busgate["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().rsplit(':').next().unwrap().to_owned())
+        .collect();
     for job in prom["scrape_configs"].as_sequence().unwrap() {
         for target in job["static_configs"][0]["targets"].as_sequence().unwrap() {
             let (host, port) = target.as_str().unwrap().split_once(':').unwrap();
-            assert!(c["services"].get(host).is_some(), "scrape target {host} is no compose service");
-            assert!(container_ports.contains(&port.to_owned()), "busgate does not publish {port}");
-            assert!(command.iter().any(|a| a.ends_with(port) || a.contains(&format!(":{port}"))), "busgate does not listen on {port}: {command:?}");
+            assert!(
+                c["services"].get(host).is_some(),
+                "scrape target {host} is no compose service"
+            );
+            assert!(
+                container_ports.contains(&port.to_owned()),
+                "busgate does not publish {port}"
+            );
+            assert!(
+                command
+                    .iter()
+                    .any(|a| a.ends_with(port) || a.contains(&format!(":{port}"))),
+                "busgate does not listen on {port}: {command:?}"
+            );
         }
     }
     // Grafana's datasources point at compose services.
-    let ds = std::fs::read_to_string(dir.join("grafana/provisioning/datasources/datasources.yml")).unwrap();
+    let ds = std::fs::read_to_string(dir.join("grafana/provisioning/datasources/datasources.yml"))
+        .unwrap();
     assert!(ds.contains("url: http://prometheus:9090") && ds.contains("url: http://jaeger:16686"));
     // The files validate with docker-compose and against the compose-spec schema.
-    let (ok, out) = run("docker-compose", &["-f", "observability.yml", "config", "-q"], &dir);
+    let (ok, out) = run(
+        "docker-compose",
+        &["-f", "observability.yml", "config", "-q"],
+        &dir,
+    );
     assert!(ok, "docker-compose config: {out}");
-    let (ok, out) = run("check-jsonschema", &["--builtin-schema", "vendor.compose-spec", "observability.yml"], &dir);
+    let (ok, out) = run(
+        "check-jsonschema",
+        &[
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "observability.yml",
+        ],
+        &dir,
+    );
     assert!(ok, "compose-spec schema: {out}");
 }

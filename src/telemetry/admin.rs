@@ -131,12 +131,19 @@ pub async fn probe(url: &str) -> Result<(), String> {
         return Err(format!("only http:// URLs can be probed, not {url}"));
     }
     let authority = uri.authority().ok_or_else(|| format!("no host in {url}"))?;
-    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let addr = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(&addr).await?;
         stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .await?;
         let mut head = vec![0u8; 64];
         let n = stream.read(&mut head).await?;

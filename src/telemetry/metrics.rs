@@ -199,7 +199,10 @@ impl ServiceMetrics {
         register(&m.registry, m.nats_reconnects.clone());
         register(&m.registry, m.overflows.clone());
         let m = Arc::new(m);
-        live().lock().expect("live lock").push(Arc::downgrade(&m));
+        let mut live = live().lock().expect("live lock");
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(id.to_owned(), Arc::downgrade(&m));
+        drop(live);
         m
     }
 
@@ -370,9 +373,10 @@ impl IngressMetrics {
     }
 }
 
-fn live() -> &'static Mutex<Vec<Weak<ServiceMetrics>>> {
-    static LIVE: OnceLock<Mutex<Vec<Weak<ServiceMetrics>>>> = OnceLock::new();
-    LIVE.get_or_init(|| Mutex::new(Vec::new()))
+/// Live instances by id: log lines find their service's counters here.
+fn live() -> &'static Mutex<HashMap<String, Weak<ServiceMetrics>>> {
+    static LIVE: OnceLock<Mutex<HashMap<String, Weak<ServiceMetrics>>>> = OnceLock::new();
+    LIVE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// The registry of the process itself: process metrics and log lines outside any service.
@@ -391,18 +395,11 @@ pub fn process_registry() -> &'static Registry {
 
 /// The metrics of a live service instance by its id.
 pub fn live_service(id: &str) -> Option<Arc<ServiceMetrics>> {
-    let mut live = live().lock().expect("live lock");
-    live.retain(|w| w.strong_count() > 0);
-    live.iter()
-        .filter_map(Weak::upgrade)
-        .find(|m| m.instance_id == id)
-}
-
-/// Every live service's metrics.
-pub fn live_services() -> Vec<Arc<ServiceMetrics>> {
-    let mut live = live().lock().expect("live lock");
-    live.retain(|w| w.strong_count() > 0);
-    live.iter().filter_map(Weak::upgrade).collect()
+    live()
+        .lock()
+        .expect("live lock")
+        .get(id)
+        .and_then(Weak::upgrade)
 }
 
 /// One exposition for the process: process metrics, log lines outside services, and the
