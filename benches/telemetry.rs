@@ -22,6 +22,9 @@ use busgate::telemetry::TelemetryConfig;
 use busgate::{examples, BusConfig, Connector, Ctx, Deployment, Service};
 use bytes::Bytes;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROUNDS: usize = 5;
 const SECONDS: u32 = 6;
 const CONNECTIONS: u32 = 64;

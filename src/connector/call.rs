@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::fragment::{split_body, DefragOutcome};
 use super::{new_msg_id, Ctx, Inner};
 use crate::error::{Error, ErrorKind};
+use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace;
 use crate::transport::{Subscription, TransportError, TransportErrorKind};
@@ -238,7 +239,7 @@ impl Observed {
                 out.method, out.url.host, out.url.port, out.url.path
             ),
             SpanKind::Client,
-            vec![
+            [
                 KeyValue::new(A_MESSAGING_SYSTEM, NATS),
                 KeyValue::new(A_MESSAGING_DESTINATION, out.subject.clone()),
                 KeyValue::new(A_MESSAGING_OPERATION, "send"),
@@ -303,9 +304,11 @@ impl Observed {
             &out.url.host,
             out.url.port,
             &out.method,
-            code,
-            failed,
-            self.started.elapsed(),
+            Outcome {
+                code,
+                failed,
+                elapsed: self.started.elapsed(),
+            },
         );
     }
 }

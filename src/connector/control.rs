@@ -39,6 +39,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
                 },
                 queue: Queue::None,
                 handler: handler.clone(),
+                label: Default::default(),
             });
         }
     }

@@ -185,6 +185,7 @@ impl Service {
                 route: spec,
                 queue,
                 handler,
+                label: Default::default(),
             });
         }
 

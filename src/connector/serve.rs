@@ -252,7 +252,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         &trace::extract(req.headers()),
         format!(":{port}{}", ep.route.path),
         SpanKind::Server,
-        vec![
+        [
             KeyValue::new(A_HTTP_METHOD, method.clone()),
             KeyValue::new(A_HTTP_ROUTE, ep.route.path.clone()),
             KeyValue::new(A_URL_PATH, req.uri().path().to_owned()),
@@ -309,13 +309,22 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         }
     }
     span.end();
-    let handler = format!(
-        "{}:{port}{}",
-        ep.route.host.as_deref().unwrap_or(&inner.hostname),
-        ep.route.path
-    );
+    let label = || {
+        format!(
+            "{}:{port}{}",
+            ep.route.host.as_deref().unwrap_or(&inner.hostname),
+            ep.route.path
+        )
+    };
+    let per_request;
+    let handler: &str = if ep.route.port == 0 {
+        per_request = label();
+        &per_request
+    } else {
+        ep.label.get_or_init(label)
+    };
     inner.metrics.observe_server(
-        &handler,
+        handler,
         port,
         &method,
         Outcome {

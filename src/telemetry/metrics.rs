@@ -97,7 +97,7 @@ pub struct ServiceMetrics {
     nats_connected: IntGauge,
     nats_reconnects: IntCounter,
     overflows: IntCounterVec,
-    seen: Mutex<HashMap<&'static str, HashSet<String>>>,
+    seen: std::sync::RwLock<HashMap<&'static str, HashSet<Arc<str>>>>,
 }
 
 impl ServiceMetrics {
@@ -183,7 +183,7 @@ impl ServiceMetrics {
                 "Label values replaced by _other because a label had too many distinct values.",
                 &[L_LABEL],
             ),
-            seen: Mutex::new(HashMap::new()),
+            seen: std::sync::RwLock::new(HashMap::new()),
             const_labels: labels.clone(),
             registry,
         };
@@ -215,18 +215,30 @@ impl ServiceMetrics {
     }
 
     /// `value`, or [`OVERFLOW_VALUE`] once `label` has seen [`MAX_LABEL_VALUES`] others.
-    pub fn capped(&self, label: &'static str, value: &str) -> String {
-        let mut seen = self.seen.lock().expect("seen lock");
+    /// A value seen before costs a read lock and no allocation.
+    pub fn capped(&self, label: &'static str, value: &str) -> Arc<str> {
+        if let Some(known) = self
+            .seen
+            .read()
+            .expect("seen lock")
+            .get(label)
+            .and_then(|values| values.get(value))
+        {
+            return known.clone();
+        }
+        let mut seen = self.seen.write().expect("seen lock");
         let values = seen.entry(label).or_default();
-        if values.contains(value) {
-            return value.to_owned();
+        if let Some(known) = values.get(value) {
+            return known.clone();
         }
         if values.len() < MAX_LABEL_VALUES {
-            values.insert(value.to_owned());
-            return value.to_owned();
+            let v: Arc<str> = Arc::from(value);
+            values.insert(v.clone());
+            return v;
         }
+        drop(seen);
         self.overflows.with_label_values(&[label]).inc();
-        OVERFLOW_VALUE.to_owned()
+        Arc::from(OVERFLOW_VALUE)
     }
 
     pub fn observe_server(
@@ -241,12 +253,12 @@ impl ServiceMetrics {
             return;
         }
         let method = self.capped(L_METHOD, method);
-        let (port, code) = (port.to_string(), outcome.code.to_string());
+        let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
         let labels = [
             handler,
-            &port,
+            port_buf.format(port),
             &method,
-            &code,
+            code_buf.format(outcome.code),
             if outcome.failed { ERROR } else { OK },
         ];
         self.server_duration
@@ -257,30 +269,22 @@ impl ServiceMetrics {
             .observe(body as f64);
     }
 
-    pub fn observe_client(
-        &self,
-        host: &str,
-        port: u16,
-        method: &str,
-        code: u16,
-        failed: bool,
-        elapsed: Duration,
-    ) {
+    pub fn observe_client(&self, host: &str, port: u16, method: &str, outcome: Outcome) {
         if !self.enabled() {
             return;
         }
         let host = self.capped(L_HOST, host);
         let method = self.capped(L_METHOD, method);
-        let (port, code) = (port.to_string(), code.to_string());
+        let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
         self.client_duration
             .with_label_values(&[
-                host.as_str(),
-                &port,
+                &*host,
+                port_buf.format(port),
                 &method,
-                &code,
-                if failed { ERROR } else { OK },
+                code_buf.format(outcome.code),
+                if outcome.failed { ERROR } else { OK },
             ])
-            .observe(elapsed.as_secs_f64());
+            .observe(outcome.elapsed.as_secs_f64());
     }
 
     pub fn observe_ack(&self, host: &str, elapsed: Duration) {
@@ -300,7 +304,7 @@ impl ServiceMetrics {
         let host = self.capped(L_HOST, host);
         let method = self.capped(L_METHOD, method);
         self.client_timeouts
-            .with_label_values(&[&host, &port.to_string(), &method])
+            .with_label_values(&[&*host, itoa::Buffer::new().format(port), &method])
             .inc();
     }
 

@@ -43,6 +43,9 @@ pub const TAIL_BUFFER_SPANS: usize = 8192;
 pub const SELECTED_TRACES_MAX: usize = 8192;
 pub const SELECTION_TTL: Duration = Duration::from_secs(20);
 
+/// Attributes a span holds at most in practice (start and end together).
+const SPAN_ATTRIBUTE_CAPACITY: usize = 20;
+
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpProtocol {
@@ -386,13 +389,16 @@ impl ServiceTracer {
         parent: &Context,
         name: String,
         kind: SpanKind,
-        attributes: Vec<KeyValue>,
+        attributes: impl IntoIterator<Item = KeyValue>,
     ) -> Context {
+        // Room for the attributes set when the span ends, so they do not reallocate.
+        let mut all = Vec::with_capacity(SPAN_ATTRIBUTE_CAPACITY);
+        all.extend(attributes);
         let span = self
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_attributes(attributes)
+            .with_attributes(all)
             .start_with_context(&self.tracer, parent);
         parent.with_span(span)
     }
