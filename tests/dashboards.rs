@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use busgate::telemetry::admin::{AdminServer, AdminTargets};
 use busgate::{examples, Ctx, Deployment, Error, Service};
 use bytes::Bytes;
 use common::http::{get, request};
-use common::{NatsServer, TempDir};
+use common::{NatsServer, Prometheus};
 use http::{Response, StatusCode};
 use serde_json::Value;
 
@@ -226,20 +225,6 @@ fn mixed() -> Service {
         })
 }
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn prom_query(prom: SocketAddr, promql: &str) -> Value {
-    let q = serde_urlencoded::to_string([("query", promql)]).unwrap();
-    let res = get(prom, &format!("/api/v1/query?{q}")).await;
-    serde_json::from_slice(&res.body).unwrap_or_else(|_| panic!("{promql}: {}", res.text()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_returns_data_from_a_real_prometheus() {
     busgate::telemetry::logs::init(Deployment::Testing);
@@ -299,44 +284,23 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
         })
     };
 
-    let dir = TempDir::new("prometheus-dash");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: busgate\n    static_configs:\n      - targets: ['{admin}']\n  - job_name: bus\n    metrics_path: /metrics.core/collect\n    scrape_interval: 2s\n    scrape_timeout: 1900ms\n    static_configs:\n      - targets: ['{addr}']\n",
         admin = admin.local_addr(),
     );
-    std::fs::write(dir.0.join("prometheus.yml"), config).unwrap();
-    let _prometheus = Child(
-        Command::new("prometheus")
-            .args([
-                &format!("--config.file={}", dir.0.join("prometheus.yml").display()),
-                &format!("--storage.tsdb.path={}", dir.0.join("data").display()),
-                &format!("--web.listen-address=127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is needed (apt-get install prometheus)"),
-    );
-    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let prometheus = Prometheus::start(&config);
     // Wait for a few scrapes of both jobs with the traffic in them.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         assert!(Instant::now() < deadline, "Prometheus never scraped enough");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if tokio::net::TcpStream::connect(prom).await.is_err() {
+        if !prometheus.is_up().await {
             continue;
         }
-        let n = prom_query(prom, "count_over_time(microbus_server_request_duration_seconds_count{job=\"bus\",service=\"mixed.test\",handler=\"mixed.test:443/call\"}[1m])").await;
-        let m = prom_query(
-            prom,
-            "count_over_time(busgate_ingress_requests_in_flight{job=\"busgate\"}[1m])",
-        )
-        .await;
+        let n = prometheus.query("count_over_time(microbus_server_request_duration_seconds_count{job=\"bus\",service=\"mixed.test\",handler=\"mixed.test:443/call\"}[1m])").await;
+        let m = prometheus
+            .query("count_over_time(busgate_ingress_requests_in_flight{job=\"busgate\"}[1m])")
+            .await;
         let enough = |v: &Value| {
             v["data"]["result"].as_array().is_some_and(|r| {
                 r.iter().any(|s| {
@@ -382,7 +346,7 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
                 .replace("$__range", "5m")
                 .replace("$job", "bus")
                 .replace("$service", "mixed.test");
-            let v = prom_query(prom, &q).await;
+            let v = prometheus.query(&q).await;
             let ok = v["status"] == "success"
                 && v["data"]["result"]
                     .as_array()

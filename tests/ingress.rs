@@ -13,7 +13,7 @@ use busgate::ingress::http::{HttpIngress, IngressConfig};
 use busgate::{examples, Connector, Ctx, Error, Service};
 use bytes::Bytes;
 use common::http::{build, get, request, send_raw, RawResponse};
-use common::NatsServer;
+use common::{free_port, NatsServer};
 use http::{Request, Response, StatusCode};
 
 struct Stack {
@@ -38,14 +38,6 @@ impl Stack {
         assert_eq!(res.status, 200);
         assert_eq!(res.text(), "Hello, ok!");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn text(s: impl Into<String>) -> Response<Bytes> {

@@ -12,7 +12,7 @@ use busgate::ingress::http::{router, HttpIngress, IngressConfig, Shared};
 use busgate::{examples, Connector, Ctx, Service};
 use bytes::Bytes;
 use common::http::{build, get, read_response, request, send_on, send_raw, upload, RawResponse};
-use common::{NatsServer, TempDir};
+use common::{openssl, NatsServer, TempDir};
 use http::{Request, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -328,19 +328,6 @@ async fn internal_headers_in_any_case_never_cross() {
         .all(|(k, _)| !k.to_ascii_lowercase().starts_with("microbus-")
             && !k.eq_ignore_ascii_case("traceparent")));
     s.stop().await;
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

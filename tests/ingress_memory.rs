@@ -11,7 +11,7 @@ use std::time::Duration;
 use busgate::{Ctx, Service};
 use bytes::Bytes;
 use common::http::{build, send_raw, upload};
-use common::NatsServer;
+use common::{ChildGuard, NatsServer};
 use http::{Request, Response};
 
 const LIMIT_MB: usize = 256;
@@ -24,14 +24,6 @@ fn peak_rss_mb(pid: u32) -> usize {
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     let kb: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kb / 1024
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +42,7 @@ async fn fifty_concurrent_20mb_uploads_stay_within_the_memory_limit() {
         .local_addr()
         .unwrap()
         .port();
-    let child = Child(
+    let child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_busgate"))
             .args([
                 "ingress",

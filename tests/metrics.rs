@@ -13,7 +13,7 @@ use busgate::services::metrics_core;
 use busgate::telemetry::admin::{AdminServer, AdminTargets};
 use busgate::{examples, BusConfig, Connector, Deployment};
 use common::http::{get, request};
-use common::{NatsServer, TempDir};
+use common::{NatsServer, Prometheus};
 
 struct Stack {
     _nats: NatsServer,
@@ -446,52 +446,18 @@ async fn readiness_follows_the_bus() {
     s.stop().await;
 }
 
-async fn query(prometheus: SocketAddr, promql: &str) -> serde_json::Value {
-    let q: String = serde_urlencoded::to_string([("query", promql)]).unwrap();
-    let res = get(prometheus, &format!("/api/v1/query?{q}")).await;
-    assert_eq!(res.status, 200, "{}", res.text());
-    serde_json::from_slice(&res.body).unwrap()
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_busgate() {
     let s = stack(Deployment::Local, None).await;
     for _ in 0..3 {
         get(s.addr, "/hello.example/calculator?x=2&op=*&y=3").await;
     }
-    let dir = TempDir::new("prometheus");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = format!(
         "global:\n  scrape_interval: 2s\n  scrape_timeout: 1900ms\nscrape_configs:\n  - job_name: busgate\n    static_configs:\n      - targets: ['{admin}']\n  - job_name: bus\n    metrics_path: /metrics.core/collect\n    static_configs:\n      - targets: ['{ingress}']\n",
         admin = s.admin.local_addr(),
         ingress = s.addr,
     );
-    std::fs::write(dir.0.join("prometheus.yml"), config).unwrap();
-    let _prometheus = Child(
-        Command::new("prometheus")
-            .args([
-                &format!("--config.file={}", dir.0.join("prometheus.yml").display()),
-                &format!("--storage.tsdb.path={}", dir.0.join("data").display()),
-                &format!("--web.listen-address=127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is needed (apt-get install prometheus)"),
-    );
-    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let prometheus = Prometheus::start(&config);
     let expected = [
         "calculator.example",
         "hello.example",
@@ -503,14 +469,12 @@ async fn a_real_prometheus_scrapes_busgate() {
     let mut found = false;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if tokio::net::TcpStream::connect(prom).await.is_err() {
+        if !prometheus.is_up().await {
             continue;
         }
-        let per_job = query(
-            prom,
-            "count by (job, service) (microbus_uptime_duration_seconds)",
-        )
-        .await;
+        let per_job = prometheus
+            .query("count by (job, service) (microbus_uptime_duration_seconds)")
+            .await;
         last = per_job.clone();
         let results = per_job["data"]["result"]
             .as_array()
@@ -533,11 +497,11 @@ async fn a_real_prometheus_scrapes_busgate() {
         found,
         "Prometheus never saw every service through both jobs: {last}"
     );
-    let up = query(prom, "up").await;
+    let up = prometheus.query("up").await;
     for r in up["data"]["result"].as_array().unwrap() {
         assert_eq!(r["value"][1], "1", "{r}");
     }
-    let calls = query(prom, "sum(microbus_server_request_duration_seconds_count{job=\"bus\",handler=\"calculator.example:443/arithmetic\"})").await;
+    let calls = prometheus.query("sum(microbus_server_request_duration_seconds_count{job=\"bus\",handler=\"calculator.example:443/arithmetic\"})").await;
     assert_eq!(calls["data"]["result"][0]["value"][1], "3", "{calls}");
     s.stop().await;
 }

@@ -12,20 +12,12 @@ use busgate::{examples, BusConfig, Connector, Ctx, Deployment, Error, Service};
 use bytes::Bytes;
 use common::http::{get, request};
 use common::otlp::{grpc_receiver, http_receiver, ReceivedSpan, Spans};
-use common::NatsServer;
+use common::{free_port, NatsServer};
 use http::{Response, StatusCode};
 
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 const STATUS_ERROR: i32 = 2;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn traced(nats: &NatsServer, endpoint: String, protocol: OtlpProtocol) -> BusConfig {
     let mut cfg = nats.config();

@@ -3,13 +3,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use busgate::transport::{ConnectionState, NatsOptions, Transport, TransportErrorKind};
 use busgate::{BusConfig, Ctx, ErrorKind, Service, StartError};
 use bytes::Bytes;
-use common::{unique_plane, NatsServer, TempDir};
+use common::{openssl, unique_plane, NatsServer, TempDir};
 use http::Response;
 
 fn config(opts: NatsOptions) -> BusConfig {
@@ -62,19 +61,6 @@ async fn token() {
     opts.token = None;
     let err = pong().start(&config(opts)).await.err().unwrap();
     assert!(rejected(err.clone()), "{err}");
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed to make test certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.

@@ -192,3 +192,79 @@ macro_rules! on_both_buses {
         }
     };
 }
+
+/// A port that was free a moment ago (for listeners whose port must be known up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run `openssl` in `dir` (test certificates).
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed to make test certificates");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real Prometheus on a free port with the given scrape configuration.
+pub struct Prometheus {
+    _child: ChildGuard,
+    _dir: TempDir,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Prometheus {
+    /// `config` is a whole prometheus.yml.
+    pub fn start(config: &str) -> Prometheus {
+        let dir = TempDir::new("prometheus");
+        let port = free_port();
+        std::fs::write(dir.0.join("prometheus.yml"), config).unwrap();
+        let child = Command::new("prometheus")
+            .args([
+                &format!("--config.file={}", dir.0.join("prometheus.yml").display()),
+                &format!("--storage.tsdb.path={}", dir.0.join("data").display()),
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus is needed (apt-get install prometheus)");
+        Prometheus {
+            _child: ChildGuard(child),
+            _dir: dir,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        }
+    }
+
+    pub async fn is_up(&self) -> bool {
+        tokio::net::TcpStream::connect(self.addr).await.is_ok()
+    }
+
+    /// An instant query through the HTTP API.
+    pub async fn query(&self, promql: &str) -> serde_json::Value {
+        let q = serde_urlencoded::to_string([("query", promql)]).unwrap();
+        let res = http::get(self.addr, &format!("/api/v1/query?{q}")).await;
+        serde_json::from_slice(&res.body)
+            .unwrap_or_else(|_| panic!("{promql}: {} {}", res.status, res.text()))
+    }
+}

@@ -68,6 +68,14 @@ impl<S> FramingGuard<S> {
         }
     }
 
+    /// Hand up to `n` pending bytes to hyper untouched; returns how many are still expected.
+    fn pass(&mut self, n: u64) -> u64 {
+        let take = (self.pending.len() as u64).min(n) as usize;
+        let part = self.pending.split_to(take);
+        self.ready.unsplit(part);
+        n - take as u64
+    }
+
     /// Move examined bytes from `pending` to `ready`; returns when more input is needed.
     fn advance(&mut self) {
         loop {
@@ -94,10 +102,7 @@ impl<S> FramingGuard<S> {
                     if self.pending.is_empty() {
                         return;
                     }
-                    let take = (self.pending.len() as u64).min(n) as usize;
-                    let part = self.pending.split_to(take);
-                    self.ready.unsplit(part);
-                    let left = n - take as u64;
+                    let left = self.pass(n);
                     self.state = if left == 0 {
                         State::Head
                     } else {
@@ -127,10 +132,7 @@ impl<S> FramingGuard<S> {
                     if self.pending.is_empty() {
                         return;
                     }
-                    let take = (self.pending.len() as u64).min(n) as usize;
-                    let part = self.pending.split_to(take);
-                    self.ready.unsplit(part);
-                    let left = n - take as u64;
+                    let left = self.pass(n);
                     self.state = if left == 0 {
                         State::ChunkSize
                     } else {
