@@ -46,6 +46,8 @@ async fn fifty_concurrent_20mb_uploads_stay_within_the_memory_limit() {
         Command::new(env!("CARGO_BIN_EXE_busgate"))
             .args([
                 "ingress",
+                "--admin-addr",
+                "127.0.0.1:0",
                 "--ports",
                 &port.to_string(),
                 "--set",
