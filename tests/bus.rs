@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busgate::examples::calculator::ArithmeticOut;
-use busgate::{build_request, examples, Connector, Ctx, Error, ErrorKind, Queue, Service};
+use busgate::{build_request, examples, Ctx, Error, ErrorKind, Queue, Service};
 use bytes::Bytes;
-use common::TestBus;
+use common::{client, text, TestBus};
 use http::{Request, Response, StatusCode};
 
 on_both_buses!(
@@ -31,17 +31,6 @@ on_both_buses!(
     control_plane_answers_on_own_host_and_all,
     locality_prefixed_subjects_reach_the_service,
 );
-
-fn text(s: impl Into<String>) -> Response<Bytes> {
-    Response::new(Bytes::from(s.into()))
-}
-
-async fn client(bus: &TestBus) -> Connector {
-    Service::new("client.test")
-        .start(&bus.config)
-        .await
-        .unwrap()
-}
 
 async fn unicast_reaches_the_service(bus: TestBus) {
     let services = examples::start_all(&bus.config).await.unwrap();

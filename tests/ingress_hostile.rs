@@ -12,7 +12,7 @@ use busgate::ingress::http::{router, HttpIngress, IngressConfig, Shared};
 use busgate::{examples, Connector, Ctx, Service};
 use bytes::Bytes;
 use common::http::{build, get, read_response, request, send_on, send_raw, upload, RawResponse};
-use common::{openssl, NatsServer, TempDir};
+use common::{make_certs, NatsServer, TempDir};
 use http::{Request, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -338,64 +338,14 @@ async fn tls_listener_from_cert_files() {
         .local_addr()
         .unwrap()
         .port();
-    std::fs::write(
-        dir.0.join("ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(
-        &dir.0,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test CA",
-        ],
-    );
-    openssl(
-        &dir.0,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("httpingress-{port}-key.pem"),
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    openssl(
-        &dir.0,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            &format!("httpingress-{port}-cert.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ],
-    );
+    make_certs(&dir.0);
+    for (from, to) in [("server-cert.pem", "cert"), ("server-key.pem", "key")] {
+        std::fs::rename(
+            dir.0.join(from),
+            dir.0.join(format!("httpingress-{port}-{to}.pem")),
+        )
+        .unwrap();
+    }
     let s = stack_with(&[("Ports", &port.to_string())], Some(&dir.0)).await;
 
     use rustls::pki_types::pem::PemObject;

@@ -6,23 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use busgate::{Connector, Ctx, Service};
-use bytes::Bytes;
-use common::TestBus;
-use http::Response;
+use busgate::{Ctx, Service};
+use common::{client, text, TestBus};
 
 on_both_buses!(graceful_shutdown_loses_no_accepted_request);
-
-fn text(s: impl Into<String>) -> Response<Bytes> {
-    Response::new(Bytes::from(s.into()))
-}
-
-async fn client(bus: &TestBus) -> Connector {
-    Service::new("client.test")
-        .start(&bus.config)
-        .await
-        .unwrap()
-}
 
 fn slow_echo() -> Service {
     Service::new("drain.test").get("/work", |_ctx: Ctx, _req| async move {

@@ -99,15 +99,16 @@ Microbus-Time-Budget: 19750\r\n\r\n5\r\nHello\r\n0\r\n\r\n";
     svc.shutdown().await;
 }
 
-async fn acked_but_silent_responder_times_out_408(bus: TestBus) {
-    let raw = raw(&bus).await;
+/// A raw subscriber on `subject` that answers every request with `reply(msg_id)`, as a
+/// Go service (or a broken one) would.
+async fn fake_responder(bus: &TestBus, subject: &str, reply: fn(&str) -> String) {
+    let raw = raw(bus).await;
     let plane = bus.config.plane.clone();
     let mut sub = raw
-        .subscribe(format!("{plane}.443.example.silent.|.GET.x"), None)
+        .subscribe(format!("{plane}.{subject}"), None)
         .await
         .unwrap();
     raw.flush().await.unwrap();
-    let responder = raw.clone();
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
             let req = codec::decode_request(m.payload).unwrap();
@@ -118,14 +119,21 @@ async fn acked_but_silent_responder_times_out_408(bus: TestBus) {
                 f.from_id().unwrap(),
             )
             .unwrap();
-            let ack = format!(
-                "HTTP/1.1 202 Accepted\r\nConnection: close\r\nMicrobus-Op-Code: Ack\r\n\
-Microbus-From-Host: silent.example\r\nMicrobus-From-Id: s1\r\nMicrobus-Msg-Id: {}\r\n\r\n",
-                f.msg_id().unwrap()
-            );
-            responder.publish(inbox, Bytes::from(ack)).await.unwrap();
+            raw.publish(inbox, Bytes::from(reply(f.msg_id().unwrap())))
+                .await
+                .unwrap();
         }
     });
+}
+
+async fn acked_but_silent_responder_times_out_408(bus: TestBus) {
+    fake_responder(&bus, "443.example.silent.|.GET.x", |msg_id| {
+        format!(
+            "HTTP/1.1 202 Accepted\r\nConnection: close\r\nMicrobus-Op-Code: Ack\r\n\
+Microbus-From-Host: silent.example\r\nMicrobus-From-Id: s1\r\nMicrobus-Msg-Id: {msg_id}\r\n\r\n"
+        )
+    })
+    .await;
     let c = Service::new("client.test")
         .start(&bus.config)
         .await
@@ -142,34 +150,15 @@ Microbus-From-Host: silent.example\r\nMicrobus-From-Id: s1\r\nMicrobus-Msg-Id: {
 }
 
 async fn reads_go_err_responses(bus: TestBus) {
-    let raw = raw(&bus).await;
-    let plane = bus.config.plane.clone();
-    let mut sub = raw
-        .subscribe(format!("{plane}.443.example.goerr.|.GET.x"), None)
-        .await
-        .unwrap();
-    raw.flush().await.unwrap();
-    let responder = raw.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            let req = codec::decode_request(m.payload).unwrap();
-            let f = Frame(req.headers());
-            let inbox = busgate::wire::response_subject(
-                &plane,
-                f.from_host().unwrap(),
-                f.from_id().unwrap(),
-            )
-            .unwrap();
-            let body = "{\n\t\"error\": \"record not found\",\n\t\"stack\": [\n\t\t{\n\t\t\t\"file\": \"/src/service.go\",\n\t\t\t\"function\": \"calculator.(*Service).Square\",\n\t\t\t\"line\": 75\n\t\t}\n\t],\n\t\"statusCode\": 404\n}";
-            let res = format!(
-                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\
-Microbus-From-Host: goerr.example\r\nMicrobus-From-Id: g1\r\nMicrobus-Msg-Id: {}\r\nMicrobus-Op-Code: Err\r\n\r\n{body}",
-                body.len(),
-                f.msg_id().unwrap()
-            );
-            responder.publish(inbox, Bytes::from(res)).await.unwrap();
-        }
-    });
+    fake_responder(&bus, "443.example.goerr.|.GET.x", |msg_id| {
+        let body = "{\n\t\"error\": \"record not found\",\n\t\"stack\": [\n\t\t{\n\t\t\t\"file\": \"/src/service.go\",\n\t\t\t\"function\": \"calculator.(*Service).Square\",\n\t\t\t\"line\": 75\n\t\t}\n\t],\n\t\"statusCode\": 404\n}";
+        format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\
+Microbus-From-Host: goerr.example\r\nMicrobus-From-Id: g1\r\nMicrobus-Msg-Id: {msg_id}\r\nMicrobus-Op-Code: Err\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
     let c = Service::new("client.test")
         .start(&bus.config)
         .await

@@ -28,29 +28,22 @@ pub fn merge<S: AsRef<str>>(texts: &[S]) -> String {
         let mut current: Option<String> = None;
         for line in text.as_ref().lines() {
             let line = line.trim_end();
-            if let Some(rest) = line.strip_prefix("# HELP ") {
+            let meta = [("# HELP ", true), ("# TYPE ", false)]
+                .into_iter()
+                .find_map(|(prefix, help)| line.strip_prefix(prefix).map(|rest| (rest, help)));
+            if let Some((rest, is_help)) = meta {
                 let name = rest
                     .split_whitespace()
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                families
-                    .entry(name.clone())
-                    .or_default()
-                    .help
-                    .get_or_insert_with(|| line.to_owned());
-                current = Some(name);
-            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let name = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                families
-                    .entry(name.clone())
-                    .or_default()
-                    .kind
-                    .get_or_insert_with(|| line.to_owned());
+                let family = families.entry(name.clone()).or_default();
+                let slot = if is_help {
+                    &mut family.help
+                } else {
+                    &mut family.kind
+                };
+                slot.get_or_insert_with(|| line.to_owned());
                 current = Some(name);
             } else if line.is_empty() || line.starts_with('#') {
                 continue;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+use ::http as http_types;
 pub mod otlp;
 
 use std::io::{BufRead, BufReader};
@@ -267,4 +268,82 @@ impl Prometheus {
         serde_json::from_slice(&res.body)
             .unwrap_or_else(|_| panic!("{promql}: {} {}", res.status, res.text()))
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+pub fn make_certs(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=busgate test CA",
+        ],
+    );
+    for who in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}-key.pem"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN={who}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}-cert.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ],
+        );
+    }
+}
+
+/// A plain-text response body, for test handlers.
+pub fn text(s: impl Into<String>) -> http_types::Response<bytes::Bytes> {
+    http_types::Response::new(bytes::Bytes::from(s.into()))
+}
+
+/// A service with no endpoints, to call others from.
+pub async fn client(bus: &TestBus) -> busgate::Connector {
+    busgate::Service::new("client.test")
+        .start(&bus.config)
+        .await
+        .unwrap()
 }
