@@ -25,7 +25,7 @@ use bytes::Bytes;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const SECONDS: u32 = 6;
 const CONNECTIONS: u32 = 64;
 const COLLECT_INSTANCES: usize = 20;
@@ -124,7 +124,28 @@ struct Wrk {
     rps: f64,
     p99_ms: f64,
     errors: bool,
+    requests: f64,
+    /// CPU time of this process (every stack, the OTLP sink) during the run, in seconds.
+    cpu_s: f64,
 }
+
+/// User + system CPU time of this process so far, in seconds (`/proc/self/stat`).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
+}
+
+/// `getconf CLK_TCK` on Linux.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 fn millis(s: &str) -> f64 {
     let s = s.trim();
@@ -141,6 +162,7 @@ fn millis(s: &str) -> f64 {
 
 async fn wrk(addr: SocketAddr, path: &str) -> Wrk {
     let url = format!("http://{addr}{path}");
+    let cpu_before = process_cpu_seconds();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("wrk")
             .args([
@@ -155,7 +177,13 @@ async fn wrk(addr: SocketAddr, path: &str) -> Wrk {
     })
     .await
     .unwrap();
+    let cpu_s = process_cpu_seconds() - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or(0.0);
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -171,6 +199,8 @@ async fn wrk(addr: SocketAddr, path: &str) -> Wrk {
         rps,
         p99_ms,
         errors,
+        requests,
+        cpu_s,
     }
 }
 
@@ -225,13 +255,19 @@ async fn main() {
         let _ = wrk(s.addr, path).await;
     }
     let mut runs: Vec<(Vec<f64>, Vec<f64>)> = vec![(vec![], vec![]); 3];
+    let mut cpu_per_request: Vec<Vec<f64>> = vec![vec![]; 3];
     let mut errors = false;
     for round in 0..ROUNDS {
         let mut line = format!("round {round}:");
         for (i, s) in [&off, &prod, &all].into_iter().enumerate() {
             let w = wrk(s.addr, path).await;
-            line.push_str(&format!(" {:.0} req/s p99 {:.2} ms |", w.rps, w.p99_ms));
+            let cpu_us = w.cpu_s * 1e6 / w.requests.max(1.0);
+            line.push_str(&format!(
+                " {:.0} req/s p99 {:.2} ms {cpu_us:.1} us CPU |",
+                w.rps, w.p99_ms
+            ));
             errors |= w.errors;
+            cpu_per_request[i].push(cpu_us);
             runs[i].0.push(w.rps);
             runs[i].1.push(w.p99_ms);
         }
@@ -244,6 +280,10 @@ async fn main() {
     let ((off_rps, off_p99), (prod_rps, prod_p99), (all_rps, all_p99)) = (med[0], med[1], med[2]);
     let cost = |on: f64| (1.0 - on / off_rps) * 100.0;
     let (prod_cost, all_cost) = (cost(prod_rps), cost(all_rps));
+    let cpu: Vec<f64> = cpu_per_request.into_iter().map(median).collect();
+    let cpu_cost = |on: f64| (on / cpu[0] - 1.0) * 100.0;
+    let (off_cpu, prod_cpu, all_cpu) = (cpu[0], cpu[1], cpu[2]);
+    let (prod_cpu_cost, all_cpu_cost) = (cpu_cost(prod_cpu), cpu_cost(all_cpu));
     println!("median: off {off_rps:.0} | prod {prod_rps:.0} ({prod_cost:.1}%) | all {all_rps:.0} ({all_cost:.1}%)");
 
     // metrics.core/collect with 20 instances on the bus (the "off" plane holds 4 already).
@@ -280,10 +320,14 @@ Measured by `cargo bench --bench telemetry` on {date} ({cores} cores; wrk, busga
 so absolute figures are low and noisy; the ratios come from one run, {ROUNDS} alternating rounds of \
 `wrk -t2 -c{CONNECTIONS} -d{SECONDS}s` per configuration, medians).\n\n\
 ## Telemetry cost: ingress + one bus hop (`GET /calculator.example/arithmetic`)\n\n\
-| telemetry | req/s | p99 | cost |\n|---|---|---|---|\n\
-| off (`BUSGATE_TELEMETRY=off`) | {off_rps:.0} | {off_p99:.2} ms | |\n\
-| on, PROD: every span recorded, exported when its trace holds an error or a slow span; metrics | {prod_rps:.0} | {prod_p99:.2} ms | {prod_cost:.1}% |\n\
-| on, LAB/LOCAL: every span exported over OTLP/HTTP; metrics | {all_rps:.0} | {all_p99:.2} ms | {all_cost:.1}% |\n\n\
+| telemetry | req/s | throughput cost | p99 | gateway CPU per request | CPU cost |\n|---|---|---|---|---|---|\n\
+| off (`BUSGATE_TELEMETRY=off`) | {off_rps:.0} | | {off_p99:.2} ms | {off_cpu:.1} µs | |\n\
+| on, PROD: every span recorded, exported when its trace holds an error or a slow span; metrics | {prod_rps:.0} | {prod_cost:.1}% | {prod_p99:.2} ms | {prod_cpu:.1} µs | {prod_cpu_cost:.1}% |\n\
+| on, LAB/LOCAL: every span exported over OTLP/HTTP; metrics | {all_rps:.0} | {all_cost:.1}% | {all_p99:.2} ms | {all_cpu:.1} µs | {all_cpu_cost:.1}% |\n\n\
+Gateway CPU per request is the user + system time of the bench process (ingress, the example services, \
+and for export-all also the in-process OTLP sink that receives the spans) divided by the requests wrk completed: \
+less noisy than req/s on a shared machine. Instructions per request, counted by callgrind and so repeatable \
+to the percent, come from `benches/instructions_per_request.sh` (see below).\n\n\
 Goal: telemetry costs at most 5% of throughput. {errs}Spans exported: {kb} KB.\n\
 Logs are at WARN in all runs (an INFO access line per request is a separate cost).\n\n\
 ## `metrics.core/collect`\n\n\

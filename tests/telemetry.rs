@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use busgate::ingress::http::{HttpIngress, IngressConfig};
+use busgate::telemetry::trace::{SpanContext, SpanKind};
 use busgate::telemetry::{OtlpProtocol, TelemetryConfig};
 use busgate::{examples, BusConfig, Connector, Ctx, Deployment, Error, Service};
 use bytes::Bytes;
@@ -289,17 +290,14 @@ async fn prod_exports_error_forced_and_slow_traces_only() {
         let ctx = client.ctx();
         // A root span per call, so that each call is its own trace.
         let root = client.tracer().start(
-            &opentelemetry::Context::new(),
-            format!("root {path}"),
-            opentelemetry::trace::SpanKind::Internal,
-            vec![],
+            &SpanContext::NONE,
+            SpanKind::Internal,
+            || format!("root {path}"),
+            |_| {},
         );
-        let ctx = ctx.with_trace_context(root.clone());
+        let ctx = ctx.with_span_context(root.context().clone());
         let _ = ctx.get(&format!("https://prod.test/{path}")).await;
-        {
-            use opentelemetry::trace::TraceContextExt;
-            root.span().end();
-        }
+        client.tracer().end(root);
         traces.insert(path, ctx.trace_id());
     }
     // Let the :888/trace broadcasts land before flushing.

@@ -15,13 +15,12 @@ use super::{new_msg_id, Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
-use crate::telemetry::trace;
+use crate::telemetry::trace::{self, Span, SpanKind, Status};
 use crate::transport::{Subscription, TransportError, TransportErrorKind};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 
 /// A unicast that is not acknowledged within this time has no responder: 404 `ack timeout`.
 /// Also the multicast ack window. Microbus's value, part of the protocol.
@@ -224,7 +223,7 @@ async fn publish_rest(
 
 /// The CLIENT span and metrics of one outgoing call.
 struct Observed {
-    cx: Context,
+    span: Span,
     started: std::time::Instant,
     acked: bool,
 }
@@ -232,36 +231,37 @@ struct Observed {
 impl Observed {
     fn start(ctx: &Ctx, req: &mut Request<Bytes>, out: &Outgoing, msg_id: &str) -> Observed {
         let inner = &ctx.conn.inner;
-        let cx = inner.tracer.start(
+        let span = inner.tracer.start(
             &ctx.otel,
-            format!(
-                "{} {}:{}{}",
-                out.method, out.url.host, out.url.port, out.url.path
-            ),
             SpanKind::Client,
-            [
-                KeyValue::new(A_MESSAGING_SYSTEM, NATS),
-                KeyValue::new(A_MESSAGING_DESTINATION, out.subject.clone()),
-                KeyValue::new(A_MESSAGING_OPERATION, "send"),
-                KeyValue::new(A_MESSAGING_MESSAGE_ID, msg_id.to_owned()),
-                KeyValue::new(A_MESSAGING_BODY_SIZE, req.body().len() as i64),
-                KeyValue::new(A_HTTP_METHOD, out.method.clone()),
-                KeyValue::new(A_SERVER_ADDRESS, out.url.host.clone()),
-                KeyValue::new(A_SERVER_PORT, out.url.port as i64),
-                KeyValue::new(
-                    A_TIME_BUDGET_MS,
-                    out.deadline
-                        .saturating_duration_since(Instant::now())
-                        .as_millis() as i64,
-                ),
-            ],
+            || {
+                format!(
+                    "{} {}:{}{}",
+                    out.method, out.url.host, out.url.port, out.url.path
+                )
+            },
+            |a| {
+                a.extend([
+                    KeyValue::new(A_MESSAGING_SYSTEM, NATS),
+                    KeyValue::new(A_MESSAGING_DESTINATION, out.subject.clone()),
+                    KeyValue::new(A_MESSAGING_OPERATION, "send"),
+                    KeyValue::new(A_MESSAGING_MESSAGE_ID, msg_id.to_owned()),
+                    KeyValue::new(A_MESSAGING_BODY_SIZE, req.body().len() as i64),
+                    KeyValue::new(A_HTTP_METHOD, trace::static_or_owned(&out.method)),
+                    KeyValue::new(A_SERVER_ADDRESS, out.url.host.clone()),
+                    KeyValue::new(A_SERVER_PORT, out.url.port as i64),
+                    KeyValue::new(
+                        A_TIME_BUDGET_MS,
+                        out.deadline
+                            .saturating_duration_since(Instant::now())
+                            .as_millis() as i64,
+                    ),
+                ])
+            },
         );
-        let headers = req.headers_mut();
-        headers.remove(http::header::HeaderName::from_static("traceparent"));
-        headers.remove(http::header::HeaderName::from_static("tracestate"));
-        trace::inject(&cx, headers);
+        trace::inject(span.context(), req.headers_mut());
         Observed {
-            cx,
+            span,
             started: std::time::Instant::now(),
             acked: false,
         }
@@ -274,14 +274,18 @@ impl Observed {
         }
         self.acked = true;
         let rtt = self.started.elapsed();
-        self.cx
-            .span()
+        self.span
             .set_attribute(KeyValue::new(A_ACK_LATENCY_MS, rtt.as_secs_f64() * 1000.0));
         inner.metrics.observe_ack(host, rtt);
     }
 
-    fn finish(self, inner: &Inner, out: &Outgoing, result: Result<(StatusCode, usize), &Error>) {
-        let span = self.cx.span();
+    fn finish(
+        mut self,
+        inner: &Inner,
+        out: &Outgoing,
+        result: Result<(StatusCode, usize), &Error>,
+    ) {
+        let span = &mut self.span;
         let (code, failed) = match result {
             Ok((status, responders)) => {
                 span.set_attribute(KeyValue::new(A_HTTP_STATUS, status.as_u16() as i64));
@@ -290,7 +294,7 @@ impl Observed {
                 (status.as_u16(), false)
             }
             Err(e) => {
-                trace::record_error(&self.cx, e);
+                span.record_error(e);
                 if matches!(e.kind(), ErrorKind::AckTimeout | ErrorKind::Timeout) {
                     inner
                         .metrics
@@ -299,7 +303,7 @@ impl Observed {
                 (e.status().as_u16(), true)
             }
         };
-        span.end();
+        inner.tracer.end(self.span);
         inner.metrics.observe_client(
             &out.url.host,
             out.url.port,

@@ -39,7 +39,6 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
                 },
                 queue: Queue::None,
                 handler: handler.clone(),
-                label: Default::default(),
             });
         }
     }

@@ -47,7 +47,7 @@ use crate::config::{BusConfig, Deployment};
 use crate::error::Error;
 use crate::telemetry;
 use crate::telemetry::metrics::ServiceMetrics;
-use crate::telemetry::trace::{ServiceIdentity, ServiceTracer};
+use crate::telemetry::trace::{ServiceIdentity, ServiceTracer, SpanContext};
 use crate::transport::{Bus, ConnectionState, TransportError};
 use crate::wire::{self, is_valid_service_hostname, WireError};
 use call::Delivery;
@@ -185,7 +185,6 @@ impl Service {
                 route: spec,
                 queue,
                 handler,
-                label: Default::default(),
             });
         }
 
@@ -331,7 +330,7 @@ impl Connector {
             frame: None,
             deadline: None,
             depth: 0,
-            otel: opentelemetry::Context::new(),
+            otel: SpanContext::NONE,
         }
     }
 
@@ -400,7 +399,7 @@ pub struct Ctx {
     deadline: Option<Instant>,
     depth: u32,
     /// The span this work belongs to; outgoing calls are its children.
-    otel: opentelemetry::Context,
+    otel: SpanContext,
 }
 
 impl Ctx {
@@ -430,16 +429,29 @@ impl Ctx {
         telemetry::trace::trace_id(&self.otel)
     }
 
-    /// The OpenTelemetry context of the current span.
-    pub fn trace_context(&self) -> &opentelemetry::Context {
+    /// The span this work belongs to.
+    pub fn span_context(&self) -> &SpanContext {
         &self.otel
     }
 
-    /// This context as part of the trace in `cx` (the ingress's root span, say).
-    pub fn with_trace_context(&self, cx: opentelemetry::Context) -> Ctx {
+    /// This context as part of the trace of `cx` (the ingress's root span, say): outgoing
+    /// calls become children of that span.
+    pub fn with_span_context(&self, cx: SpanContext) -> Ctx {
         let mut ctx = self.clone();
         ctx.otel = cx;
         ctx
+    }
+
+    /// The current span as an OpenTelemetry context, for handlers that record their own spans
+    /// with an OpenTelemetry tracer.
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        telemetry::trace::otel_context(&self.otel)
+    }
+
+    /// This context as part of the trace of the span in an OpenTelemetry context.
+    pub fn with_trace_context(&self, cx: &opentelemetry::Context) -> Ctx {
+        use opentelemetry::trace::TraceContextExt;
+        self.with_span_context(cx.span().span_context().clone())
     }
 
     /// Keep this trace even where only selected traces are exported (PROD), here and on every
@@ -522,12 +534,11 @@ impl Ctx {
 }
 
 /// Select the trace of `cx` locally and broadcast the selection to every service.
-pub(crate) fn force_trace(conn: &Connector, cx: &opentelemetry::Context) {
-    use opentelemetry::trace::TraceContextExt;
+pub(crate) fn force_trace(conn: &Connector, cx: &SpanContext) {
     if !conn.inner.tracer.is_selective() {
         return;
     }
-    let trace_id = cx.span().span_context().trace_id();
+    let trace_id = cx.trace_id();
     if conn.inner.tracer.is_selected(trace_id) {
         return;
     }

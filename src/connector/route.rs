@@ -121,8 +121,6 @@ pub(crate) struct Endpoint {
     pub route: RouteSpec,
     pub queue: Queue,
     pub handler: Arc<dyn Handler>,
-    /// `<host>:<port><path>`, the metrics' `handler` label, computed once for fixed ports.
-    pub label: std::sync::OnceLock<String>,
 }
 
 #[cfg(test)]

@@ -17,13 +17,12 @@ use super::{control, Connector, Ctx, Inner, StartError};
 use crate::error::Error;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
-use crate::telemetry::trace;
+use crate::telemetry::trace::{self, SpanKind, Status};
 use crate::transport::{BusMessage, Subscription};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::BusUrl;
 use crate::wire::{self, codec, is_valid_hostname};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry::KeyValue;
 use tracing::Instrument;
 
@@ -248,23 +247,25 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         .map(|u| u.port)
         .unwrap_or(ep.route.port);
     let method = req.method().as_str().to_owned();
-    let cx = inner.tracer.start(
+    let mut span = inner.tracer.start(
         &trace::extract(req.headers()),
-        format!(":{port}{}", ep.route.path),
         SpanKind::Server,
-        [
-            KeyValue::new(A_HTTP_METHOD, method.clone()),
-            KeyValue::new(A_HTTP_ROUTE, ep.route.path.clone()),
-            KeyValue::new(A_URL_PATH, req.uri().path().to_owned()),
-            KeyValue::new(A_SERVER_ADDRESS, inner.hostname.clone()),
-            KeyValue::new(A_SERVER_PORT, port as i64),
-            KeyValue::new(A_MESSAGING_SYSTEM, NATS),
-            KeyValue::new(A_MESSAGING_OPERATION, "process"),
-            KeyValue::new(A_MESSAGING_MESSAGE_ID, reply.msg_id.clone()),
-            KeyValue::new(A_FROM_HOST, f.from_host().unwrap_or_default().to_owned()),
-            KeyValue::new(A_FROM_ID, f.from_id().unwrap_or_default().to_owned()),
-            KeyValue::new(A_CALL_DEPTH, f.call_depth() as i64),
-        ],
+        || format!(":{port}{}", ep.route.path),
+        |a| {
+            a.extend([
+                // The service's own name is the span's resource (`service.name`).
+                KeyValue::new(A_HTTP_METHOD, trace::static_or_owned(&method)),
+                KeyValue::new(A_HTTP_ROUTE, ep.route.path.clone()),
+                KeyValue::new(A_URL_PATH, req.uri().path().to_owned()),
+                KeyValue::new(A_SERVER_PORT, port as i64),
+                KeyValue::new(A_MESSAGING_SYSTEM, NATS),
+                KeyValue::new(A_MESSAGING_OPERATION, "process"),
+                KeyValue::new(A_MESSAGING_MESSAGE_ID, reply.msg_id.clone()),
+                KeyValue::new(A_FROM_HOST, f.from_host().unwrap_or_default().to_owned()),
+                KeyValue::new(A_FROM_ID, f.from_id().unwrap_or_default().to_owned()),
+                KeyValue::new(A_CALL_DEPTH, f.call_depth() as i64),
+            ])
+        },
     );
     // Every log line of the handler carries the service, the instance and the trace.
     // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
@@ -273,7 +274,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         "bus",
         host = %inner.hostname,
         id = %inner.id,
-        trace_id = %trace::trace_id(&cx),
+        trace_id = %trace::trace_id(span.context()),
     );
     let conn = super::Connector {
         inner: inner.clone(),
@@ -283,7 +284,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         frame: Some(Arc::new(req.headers().clone())),
         deadline,
         depth: f.call_depth(),
-        otel: cx.clone(),
+        otel: span.context().clone(),
     };
     let result = run_handler(&inner, &ep, ctx, req, deadline)
         .instrument(log_span.clone())
@@ -292,13 +293,12 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         Ok(res) => (res.status().as_u16(), res.body().len()),
         Err(e) => (e.status().as_u16(), 0),
     };
-    let span = cx.span();
     span.set_attribute(KeyValue::new(A_HTTP_STATUS, code as i64));
     match &result {
         Ok(_) => span.set_status(Status::Ok),
         Err(e) => {
-            trace::record_error(&cx, e);
-            super::force_trace(&conn, &cx);
+            span.record_error(e);
+            super::force_trace(&conn, span.context());
             log_span.in_scope(|| {
                 if e.status().is_server_error() {
                     tracing::error!(route = %ep.route.display(), status = code, error = %e, "Handling request");
@@ -308,23 +308,16 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
             });
         }
     }
-    span.end();
-    let label = || {
-        format!(
-            "{}:{port}{}",
-            ep.route.host.as_deref().unwrap_or(&inner.hostname),
-            ep.route.path
-        )
-    };
-    let per_request;
-    let handler: &str = if ep.route.port == 0 {
-        per_request = label();
-        &per_request
-    } else {
-        ep.label.get_or_init(label)
-    };
+    inner.tracer.end(span);
     inner.metrics.observe_server(
-        handler,
+        Arc::as_ptr(&ep) as usize,
+        || {
+            format!(
+                "{}:{port}{}",
+                ep.route.host.as_deref().unwrap_or(&inner.hostname),
+                ep.route.path
+            )
+        },
         port,
         &method,
         Outcome {

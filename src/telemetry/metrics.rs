@@ -7,11 +7,96 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use fnv::FnvBuildHasher;
+
 use super::names::*;
+
+/// A label value: a fixed one, or one interned by [`ServiceMetrics::capped`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Label {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl AsRef<str> for Label {
+    fn as_ref(&self) -> &str {
+        self
+    }
+}
+
+impl std::ops::Deref for Label {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Label::Static(s) => s,
+            Label::Shared(s) => s,
+        }
+    }
+}
+
+/// Children of a metric vector resolved once per label set, keyed by a few machine words:
+/// `with_label_values` hashes every byte of every label, several times per request.
+pub struct HandleCache<K, V> {
+    handles: std::sync::RwLock<HashMap<K, V, FnvBuildHasher>>,
+}
+
+/// Label sets a [`HandleCache`] remembers; later ones are resolved each time (still correct,
+/// only slower), so a flood of distinct outcomes cannot grow memory.
+pub const MAX_CACHED_HANDLES: usize = 4096;
+
+impl<K, V> Default for HandleCache<K, V> {
+    fn default() -> Self {
+        HandleCache {
+            handles: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> HandleCache<K, V> {
+    /// The handle for `key`, made by `resolve` the first time.
+    pub fn get(&self, key: K, resolve: impl FnOnce() -> V) -> V {
+        if let Some(v) = self.handles.read().expect("handles lock").get(&key) {
+            return v.clone();
+        }
+        let v = resolve();
+        let mut handles = self.handles.write().expect("handles lock");
+        if handles.len() < MAX_CACHED_HANDLES {
+            handles.insert(key, v.clone());
+        }
+        v
+    }
+}
+
+/// A label value's identity: interned values and constants keep their address for the life of
+/// the registry, so the address stands for the text.
+fn label_id(label: &Label) -> usize {
+    label.as_ptr() as usize
+}
+
+/// Status code and error flag in one word.
+fn outcome_id(outcome: &Outcome) -> usize {
+    (outcome.code as usize) << 1 | outcome.failed as usize
+}
+
+/// The methods of RFC 9110 (and PATCH): a closed set, never capped.
+pub(crate) fn standard_method(m: &str) -> Option<&'static str> {
+    Some(match m {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => return None,
+    })
+}
 
 /// Latency buckets in seconds: a bus hop takes tens of microseconds, a slow call a minute.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -97,7 +182,11 @@ pub struct ServiceMetrics {
     nats_connected: IntGauge,
     nats_reconnects: IntCounter,
     overflows: IntCounterVec,
-    seen: std::sync::RwLock<HashMap<&'static str, HashSet<Arc<str>>>>,
+    server_handles: HandleCache<[usize; 4], (Histogram, Histogram)>,
+    client_handles: HandleCache<[usize; 4], Histogram>,
+    ack_handles: HandleCache<usize, Histogram>,
+    /// Values seen per capped label (a handful of labels: a list beats a map).
+    seen: std::sync::RwLock<Vec<(&'static str, HashSet<Arc<str>, FnvBuildHasher>)>>,
 }
 
 impl ServiceMetrics {
@@ -183,7 +272,10 @@ impl ServiceMetrics {
                 "Label values replaced by _other because a label had too many distinct values.",
                 &[L_LABEL],
             ),
-            seen: std::sync::RwLock::new(HashMap::new()),
+            seen: std::sync::RwLock::new(Vec::new()),
+            server_handles: HandleCache::default(),
+            client_handles: HandleCache::default(),
+            ack_handles: HandleCache::default(),
             const_labels: labels.clone(),
             registry,
         };
@@ -215,35 +307,52 @@ impl ServiceMetrics {
     }
 
     /// `value`, or [`OVERFLOW_VALUE`] once `label` has seen [`MAX_LABEL_VALUES`] others.
-    /// A value seen before costs a read lock and no allocation.
-    pub fn capped(&self, label: &'static str, value: &str) -> Arc<str> {
+    /// Standard HTTP methods pass as they are; a value seen before costs a read lock, one FNV
+    /// hash and no allocation (this runs several times per request).
+    pub fn capped(&self, label: &'static str, value: &str) -> Label {
+        if label == L_METHOD {
+            if let Some(m) = standard_method(value) {
+                return Label::Static(m);
+            }
+        }
         if let Some(known) = self
             .seen
             .read()
             .expect("seen lock")
-            .get(label)
-            .and_then(|values| values.get(value))
+            .iter()
+            .find(|(l, _)| *l == label)
+            .and_then(|(_, values)| values.get(value))
         {
-            return known.clone();
+            return Label::Shared(known.clone());
         }
         let mut seen = self.seen.write().expect("seen lock");
-        let values = seen.entry(label).or_default();
+        let at = match seen.iter().position(|(l, _)| *l == label) {
+            Some(at) => at,
+            None => {
+                seen.push((label, Default::default()));
+                seen.len() - 1
+            }
+        };
+        let values = &mut seen[at].1;
         if let Some(known) = values.get(value) {
-            return known.clone();
+            return Label::Shared(known.clone());
         }
         if values.len() < MAX_LABEL_VALUES {
             let v: Arc<str> = Arc::from(value);
             values.insert(v.clone());
-            return v;
+            return Label::Shared(v);
         }
         drop(seen);
         self.overflows.with_label_values(&[label]).inc();
-        Arc::from(OVERFLOW_VALUE)
+        Label::Static(OVERFLOW_VALUE)
     }
 
+    /// A handled bus request. `route` identifies the endpoint for the life of the service
+    /// (its address); `handler` names it and is only called the first time a label set is seen.
     pub fn observe_server(
         &self,
-        handler: &str,
+        route: usize,
+        handler: impl FnOnce() -> String,
         port: u16,
         method: &str,
         outcome: Outcome,
@@ -253,20 +362,29 @@ impl ServiceMetrics {
             return;
         }
         let method = self.capped(L_METHOD, method);
-        let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
-        let labels = [
-            handler,
-            port_buf.format(port),
-            &method,
-            code_buf.format(outcome.code),
-            if outcome.failed { ERROR } else { OK },
+        let key = [
+            route,
+            port as usize,
+            label_id(&method),
+            outcome_id(&outcome),
         ];
-        self.server_duration
-            .with_label_values(&labels)
-            .observe(outcome.elapsed.as_secs_f64());
-        self.server_body
-            .with_label_values(&labels)
-            .observe(body as f64);
+        let (duration, body_size) = self.server_handles.get(key, || {
+            let handler = handler();
+            let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let labels = [
+                handler.as_str(),
+                port_buf.format(port),
+                &method,
+                code_buf.format(outcome.code),
+                if outcome.failed { ERROR } else { OK },
+            ];
+            (
+                self.server_duration.with_label_values(&labels),
+                self.server_body.with_label_values(&labels),
+            )
+        });
+        duration.observe(outcome.elapsed.as_secs_f64());
+        body_size.observe(body as f64);
     }
 
     pub fn observe_client(&self, host: &str, port: u16, method: &str, outcome: Outcome) {
@@ -275,15 +393,23 @@ impl ServiceMetrics {
         }
         let host = self.capped(L_HOST, host);
         let method = self.capped(L_METHOD, method);
-        let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
-        self.client_duration
-            .with_label_values(&[
-                &*host,
-                port_buf.format(port),
-                &method,
-                code_buf.format(outcome.code),
-                if outcome.failed { ERROR } else { OK },
-            ])
+        let key = [
+            label_id(&host),
+            port as usize,
+            label_id(&method),
+            outcome_id(&outcome),
+        ];
+        self.client_handles
+            .get(key, || {
+                let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
+                self.client_duration.with_label_values(&[
+                    &*host,
+                    port_buf.format(port),
+                    &method,
+                    code_buf.format(outcome.code),
+                    if outcome.failed { ERROR } else { OK },
+                ])
+            })
             .observe(outcome.elapsed.as_secs_f64());
     }
 
@@ -292,8 +418,10 @@ impl ServiceMetrics {
             return;
         }
         let host = self.capped(L_HOST, host);
-        self.client_ack
-            .with_label_values(&[&host])
+        self.ack_handles
+            .get(label_id(&host), || {
+                self.client_ack.with_label_values(&[&host])
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -358,6 +486,16 @@ pub struct IngressMetrics {
     pub in_flight: IntGaugeVec,
     pub request_body: HistogramVec,
     pub response_body: HistogramVec,
+    listeners: HandleCache<u16, ListenerMetrics>,
+    durations: HandleCache<[usize; 4], Histogram>,
+}
+
+/// The series of one listener port.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub in_flight: IntGauge,
+    pub request_body: Histogram,
+    pub response_body: Histogram,
 }
 
 impl IngressMetrics {
@@ -368,12 +506,46 @@ impl IngressMetrics {
             in_flight: IntGaugeVec::new(opts(c, INGRESS_IN_FLIGHT, "HTTP requests being served, by listener."), &[L_PORT]).expect("valid gauge"),
             request_body: histogram(c, INGRESS_REQUEST_BODY, "Size of request bodies received by the HTTP ingress.", &[L_PORT], BODY_BUCKETS),
             response_body: histogram(c, INGRESS_RESPONSE_BODY, "Size of response bodies sent by the HTTP ingress.", &[L_PORT], BODY_BUCKETS),
+            listeners: HandleCache::default(),
+            durations: HandleCache::default(),
         };
         register(&service.registry, m.duration.clone());
         register(&service.registry, m.in_flight.clone());
         register(&service.registry, m.request_body.clone());
         register(&service.registry, m.response_body.clone());
         m
+    }
+
+    /// The series of listener `port`.
+    pub fn listener(&self, port: u16) -> ListenerMetrics {
+        self.listeners.get(port, || {
+            let port = itoa::Buffer::new().format(port).to_owned();
+            ListenerMetrics {
+                in_flight: self.in_flight.with_label_values(&[&port]),
+                request_body: self.request_body.with_label_values(&[&port]),
+                response_body: self.response_body.with_label_values(&[&port]),
+            }
+        })
+    }
+
+    /// The duration series of one listener, target, method and status; `route` and `method`
+    /// come from [`ServiceMetrics::capped`].
+    pub fn duration(&self, port: u16, route: &Label, method: &Label, status: u16) -> Histogram {
+        let key = [
+            port as usize,
+            label_id(route),
+            label_id(method),
+            status as usize,
+        ];
+        self.durations.get(key, || {
+            let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            self.duration.with_label_values(&[
+                port_buf.format(port),
+                route,
+                method,
+                code_buf.format(status),
+            ])
+        })
     }
 }
 
@@ -476,21 +648,59 @@ mod tests {
     #[test]
     fn every_series_carries_service_labels() {
         let m = ServiceMetrics::new("unit.test", 3, "abc123");
-        m.observe_server(
-            "unit.test:443/x",
-            443,
-            "GET",
-            Outcome {
-                code: 200,
-                failed: false,
-                elapsed: Duration::from_micros(40),
-            },
-            10,
-        );
+        let ok = Outcome {
+            code: 200,
+            failed: false,
+            elapsed: Duration::from_micros(40),
+        };
+        let failed = Outcome {
+            code: 500,
+            failed: true,
+            ..ok
+        };
+        // Cached handles keep every label set apart: outcome, port (with its handler name) and
+        // method.
+        for (outcome, port, method) in [
+            (ok, 443, "GET"),
+            (ok, 443, "GET"),
+            (failed, 443, "GET"),
+            (ok, 444, "GET"),
+            (ok, 443, "POST"),
+        ] {
+            m.observe_server(
+                7,
+                || format!("unit.test:{port}/x"),
+                port,
+                method,
+                outcome,
+                10,
+            );
+        }
         m.refresh(true, 0);
         let text = m.encode();
+        for (series, count) in [
+            (
+                r#"code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443""#,
+                2,
+            ),
+            (
+                r#"code="500",error="ERROR",handler="unit.test:443/x",id="abc123",method="GET",port="443""#,
+                1,
+            ),
+            (
+                r#"code="200",error="OK",handler="unit.test:444/x",id="abc123",method="GET",port="444""#,
+                1,
+            ),
+            (
+                r#"code="200",error="OK",handler="unit.test:443/x",id="abc123",method="POST",port="443""#,
+                1,
+            ),
+        ] {
+            let line = format!("microbus_server_request_duration_seconds_count{{{series},service=\"unit.test\",ver=\"3\"}} {count}");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
         assert!(text.contains(
-            r#"microbus_server_request_duration_seconds_bucket{code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443",service="unit.test",ver="3",le="0.00005"} 1"#
+            r#"microbus_server_request_duration_seconds_bucket{code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443",service="unit.test",ver="3",le="0.00005"} 2"#
         ), "{text}");
         assert!(
             text.contains(r#"busgate_nats_connected{id="abc123",service="unit.test",ver="3"} 1"#)

@@ -3,21 +3,20 @@
 //! resource), OTLP export over HTTP/protobuf or gRPC, and PROD's tail selection.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    Link, SpanKind, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
+use opentelemetry::trace::{Event, TraceContextExt};
+pub use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracer,
-    SdkTracerProvider, ShouldSample, SpanData, SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
+use std::time::SystemTime;
 
 use super::names::*;
 use crate::config::{parse_duration, ConfigError, Deployment};
@@ -128,94 +127,186 @@ impl TelemetryConfig {
     }
 }
 
-/// Reads W3C headers from an HTTP header map (names are case-insensitive there).
-pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+/// The W3C trace context in `headers` (names are case-insensitive there), marked remote; the
+/// invalid [`SpanContext::NONE`] when there is none or it is malformed.
+pub fn extract(headers: &HeaderMap) -> SpanContext {
+    let Some((trace_id, span_id, flags)) = headers
+        .get(TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()))
+    else {
+        return SpanContext::NONE;
+    };
+    let trace_state = headers
+        .get(TRACESTATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    SpanContext::new(trace_id, span_id, flags, true, trace_state)
+}
+
+/// `version-traceid-parentid-flags`, lowercase hex, as W3C Trace Context level 1 defines it;
+/// versions after 00 may append fields.
+fn parse_traceparent(v: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
     }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
+    let version = hex(&v[0..2])? as u8;
+    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let trace_id = hex(&v[3..35])?;
+    let span_id = hex(&v[36..52])? as u64;
+    let flags = hex(&v[53..55])? as u8;
+    if trace_id == 0 || span_id == 0 {
+        return None;
+    }
+    Some((
+        TraceId::from(trace_id),
+        SpanId::from(span_id),
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+    ))
+}
+
+/// Lowercase hex digits (at most 32) as a number.
+fn hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |n, d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | v as u128)
+    })
+}
+
+fn put_hex(out: &mut [u8], mut n: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
-/// Writes W3C headers into an HTTP header map.
-pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // An empty `tracestate` says nothing; Microbus does not send it either.
-        if value.is_empty() {
-            return;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
+/// Write `Traceparent` (and a non-empty `Tracestate`) for `cx`, replacing what was there.
+pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
+    if !cx.is_valid() {
+        return;
     }
-}
-
-/// The trace context in `headers`, or an empty context.
-pub fn extract(headers: &HeaderMap) -> Context {
-    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
-}
-
-/// Write `Traceparent` (and `Tracestate`) for the span in `cx`.
-pub fn inject(cx: &Context, headers: &mut HeaderMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
-}
-
-/// The 32-hex trace id of the span in `cx`.
-pub fn trace_id(cx: &Context) -> String {
-    cx.span().span_context().trace_id().to_string()
-}
-
-/// Mark the span in `cx` failed with `err`: status, HTTP status and an `exception` event.
-pub fn record_error(cx: &Context, err: &Error) {
-    let span = cx.span();
-    span.set_attribute(KeyValue::new(A_HTTP_STATUS, err.status().as_u16() as i64));
-    span.add_event(
-        "exception",
-        vec![
-            KeyValue::new(A_EXCEPTION_TYPE, format!("{:?}", err.kind())),
-            KeyValue::new(A_EXCEPTION_MESSAGE, err.message().to_owned()),
-            KeyValue::new(A_EXCEPTION_STACKTRACE, err.verbose()),
-        ],
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(
+        &mut tp[3..35],
+        u128::from_be_bytes(cx.trace_id().to_bytes()),
     );
-    span.set_status(Status::error(err.message().to_owned()));
+    put_hex(
+        &mut tp[36..52],
+        u64::from_be_bytes(cx.span_id().to_bytes()) as u128,
+    );
+    put_hex(&mut tp[53..55], cx.trace_flags().to_u8() as u128);
+    headers.insert(
+        TRACEPARENT,
+        HeaderValue::from_bytes(&tp).expect("hex digits are a valid header value"),
+    );
+    // An empty `tracestate` says nothing; Microbus does not send it either.
+    let state = cx.trace_state().header();
+    match HeaderValue::from_str(&state) {
+        Ok(v) if !state.is_empty() => {
+            headers.insert(TRACESTATE, v);
+        }
+        _ => {
+            headers.remove(TRACESTATE);
+        }
+    }
 }
 
-/// Drops the spans nobody wants to see: the `:888/trace` broadcast and metrics scrapes
-/// (children follow through `ParentBased`).
-#[derive(Debug, Clone)]
-struct Muffler;
+/// An HTTP method as an attribute value: the standard ones without an allocation.
+pub fn static_or_owned(method: &str) -> opentelemetry::Value {
+    match super::metrics::standard_method(method) {
+        Some(m) => m.into(),
+        None => method.to_owned().into(),
+    }
+}
 
-impl ShouldSample for Muffler {
-    fn should_sample(
-        &self,
-        parent: Option<&Context>,
-        _trace_id: TraceId,
-        name: &str,
-        _kind: &SpanKind,
-        _attributes: &[KeyValue],
-        _links: &[Link],
-    ) -> SamplingResult {
-        let muffled = name == ":888/trace"
-            || name.ends_with("/metrics.core/collect")
-            || name.ends_with("/metrics.core:443/collect");
-        SamplingResult {
-            decision: if muffled {
-                SamplingDecision::Drop
-            } else {
-                SamplingDecision::RecordAndSample
-            },
-            attributes: Vec::new(),
-            trace_state: parent
-                .map(|cx| cx.span().span_context().trace_state().clone())
-                .unwrap_or_default(),
+/// The 32-hex trace id of `cx`.
+pub fn trace_id(cx: &SpanContext) -> String {
+    format!("{:032x}", cx.trace_id())
+}
+
+/// An OpenTelemetry context holding `cx` as a remote parent, for code that records its own
+/// spans with an OpenTelemetry tracer.
+pub fn otel_context(cx: &SpanContext) -> Context {
+    Context::new().with_remote_span_context(cx.clone())
+}
+
+/// Spans nobody wants to see: the `:888/trace` broadcast and metrics scrapes (their children
+/// follow, because they are not sampled).
+fn is_muffled(name: &str) -> bool {
+    name == ":888/trace"
+        || name.ends_with("/metrics.core/collect")
+        || name.ends_with("/metrics.core:443/collect")
+}
+
+/// A span being recorded. Request paths own it outright (no locks, no shared state) and hand it
+/// to [`ServiceTracer::end`]; a span that is dropped instead is not exported.
+#[derive(Debug)]
+pub struct Span {
+    context: SpanContext,
+    /// `None` when the span is not recorded (telemetry off, nowhere to export, not sampled):
+    /// it still has ids, for propagation and logs.
+    data: Option<Box<SpanData>>,
+}
+
+impl Span {
+    /// The context children and outgoing messages carry.
+    pub fn context(&self) -> &SpanContext {
+        &self.context
+    }
+
+    /// Whether attributes are kept; skip building expensive ones otherwise.
+    pub fn is_recording(&self) -> bool {
+        self.data.is_some()
+    }
+
+    pub fn set_attribute(&mut self, attribute: KeyValue) {
+        if let Some(d) = &mut self.data {
+            d.attributes.push(attribute);
+        }
+    }
+
+    pub fn set_status(&mut self, status: Status) {
+        if let Some(d) = &mut self.data {
+            d.status = status;
+        }
+    }
+
+    /// Mark the span failed with `err`: status, HTTP status and an `exception` event.
+    pub fn record_error(&mut self, err: &Error) {
+        let Some(d) = &mut self.data else {
+            return;
+        };
+        d.attributes
+            .push(KeyValue::new(A_HTTP_STATUS, err.status().as_u16() as i64));
+        d.events.events.push(Event::new(
+            "exception",
+            SystemTime::now(),
+            vec![
+                KeyValue::new(A_EXCEPTION_TYPE, format!("{:?}", err.kind())),
+                KeyValue::new(A_EXCEPTION_MESSAGE, err.message().to_owned()),
+                KeyValue::new(A_EXCEPTION_STACKTRACE, err.verbose()),
+            ],
+            0,
+        ));
+        d.status = Status::error(err.message().to_owned());
+    }
+}
+
+fn nonzero_random<T: Default + PartialEq>(mut draw: impl FnMut() -> T) -> T {
+    loop {
+        let v = draw();
+        if v != T::default() {
+            return v;
         }
     }
 }
@@ -236,33 +327,46 @@ struct SelectorState {
     selected: HashMap<TraceId, Instant>,
 }
 
+impl SelectorState {
+    fn is_selected(&self, trace_id: TraceId) -> bool {
+        // Most spans belong to unselected traces: skip the hash when there is nothing to find.
+        !self.selected.is_empty()
+            && self
+                .selected
+                .get(&trace_id)
+                .is_some_and(|at| at.elapsed() < SELECTION_TTL)
+    }
+
+    /// Remember `trace_id` as selected and take its buffered spans.
+    fn select(&mut self, trace_id: TraceId) -> Vec<SpanData> {
+        if self.selected.len() >= SELECTED_TRACES_MAX {
+            self.selected.retain(|_, at| at.elapsed() < SELECTION_TTL);
+            if self.selected.len() >= SELECTED_TRACES_MAX {
+                // Forget the oldest selection rather than grow without bound.
+                if let Some(oldest) = self
+                    .selected
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(t, _)| *t)
+                {
+                    self.selected.remove(&oldest);
+                }
+            }
+        }
+        self.selected.insert(trace_id, Instant::now());
+        let (keep, flush): (VecDeque<SpanData>, VecDeque<SpanData>) =
+            std::mem::take(&mut self.buffer)
+                .into_iter()
+                .partition(|s| s.span_context.trace_id() != trace_id);
+        self.buffer = keep;
+        flush.into()
+    }
+}
+
 impl Selector {
     /// Export `trace_id`'s buffered spans and its future ones.
     pub fn select(&self, trace_id: TraceId) {
-        let flushed: Vec<SpanData> = {
-            let mut st = self.state.lock().expect("selector lock");
-            if st.selected.len() >= SELECTED_TRACES_MAX {
-                st.selected.retain(|_, at| at.elapsed() < SELECTION_TTL);
-                if st.selected.len() >= SELECTED_TRACES_MAX {
-                    // Forget the oldest selection rather than grow without bound.
-                    if let Some(oldest) = st
-                        .selected
-                        .iter()
-                        .min_by_key(|(_, at)| **at)
-                        .map(|(t, _)| *t)
-                    {
-                        st.selected.remove(&oldest);
-                    }
-                }
-            }
-            st.selected.insert(trace_id, Instant::now());
-            let (keep, flush): (VecDeque<SpanData>, VecDeque<SpanData>) =
-                std::mem::take(&mut st.buffer)
-                    .into_iter()
-                    .partition(|s| s.span_context.trace_id() != trace_id);
-            st.buffer = keep;
-            flush.into()
-        };
+        let flushed = self.state.lock().expect("selector lock").select(trace_id);
         for span in flushed {
             self.inner.on_end(span);
         }
@@ -272,9 +376,7 @@ impl Selector {
         self.state
             .lock()
             .expect("selector lock")
-            .selected
-            .get(&trace_id)
-            .is_some_and(|at| at.elapsed() < SELECTION_TTL)
+            .is_selected(trace_id)
     }
 
     fn on_end(&self, span: SpanData) {
@@ -284,35 +386,39 @@ impl Selector {
             .end_time
             .duration_since(span.start_time)
             .is_ok_and(|d| d >= self.slow);
-        if self.is_selected(trace_id) {
-            self.inner.on_end(span);
-        } else if failed || slow {
-            self.select(trace_id);
-            self.inner.on_end(span);
-        } else {
+        let flushed = {
             let mut st = self.state.lock().expect("selector lock");
-            if st.buffer.len() >= TAIL_BUFFER_SPANS {
-                st.buffer.pop_front();
+            if st.is_selected(trace_id) {
+                Vec::new()
+            } else if failed || slow {
+                st.select(trace_id)
+            } else {
+                let evicted = if st.buffer.len() >= TAIL_BUFFER_SPANS {
+                    st.buffer.pop_front()
+                } else {
+                    None
+                };
+                st.buffer.push_back(span);
+                drop(st);
+                // Freed outside the lock.
+                drop(evicted);
+                return;
             }
-            st.buffer.push_back(span);
+        };
+        for s in flushed {
+            self.inner.on_end(s);
         }
+        self.inner.on_end(span);
     }
 }
 
+/// Where ended spans go.
 #[derive(Debug)]
-struct SelectiveProcessor(Arc<Selector>);
-
-impl SpanProcessor for SelectiveProcessor {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-    fn on_end(&self, span: SpanData) {
-        self.0.on_end(span);
-    }
-    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.inner.force_flush()
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.inner.shutdown_with_timeout(timeout)
-    }
+enum Sink {
+    /// Every span, batched to the exporter (LOCAL, LAB, TESTING).
+    All(BatchSpanProcessor),
+    /// PROD's tail selection in front of the batch.
+    Selected(Selector),
 }
 
 /// Identity of the service whose spans a tracer produces.
@@ -324,11 +430,16 @@ pub struct ServiceIdentity<'a> {
     pub deployment: Deployment,
 }
 
-/// The tracer of one service instance.
+/// The tracer of one service instance. Spans are plain [`SpanData`] built in place and handed
+/// to the SDK's batch processor (and OTLP exporter) when they end: the SDK's span machinery
+/// (shared span handles behind a lock, a sampler per span, a context map) cost more than the
+/// rest of a bus hop's telemetry together.
 pub struct ServiceTracer {
-    tracer: SdkTracer,
-    provider: SdkTracerProvider,
-    selector: Option<Arc<Selector>>,
+    /// Telemetry on: spans are sampled and carry the sampled flag.
+    enabled: bool,
+    /// Where spans go; `None` records nothing (ids only).
+    sink: Option<Sink>,
+    scope: InstrumentationScope,
 }
 
 impl ServiceTracer {
@@ -345,85 +456,143 @@ impl ServiceTracer {
                 KeyValue::new("deployment.environment.name", who.deployment.as_str()),
             ])
             .build();
-        let sampler = if config.enabled {
-            Sampler::ParentBased(Box::new(Muffler))
-        } else {
-            Sampler::AlwaysOff
-        };
-        let mut builder = SdkTracerProvider::builder()
-            .with_sampler(sampler)
-            .with_resource(resource.clone());
-        let mut selector = None;
-        if let Some(endpoint) = config.endpoint.as_ref().filter(|_| config.enabled) {
-            let batch = BatchSpanProcessor::builder(build_exporter(config, endpoint, &resource)?)
-                .with_batch_config(
-                    BatchConfigBuilder::default()
-                        .with_scheduled_delay(EXPORT_INTERVAL)
-                        .build(),
-                )
-                .build();
-            if who.deployment == Deployment::Prod {
-                let s = Arc::new(Selector {
-                    inner: batch,
-                    slow: config.slow_trace_threshold,
-                    state: Mutex::new(SelectorState::default()),
-                });
-                builder = builder.with_span_processor(SelectiveProcessor(s.clone()));
-                selector = Some(s);
-            } else {
-                builder = builder.with_span_processor(batch);
+        let sink = match config.endpoint.as_ref().filter(|_| config.enabled) {
+            None => None,
+            Some(endpoint) => {
+                let batch =
+                    BatchSpanProcessor::builder(build_exporter(config, endpoint, &resource)?)
+                        .with_batch_config(
+                            BatchConfigBuilder::default()
+                                .with_scheduled_delay(EXPORT_INTERVAL)
+                                .build(),
+                        )
+                        .build();
+                Some(if who.deployment == Deployment::Prod {
+                    Sink::Selected(Selector {
+                        inner: batch,
+                        slow: config.slow_trace_threshold,
+                        state: Mutex::new(SelectorState::default()),
+                    })
+                } else {
+                    Sink::All(batch)
+                })
             }
-        }
-        let provider = builder.build();
-        let tracer = provider.tracer("busgate");
+        };
         Ok(ServiceTracer {
-            tracer,
-            provider,
-            selector,
+            enabled: config.enabled,
+            sink,
+            scope: InstrumentationScope::builder("busgate")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
         })
     }
 
-    /// Start a span of `kind` under `parent` and return the context holding it.
+    /// Start a span of `kind` under `parent` (a new trace when `parent` is invalid). `name` and
+    /// `attributes` are only evaluated when the span is recorded.
     pub fn start(
         &self,
-        parent: &Context,
-        name: String,
+        parent: &SpanContext,
         kind: SpanKind,
-        attributes: impl IntoIterator<Item = KeyValue>,
-    ) -> Context {
-        // Room for the attributes set when the span ends, so they do not reallocate.
-        let mut all = Vec::with_capacity(SPAN_ATTRIBUTE_CAPACITY);
-        all.extend(attributes);
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(all)
-            .start_with_context(&self.tracer, parent);
-        parent.with_span(span)
+        name: impl FnOnce() -> String,
+        attributes: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> Span {
+        let trace_id = if parent.is_valid() {
+            parent.trace_id()
+        } else {
+            TraceId::from(nonzero_random(rand::random::<u128>))
+        };
+        let span_id = SpanId::from(nonzero_random(rand::random::<u64>));
+        let mut sampled = if parent.is_valid() {
+            parent.is_sampled()
+        } else {
+            self.enabled
+        };
+        let mut data = None;
+        if sampled && self.sink.is_some() {
+            let name = name();
+            if is_muffled(&name) {
+                sampled = false;
+            } else {
+                let mut all = Vec::with_capacity(SPAN_ATTRIBUTE_CAPACITY);
+                attributes(&mut all);
+                data = Some(Box::new(SpanData {
+                    span_context: SpanContext::NONE,
+                    parent_span_id: if parent.is_valid() {
+                        parent.span_id()
+                    } else {
+                        SpanId::INVALID
+                    },
+                    parent_span_is_remote: parent.is_remote(),
+                    span_kind: kind,
+                    name: name.into(),
+                    start_time: SystemTime::now(),
+                    end_time: SystemTime::UNIX_EPOCH,
+                    attributes: all,
+                    dropped_attributes_count: 0,
+                    events: SpanEvents::default(),
+                    links: SpanLinks::default(),
+                    status: Status::Unset,
+                    instrumentation_scope: self.scope.clone(),
+                }));
+            }
+        } else if sampled && is_muffled(&name()) {
+            // Not recorded here, but the flag tells the services downstream not to record.
+            sampled = false;
+        }
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let context = SpanContext::new(
+            trace_id,
+            span_id,
+            flags,
+            false,
+            parent.trace_state().clone(),
+        );
+        if let Some(d) = &mut data {
+            d.span_context = context.clone();
+        }
+        Span { context, data }
+    }
+
+    /// End `span` now and hand it on for export.
+    pub fn end(&self, span: Span) {
+        let (Some(mut data), Some(sink)) = (span.data, &self.sink) else {
+            return;
+        };
+        data.end_time = SystemTime::now();
+        match sink {
+            Sink::All(batch) => batch.on_end(*data),
+            Sink::Selected(selector) => selector.on_end(*data),
+        }
     }
 
     /// Keep `trace_id` (PROD); a no-op where everything is exported anyway.
     pub fn select(&self, trace_id: TraceId) {
-        if let Some(s) = &self.selector {
+        if let Some(Sink::Selected(s)) = &self.sink {
             s.select(trace_id);
         }
     }
 
     pub fn is_selected(&self, trace_id: TraceId) -> bool {
-        self.selector
-            .as_ref()
-            .is_some_and(|s| s.is_selected(trace_id))
+        matches!(&self.sink, Some(Sink::Selected(s)) if s.is_selected(trace_id))
     }
 
     /// Whether this tracer drops traces unless they are selected.
     pub fn is_selective(&self) -> bool {
-        self.selector.is_some()
+        matches!(self.sink, Some(Sink::Selected(_)))
     }
 
     /// Export everything still buffered and stop. Blocks: call it off the async runtime.
     pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
+        let batch = match &self.sink {
+            None => return,
+            Some(Sink::All(b)) => b,
+            Some(Sink::Selected(s)) => &s.inner,
+        };
+        if let Err(e) = batch.shutdown() {
             tracing::debug!(error = %e, "tracer shutdown");
         }
     }
@@ -536,5 +705,116 @@ mod tests {
         ] {
             assert!(parse_trace_id(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn malformed_traceparents_start_a_new_trace() {
+        let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        for bad in [
+            "",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_str(bad).unwrap());
+            assert!(!extract(&h).is_valid(), "{bad}");
+        }
+        // A later version may append fields; flags other than sampled are not carried on.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static(
+                "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03-future",
+            ),
+        );
+        let cx = extract(&h);
+        assert!(cx.is_valid() && cx.is_remote() && cx.is_sampled());
+        assert_eq!(cx.trace_flags(), TraceFlags::SAMPLED);
+        h.insert("traceparent", HeaderValue::from_static(valid));
+        h.insert("tracestate", HeaderValue::from_static("vendor=abc,other=1"));
+        let cx = extract(&h);
+        let mut out = HeaderMap::new();
+        inject(&cx, &mut out);
+        assert_eq!(out["traceparent"], valid);
+        assert_eq!(out["tracestate"], "vendor=abc,other=1");
+        // Injecting a context without state removes a stale one.
+        inject(
+            &SpanContext::new(
+                cx.trace_id(),
+                cx.span_id(),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            &mut out,
+        );
+        assert!(out.get("tracestate").is_none());
+    }
+
+    fn identity() -> ServiceIdentity<'static> {
+        ServiceIdentity {
+            hostname: "unit.test",
+            plane: "unit",
+            version: 1,
+            id: "abc",
+            deployment: Deployment::Local,
+        }
+    }
+
+    #[test]
+    fn spans_inherit_the_trace_and_its_sampling_decision() {
+        let tracer = ServiceTracer::new(&TelemetryConfig::default(), &identity()).unwrap();
+        let root = tracer.start(
+            &SpanContext::NONE,
+            SpanKind::Server,
+            || ":443/x".into(),
+            |_| {},
+        );
+        assert!(root.context().is_valid() && root.context().is_sampled());
+        // Nowhere to export: ids for propagation and logs, nothing recorded.
+        assert!(!root.is_recording());
+        let child = tracer.start(
+            root.context(),
+            SpanKind::Client,
+            || "GET x".into(),
+            |_| unreachable!("attributes of an unrecorded span are not built"),
+        );
+        assert_eq!(child.context().trace_id(), root.context().trace_id());
+        assert_ne!(child.context().span_id(), root.context().span_id());
+        // The control plane's trace broadcast is not sampled, nor is anything under it.
+        let muffled = tracer.start(
+            &SpanContext::NONE,
+            SpanKind::Server,
+            || ":888/trace".into(),
+            |_| {},
+        );
+        assert!(!muffled.context().is_sampled());
+        let under = tracer.start(
+            muffled.context(),
+            SpanKind::Client,
+            || "GET y".into(),
+            |_| {},
+        );
+        assert!(!under.context().is_sampled());
+        // Telemetry off: nothing sampled, ids still there.
+        let off = TelemetryConfig {
+            enabled: false,
+            ..TelemetryConfig::default()
+        };
+        let tracer = ServiceTracer::new(&off, &identity()).unwrap();
+        let span = tracer.start(
+            &SpanContext::NONE,
+            SpanKind::Server,
+            || unreachable!(),
+            |_| unreachable!(),
+        );
+        assert!(span.context().is_valid() && !span.context().is_sampled());
     }
 }

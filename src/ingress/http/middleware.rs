@@ -35,7 +35,7 @@ pub struct TraceId(pub String);
 
 /// The ingress span of the request, parent of the bus call.
 #[derive(Debug, Clone)]
-pub struct TraceContext(pub opentelemetry::Context);
+pub struct TraceContext(pub crate::telemetry::trace::SpanContext);
 
 /// Time spent waiting for the bus, for `Server-Timing`.
 #[derive(Debug, Clone, Copy)]
@@ -112,12 +112,11 @@ pub async fn telemetry(
     mut req: Request,
     next: Next,
 ) -> Response {
-    use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
     use opentelemetry::KeyValue;
     use tracing::Instrument;
 
     use crate::telemetry::names::*;
-    use crate::telemetry::trace;
+    use crate::telemetry::trace::{self, SpanContext, SpanKind, Status};
 
     let started = std::time::Instant::now();
     let info = conn_info(&req);
@@ -128,45 +127,46 @@ pub async fn telemetry(
     {
         trace::extract(req.headers())
     } else {
-        opentelemetry::Context::new()
+        SpanContext::NONE
     };
     let path = req.uri().path().to_owned();
     let method = req.method().as_str().to_owned();
-    let mut attributes = vec![
-        KeyValue::new(A_HTTP_METHOD, method.clone()),
-        KeyValue::new(A_URL_PATH, path.clone()),
-        KeyValue::new(A_URL_SCHEME, if info.tls { "https" } else { "http" }),
-        KeyValue::new(A_SERVER_PORT, info.listen_port as i64),
-        KeyValue::new(A_CLIENT_ADDRESS, client_ip(&shared, &req).to_string()),
-    ];
-    if let Some(q) = req.uri().query() {
-        attributes.push(KeyValue::new(A_URL_QUERY, q.to_owned()));
-    }
-    if let Some(ua) = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-    {
-        attributes.push(KeyValue::new(A_USER_AGENT, ua.to_owned()));
-    }
     let route = super::proxy::parse_target(&path)
         .map(|t| format!("{}:{}", t.host, t.port))
         .unwrap_or_else(|| "_invalid".to_owned());
-    attributes.push(KeyValue::new(A_HTTP_ROUTE, route.clone()));
-    let cx = shared.conn.tracer().start(
+    let tracer = shared.conn.tracer();
+    let mut span = tracer.start(
         &parent,
-        format!(":{}{}", info.listen_port, path),
         SpanKind::Server,
-        attributes,
+        || format!(":{}{}", info.listen_port, path),
+        |a| {
+            a.extend([
+                KeyValue::new(A_HTTP_METHOD, trace::static_or_owned(&method)),
+                KeyValue::new(A_URL_PATH, path.clone()),
+                KeyValue::new(A_URL_SCHEME, if info.tls { "https" } else { "http" }),
+                KeyValue::new(A_SERVER_PORT, info.listen_port as i64),
+                KeyValue::new(A_CLIENT_ADDRESS, client_ip(&shared, &req).to_string()),
+                KeyValue::new(A_HTTP_ROUTE, route.clone()),
+            ]);
+            if let Some(q) = req.uri().query() {
+                a.push(KeyValue::new(A_URL_QUERY, q.to_owned()));
+            }
+            if let Some(ua) = req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                a.push(KeyValue::new(A_USER_AGENT, ua.to_owned()));
+            }
+        },
     );
-    let trace_id = trace::trace_id(&cx);
+    let trace_id = trace::trace_id(span.context());
     req.extensions_mut().insert(TraceId(trace_id.clone()));
-    req.extensions_mut().insert(TraceContext(cx.clone()));
+    req.extensions_mut()
+        .insert(TraceContext(span.context().clone()));
 
-    let port_label = info.listen_port.to_string();
-    let metrics = &shared.metrics;
-    let in_flight = metrics.in_flight.with_label_values(&[&port_label]);
-    in_flight.inc();
+    let listener = shared.metrics.listener(info.listen_port);
+    listener.in_flight.inc();
     // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
     // (and its count) to this service and trace.
     let log_span = tracing::error_span!(
@@ -176,7 +176,7 @@ pub async fn telemetry(
         trace_id = %trace_id,
     );
     let mut res = next.run(req).instrument(log_span).await;
-    in_flight.dec();
+    listener.in_flight.dec();
 
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
@@ -188,7 +188,6 @@ pub async fn telemetry(
         .get::<RequestBodySize>()
         .map(|s| s.0)
         .unwrap_or(0);
-    let span = cx.span();
     span.set_attribute(KeyValue::new(A_HTTP_STATUS, status as i64));
     span.set_attribute(KeyValue::new(A_HTTP_REQUEST_BODY_SIZE, request_size as i64));
     span.set_attribute(KeyValue::new(
@@ -197,34 +196,24 @@ pub async fn telemetry(
     ));
     match res.extensions().get::<IngressError>() {
         Some(IngressError(err)) => {
-            trace::record_error(&cx, err);
-            crate::connector::force_trace(&shared.conn, &cx);
+            span.record_error(err);
+            crate::connector::force_trace(&shared.conn, span.context());
         }
         None if status >= 500 => span.set_status(Status::error(format!("status {status}"))),
         None => span.set_status(Status::Ok),
     }
-    span.end();
+    tracer.end(span);
 
-    if shared.conn.metrics().enabled() {
-        let route_label = shared.conn.metrics().capped(L_ROUTE, &route);
-        let method_label = shared.conn.metrics().capped(L_METHOD, &method);
-        metrics
-            .duration
-            .with_label_values(&[
-                port_label.as_str(),
-                &route_label,
-                &method_label,
-                &status.to_string(),
-            ])
+    let service_metrics = shared.conn.metrics();
+    if service_metrics.enabled() {
+        let route = service_metrics.capped(L_ROUTE, &route);
+        let method = service_metrics.capped(L_METHOD, &method);
+        shared
+            .metrics
+            .duration(info.listen_port, &route, &method, status)
             .observe(elapsed.as_secs_f64());
-        metrics
-            .request_body
-            .with_label_values(&[&port_label])
-            .observe(request_size as f64);
-        metrics
-            .response_body
-            .with_label_values(&[&port_label])
-            .observe(response_size as f64);
+        listener.request_body.observe(request_size as f64);
+        listener.response_body.observe(response_size as f64);
     }
 
     let mut timing = format!("total;dur={:.3}", elapsed.as_secs_f64() * 1000.0);

@@ -124,7 +124,7 @@ pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response 
         ctx = ctx.with_deadline(*deadline);
     }
     if let Some(TraceContext(cx)) = parts.extensions.get::<TraceContext>() {
-        ctx = ctx.with_trace_context(cx.clone());
+        ctx = ctx.with_span_context(cx.clone());
     }
     let bus_started = std::time::Instant::now();
     let result = ctx.request(bus_req).await;

@@ -1,0 +1,181 @@
+//! The telemetry a request pays for, one hot path at a time, in nanoseconds per operation:
+//! span start/end as PROD records it (tail buffer) and when nothing is exported, W3C
+//! inject + extract, the metrics of one bus hop, and a request's log span.
+//!
+//! Run: `cargo bench --bench hot_paths` (no network needed). Each figure is the median of 7
+//! batches, measured in one run; compare them with each other and with the per-request CPU
+//! time of `benches/telemetry.rs`, not with figures from another machine.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use busgate::telemetry::metrics::{Outcome, ServiceMetrics};
+use busgate::telemetry::trace::{
+    self, ServiceIdentity, ServiceTracer, SpanContext, SpanKind, Status,
+};
+use busgate::telemetry::TelemetryConfig;
+use busgate::Deployment;
+use http::HeaderMap;
+use opentelemetry::KeyValue;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCHES: usize = 7;
+const ITERATIONS: u32 = 50_000;
+
+/// Median nanoseconds per call of `op`.
+fn measure(name: &str, mut op: impl FnMut()) -> f64 {
+    for _ in 0..ITERATIONS / 10 {
+        op();
+    }
+    let mut per_op: Vec<f64> = (0..BATCHES)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..ITERATIONS {
+                op();
+            }
+            t.elapsed().as_nanos() as f64 / ITERATIONS as f64
+        })
+        .collect();
+    per_op.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = per_op[BATCHES / 2];
+    println!("{name:<48} {median:>9.0} ns");
+    median
+}
+
+fn tracer(deployment: Deployment, endpoint: Option<&str>) -> ServiceTracer {
+    let config = TelemetryConfig {
+        // Nothing listens there: PROD exports nothing from plain fast traces, and the
+        // exporter only connects when a batch is due.
+        endpoint: endpoint.map(str::to_owned),
+        ..TelemetryConfig::default()
+    };
+    ServiceTracer::new(
+        &config,
+        &ServiceIdentity {
+            hostname: "calculator.example",
+            plane: "bench",
+            version: 1,
+            id: "abcdef1234",
+            deployment,
+        },
+    )
+    .unwrap()
+}
+
+/// One span with attributes like a bus hop's SERVER span.
+fn span(tracer: &ServiceTracer, parent: &SpanContext) -> SpanContext {
+    let mut span = tracer.start(
+        parent,
+        SpanKind::Server,
+        || ":443/arithmetic".to_owned(),
+        |a| {
+            a.extend([
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("http.route", "/arithmetic"),
+                KeyValue::new("url.path", "/arithmetic".to_owned()),
+                KeyValue::new("server.address", "calculator.example".to_owned()),
+                KeyValue::new("server.port", 443i64),
+                KeyValue::new("messaging.message.id", "a1b2c3d4e5".to_owned()),
+            ])
+        },
+    );
+    span.set_attribute(KeyValue::new("http.response.status_code", 200i64));
+    span.set_status(Status::Ok);
+    let cx = span.context().clone();
+    tracer.end(span);
+    cx
+}
+
+fn main() {
+    println!("telemetry hot paths, ns per operation (median of {BATCHES} x {ITERATIONS})");
+    let parent = span(&tracer(Deployment::Local, None), &SpanContext::NONE);
+
+    let unrecorded = tracer(Deployment::Local, None);
+    measure("span start+end, nothing to export", || {
+        black_box(span(&unrecorded, &parent));
+    });
+    let prod = tracer(Deployment::Prod, Some("http://127.0.0.1:9/v1/traces"));
+    measure("span start+end, PROD tail buffer", || {
+        black_box(span(&prod, &parent));
+    });
+    let off = ServiceTracer::new(
+        &TelemetryConfig {
+            enabled: false,
+            ..TelemetryConfig::default()
+        },
+        &ServiceIdentity {
+            hostname: "calculator.example",
+            plane: "bench",
+            version: 1,
+            id: "abcdef1234",
+            deployment: Deployment::Prod,
+        },
+    )
+    .unwrap();
+    measure("span start+end, telemetry off", || {
+        black_box(span(&off, &parent));
+    });
+
+    let mut headers = HeaderMap::new();
+    measure("traceparent inject + extract", || {
+        trace::inject(&parent, &mut headers);
+        black_box(trace::extract(&headers));
+    });
+    measure("trace id as hex (log field, error page)", || {
+        black_box(trace::trace_id(&parent));
+    });
+
+    let metrics = ServiceMetrics::new("calculator.example", 1, "abcdef1234");
+    let outcome = Outcome {
+        code: 200,
+        failed: false,
+        elapsed: Duration::from_micros(80),
+    };
+    measure("metrics of one hop (server, client, ack)", || {
+        metrics.observe_server(
+            1,
+            || "calculator.example:443/arithmetic".into(),
+            443,
+            "GET",
+            outcome,
+            42,
+        );
+        metrics.observe_client("calculator.example", 443, "GET", outcome);
+        metrics.observe_ack("calculator.example", Duration::from_micros(30));
+    });
+
+    measure("  of which ack (1 capped label)", || {
+        metrics.observe_ack("calculator.example", Duration::from_micros(30));
+    });
+    measure("  of which server (2 histograms)", || {
+        metrics.observe_server(
+            1,
+            || "calculator.example:443/arithmetic".into(),
+            443,
+            "GET",
+            outcome,
+            42,
+        );
+    });
+    let h = metrics
+        .client_ack
+        .with_label_values(&["calculator.example"]);
+    measure("  histogram observe alone", || {
+        h.observe(0.00003);
+    });
+    measure("  capped alone", || {
+        black_box(metrics.capped("host", "calculator.example"));
+    });
+    busgate::telemetry::logs::init(Deployment::Prod);
+    measure("request log span (JSON, nothing logged)", || {
+        let span = tracing::error_span!(
+            "bus",
+            host = %"calculator.example",
+            id = %"abcdef1234",
+            trace_id = %trace::trace_id(&parent),
+        );
+        black_box(span);
+    });
+}
