@@ -15,6 +15,9 @@ use fnv::FnvBuildHasher;
 
 use super::names::*;
 
+/// The distinct values of one capped label.
+type InternedValues = HashSet<Arc<str>, FnvBuildHasher>;
+
 /// A label value: a fixed one, or one interned by [`ServiceMetrics::capped`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Label {
@@ -186,7 +189,7 @@ pub struct ServiceMetrics {
     client_handles: HandleCache<[usize; 4], Histogram>,
     ack_handles: HandleCache<usize, Histogram>,
     /// Values seen per capped label (a handful of labels: a list beats a map).
-    seen: std::sync::RwLock<Vec<(&'static str, HashSet<Arc<str>, FnvBuildHasher>)>>,
+    seen: std::sync::RwLock<Vec<(&'static str, InternedValues)>>,
 }
 
 impl ServiceMetrics {
