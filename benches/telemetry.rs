@@ -25,6 +25,8 @@ use bytes::Bytes;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Alternating rounds per configuration and seconds per round (`BENCH_ROUNDS`, `BENCH_SECONDS`
+/// shorten a quick look; the figures in RESULTS.md use the defaults).
 const ROUNDS: usize = 7;
 const SECONDS: u32 = 6;
 const CONNECTIONS: u32 = 64;
@@ -160,7 +162,7 @@ fn millis(s: &str) -> f64 {
     }
 }
 
-async fn wrk(addr: SocketAddr, path: &str) -> Wrk {
+async fn wrk(addr: SocketAddr, path: &str, seconds: u32) -> Wrk {
     let url = format!("http://{addr}{path}");
     let cpu_before = process_cpu_seconds();
     let out = tokio::task::spawn_blocking(move || {
@@ -168,7 +170,7 @@ async fn wrk(addr: SocketAddr, path: &str) -> Wrk {
             .args([
                 "-t2",
                 &format!("-c{CONNECTIONS}"),
-                &format!("-d{SECONDS}s"),
+                &format!("-d{seconds}s"),
                 "--latency",
                 &url,
             ])
@@ -204,6 +206,13 @@ async fn wrk(addr: SocketAddr, path: &str) -> Wrk {
     }
 }
 
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -217,6 +226,10 @@ async fn main() {
     }
     busgate::telemetry::logs::init(Deployment::Local);
     let nats = nats();
+    // Settings such as BUSGATE_TRACE_TAIL_BUFFER apply; the endpoint is the bench's sink.
+    let base = TelemetryConfig::from_lookup(|k| std::env::var(k).ok()).expect("telemetry settings");
+    let rounds = env_or("BENCH_ROUNDS", ROUNDS);
+    let seconds = env_or("BENCH_SECONDS", SECONDS as usize) as u32;
     let (sink, exported) = otlp_sink().await;
     // Off; on in PROD (spans recorded, exported only for errors and slow traces); on exporting
     // every span (LAB/LOCAL).
@@ -225,7 +238,7 @@ async fn main() {
         "benchoff",
         TelemetryConfig {
             enabled: false,
-            ..TelemetryConfig::default()
+            ..base.clone()
         },
         Deployment::Local,
     )
@@ -235,7 +248,7 @@ async fn main() {
         "benchprod",
         TelemetryConfig {
             endpoint: Some(sink.clone()),
-            ..TelemetryConfig::default()
+            ..base.clone()
         },
         Deployment::Prod,
     )
@@ -245,22 +258,22 @@ async fn main() {
         "benchall",
         TelemetryConfig {
             endpoint: Some(sink.clone()),
-            ..TelemetryConfig::default()
+            ..base.clone()
         },
         Deployment::Local,
     )
     .await;
     let path = "/calculator.example/arithmetic?x=3&op=*&y=4";
     for s in [&off, &prod, &all] {
-        let _ = wrk(s.addr, path).await;
+        let _ = wrk(s.addr, path, seconds).await;
     }
     let mut runs: Vec<(Vec<f64>, Vec<f64>)> = vec![(vec![], vec![]); 3];
     let mut cpu_per_request: Vec<Vec<f64>> = vec![vec![]; 3];
     let mut errors = false;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut line = format!("round {round}:");
         for (i, s) in [&off, &prod, &all].into_iter().enumerate() {
-            let w = wrk(s.addr, path).await;
+            let w = wrk(s.addr, path, seconds).await;
             let cpu_us = w.cpu_s * 1e6 / w.requests.max(1.0);
             line.push_str(&format!(
                 " {:.0} req/s p99 {:.2} ms {cpu_us:.1} us CPU |",
@@ -317,8 +330,8 @@ async fn main() {
     let report = format!(
         "# Benchmarks\n\n\
 Measured by `cargo bench --bench telemetry` on {date} ({cores} cores; wrk, busgate and nats-server share them, \
-so absolute figures are low and noisy; the ratios come from one run, {ROUNDS} alternating rounds of \
-`wrk -t2 -c{CONNECTIONS} -d{SECONDS}s` per configuration, medians).\n\n\
+so absolute figures are low and noisy; the ratios come from one run, {rounds} alternating rounds of \
+`wrk -t2 -c{CONNECTIONS} -d{seconds}s` per configuration, medians).\n\n\
 ## Telemetry cost: ingress + one bus hop (`GET /calculator.example/arithmetic`)\n\n\
 | telemetry | req/s | throughput cost | p99 | gateway CPU per request | CPU cost |\n|---|---|---|---|---|---|\n\
 | off (`BUSGATE_TELEMETRY=off`) | {off_rps:.0} | | {off_p99:.2} ms | {off_cpu:.1} µs | |\n\

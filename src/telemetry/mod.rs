@@ -6,6 +6,7 @@ pub mod exposition;
 pub mod logs;
 pub mod metrics;
 pub mod names;
+pub mod tail;
 pub mod trace;
 
 pub use trace::{OtlpProtocol, TelemetryConfig};

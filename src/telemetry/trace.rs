@@ -2,9 +2,7 @@
 //! OpenTelemetry tracer per service instance (so that every span carries its own service's
 //! resource), OTLP export over HTTP/protobuf or gRPC, and PROD's tail selection.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{Event, TraceContextExt};
@@ -19,6 +17,7 @@ use opentelemetry_sdk::Resource;
 use std::time::SystemTime;
 
 use super::names::*;
+use super::tail::Selector;
 use crate::config::{parse_duration, ConfigError, Deployment};
 use crate::error::Error;
 
@@ -36,14 +35,16 @@ pub const DEFAULT_SLOW_TRACE_THRESHOLD: Duration = Duration::from_secs(1);
 pub const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest one export may take before it is abandoned.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ended spans PROD holds while it waits to learn whether their trace is worth keeping.
-pub const TAIL_BUFFER_SPANS: usize = 8192;
-/// Traces PROD remembers as selected, and for how long after the last selection.
-pub const SELECTED_TRACES_MAX: usize = 8192;
-pub const SELECTION_TTL: Duration = Duration::from_secs(20);
+/// Ended spans PROD holds per service while it waits to learn whether their trace is worth
+/// keeping. How far back a late selection reaches (8192 spans are half a second at 16k req/s)
+/// against memory and cache traffic (~350 bytes per packed span, touched once when written and
+/// once when evicted). `BUSGATE_TRACE_TAIL_BUFFER` changes it.
+pub const DEFAULT_TAIL_BUFFER_SPANS: usize = 8192;
+pub const ENV_TAIL_BUFFER_SPANS: &str = "BUSGATE_TRACE_TAIL_BUFFER";
 
-/// Attributes a span holds at most in practice (start and end together).
-const SPAN_ATTRIBUTE_CAPACITY: usize = 20;
+/// Attributes a span holds at most in practice (start and end together): 12 on the ingress and
+/// client spans. Room for more costs memory in PROD's tail buffer.
+const SPAN_ATTRIBUTE_CAPACITY: usize = 13;
 
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub struct TelemetryConfig {
     pub endpoint: Option<String>,
     pub protocol: OtlpProtocol,
     pub slow_trace_threshold: Duration,
+    /// PROD's tail buffer, in spans per service.
+    pub tail_buffer_spans: usize,
 }
 
 impl Default for TelemetryConfig {
@@ -70,6 +73,7 @@ impl Default for TelemetryConfig {
             endpoint: None,
             protocol: OtlpProtocol::HttpProtobuf,
             slow_trace_threshold: DEFAULT_SLOW_TRACE_THRESHOLD,
+            tail_buffer_spans: DEFAULT_TAIL_BUFFER_SPANS,
         }
     }
 }
@@ -117,12 +121,23 @@ impl TelemetryConfig {
             Some(v) => parse_duration(ENV_SLOW_TRACE_THRESHOLD, &v)?,
             None => DEFAULT_SLOW_TRACE_THRESHOLD,
         };
+        let tail_buffer_spans = match get(ENV_TAIL_BUFFER_SPANS) {
+            Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError::new(
+                    ENV_TAIL_BUFFER_SPANS,
+                    &v,
+                    "expected a number of spans above 0",
+                )
+            })?,
+            None => DEFAULT_TAIL_BUFFER_SPANS,
+        };
         let enabled = !get(ENV_TELEMETRY).is_some_and(|v| v.eq_ignore_ascii_case("off"));
         Ok(TelemetryConfig {
             enabled,
             endpoint,
             protocol,
             slow_trace_threshold,
+            tail_buffer_spans,
         })
     }
 }
@@ -311,107 +326,6 @@ fn nonzero_random<T: Default + PartialEq>(mut draw: impl FnMut() -> T) -> T {
     }
 }
 
-/// PROD's tail selection: ended spans wait in a bounded buffer; a trace is exported once it
-/// holds an error, a slow span, or is selected by `:888/trace`, and stays selected for
-/// [`SELECTION_TTL`].
-#[derive(Debug)]
-pub struct Selector {
-    inner: BatchSpanProcessor,
-    slow: Duration,
-    state: Mutex<SelectorState>,
-}
-
-#[derive(Debug, Default)]
-struct SelectorState {
-    buffer: VecDeque<SpanData>,
-    selected: HashMap<TraceId, Instant>,
-}
-
-impl SelectorState {
-    fn is_selected(&self, trace_id: TraceId) -> bool {
-        // Most spans belong to unselected traces: skip the hash when there is nothing to find.
-        !self.selected.is_empty()
-            && self
-                .selected
-                .get(&trace_id)
-                .is_some_and(|at| at.elapsed() < SELECTION_TTL)
-    }
-
-    /// Remember `trace_id` as selected and take its buffered spans.
-    fn select(&mut self, trace_id: TraceId) -> Vec<SpanData> {
-        if self.selected.len() >= SELECTED_TRACES_MAX {
-            self.selected.retain(|_, at| at.elapsed() < SELECTION_TTL);
-            if self.selected.len() >= SELECTED_TRACES_MAX {
-                // Forget the oldest selection rather than grow without bound.
-                if let Some(oldest) = self
-                    .selected
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(t, _)| *t)
-                {
-                    self.selected.remove(&oldest);
-                }
-            }
-        }
-        self.selected.insert(trace_id, Instant::now());
-        let (keep, flush): (VecDeque<SpanData>, VecDeque<SpanData>) =
-            std::mem::take(&mut self.buffer)
-                .into_iter()
-                .partition(|s| s.span_context.trace_id() != trace_id);
-        self.buffer = keep;
-        flush.into()
-    }
-}
-
-impl Selector {
-    /// Export `trace_id`'s buffered spans and its future ones.
-    pub fn select(&self, trace_id: TraceId) {
-        let flushed = self.state.lock().expect("selector lock").select(trace_id);
-        for span in flushed {
-            self.inner.on_end(span);
-        }
-    }
-
-    pub fn is_selected(&self, trace_id: TraceId) -> bool {
-        self.state
-            .lock()
-            .expect("selector lock")
-            .is_selected(trace_id)
-    }
-
-    fn on_end(&self, span: SpanData) {
-        let trace_id = span.span_context.trace_id();
-        let failed = matches!(span.status, Status::Error { .. });
-        let slow = span
-            .end_time
-            .duration_since(span.start_time)
-            .is_ok_and(|d| d >= self.slow);
-        let flushed = {
-            let mut st = self.state.lock().expect("selector lock");
-            if st.is_selected(trace_id) {
-                Vec::new()
-            } else if failed || slow {
-                st.select(trace_id)
-            } else {
-                let evicted = if st.buffer.len() >= TAIL_BUFFER_SPANS {
-                    st.buffer.pop_front()
-                } else {
-                    None
-                };
-                st.buffer.push_back(span);
-                drop(st);
-                // Freed outside the lock.
-                drop(evicted);
-                return;
-            }
-        };
-        for s in flushed {
-            self.inner.on_end(s);
-        }
-        self.inner.on_end(span);
-    }
-}
-
 /// Where ended spans go.
 #[derive(Debug)]
 enum Sink {
@@ -468,11 +382,11 @@ impl ServiceTracer {
                         )
                         .build();
                 Some(if who.deployment == Deployment::Prod {
-                    Sink::Selected(Selector {
-                        inner: batch,
-                        slow: config.slow_trace_threshold,
-                        state: Mutex::new(SelectorState::default()),
-                    })
+                    Sink::Selected(Selector::new(
+                        batch,
+                        config.slow_trace_threshold,
+                        config.tail_buffer_spans,
+                    ))
                 } else {
                     Sink::All(batch)
                 })
@@ -590,7 +504,7 @@ impl ServiceTracer {
         let batch = match &self.sink {
             None => return,
             Some(Sink::All(b)) => b,
-            Some(Sink::Selected(s)) => &s.inner,
+            Some(Sink::Selected(s)) => s.batch(),
         };
         if let Err(e) = batch.shutdown() {
             tracing::debug!(error = %e, "tracer shutdown");
@@ -636,6 +550,7 @@ pub fn parse_trace_id(hex: &str) -> Option<TraceId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn otel_environment() {
@@ -679,6 +594,18 @@ mod tests {
                 .slow_trace_threshold,
             Duration::from_millis(250)
         );
+        assert_eq!(
+            cfg(&[(ENV_TAIL_BUFFER_SPANS, "1024")])
+                .unwrap()
+                .tail_buffer_spans,
+            1024
+        );
+        for bad in ["0", "-1", "many"] {
+            assert_eq!(
+                cfg(&[(ENV_TAIL_BUFFER_SPANS, bad)]).unwrap_err().name,
+                ENV_TAIL_BUFFER_SPANS
+            );
+        }
     }
 
     #[test]
