@@ -2,9 +2,10 @@
 //! span start/end as PROD records it (tail buffer) and when nothing is exported, W3C
 //! inject + extract, the metrics of one bus hop, and a request's log span.
 //!
-//! Run: `cargo bench --bench hot_paths` (no network needed). Each figure is the median of 7
-//! batches, measured in one run; compare them with each other and with the per-request CPU
-//! time of `benches/telemetry.rs`, not with figures from another machine.
+//! Run: `cargo bench --bench hot_paths` (no network needed); writes
+//! `benches/RESULTS-hot-paths.md`. Each figure is the median of 7 batches, measured in one run;
+//! compare them with each other and with the per-request CPU time of `benches/telemetry.rs`,
+//! not with figures from another machine.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -24,6 +25,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BATCHES: usize = 7;
 const ITERATIONS: u32 = 50_000;
 
+thread_local! {
+    static REPORT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Median nanoseconds per call of `op`.
 fn measure(name: &str, mut op: impl FnMut()) -> f64 {
     for _ in 0..ITERATIONS / 10 {
@@ -41,6 +46,10 @@ fn measure(name: &str, mut op: impl FnMut()) -> f64 {
     per_op.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = per_op[BATCHES / 2];
     println!("{name:<48} {median:>9.0} ns");
+    REPORT.with(|r| {
+        r.borrow_mut()
+            .push_str(&format!("| {name} | {median:.0} |\n"))
+    });
     median
 }
 
@@ -178,4 +187,14 @@ fn main() {
         );
         black_box(span);
     });
+
+    let table = REPORT.with(|r| r.borrow().clone());
+    let report = format!(
+        "# Telemetry hot paths\n\nMeasured by `cargo bench --bench hot_paths` ({BATCHES} batches of \
+{ITERATIONS} operations, medians, one run). Nanoseconds per operation on this shared 2-core machine: \
+compare the rows with each other.\n\n| operation | ns |\n|---|---|\n{table}"
+    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS-hot-paths.md");
+    std::fs::write(path, report).unwrap();
+    println!("written to {path}");
 }

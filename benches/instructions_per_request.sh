@@ -17,7 +17,11 @@ export BUSGATE_TELEMETRY=$telemetry MICROBUS_DEPLOYMENT=$deployment
 [ -n "$endpoint" ] && export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=$endpoint
 port=18383 admin=19393
 rm -f "$out" "$out".[0-9]*
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+# CACHE_SIM=1 also simulates the caches: last-level misses show memory traffic that an
+# instruction count misses (PROD's tail buffer).
+cache_sim=no
+[ "${CACHE_SIM:-0}" = 1 ] && cache_sim=yes
+valgrind --tool=callgrind --cache-sim=$cache_sim --instr-atstart=no --callgrind-out-file="$out" \
   "$root/target/release/busgate" --ports $port --admin-addr 127.0.0.1:$admin >/dev/null 2>"$out-valgrind.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
@@ -35,6 +39,8 @@ kill $pid; wait $pid 2>/dev/null || true
 trap - EXIT
 requests=$(echo "$result" | awk '/requests in/ {print $1}')
 errors=$(echo "$result" | grep -cE "Non-2xx|Socket errors" || true)
-total=$(cat "$out" "$out".[0-9]* 2>/dev/null | awk '/^totals:/ {s += $2} END {print s}')
-awk -v i="$total" -v n="$requests" -v e="$errors" -v label="$telemetry $deployment" \
-  'BEGIN { printf "%s: %d requests (%s error lines), %.0f instructions per request\n", label, n, e, i/n }'
+# totals: Ir [Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw]
+read -r total dlmr < <(cat "$out" "$out".[0-9]* 2>/dev/null | awk '/^totals:/ {s += $2; m += $9 + $10} END {print s, m}')
+awk -v i="$total" -v m="$dlmr" -v n="$requests" -v e="$errors" -v sim="$cache_sim" -v label="$telemetry $deployment" \
+  'BEGIN { printf "%s: %d requests (%s error lines), %.0f instructions per request", label, n, e, i/n;
+           if (sim == "yes") printf ", %.0f last-level data cache misses per request", m/n; printf "\n" }'
