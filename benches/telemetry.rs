@@ -271,21 +271,40 @@ async fn main() {
     let mut cpu_per_request: Vec<Vec<f64>> = vec![vec![]; 3];
     let mut errors = false;
     for round in 0..rounds {
-        let mut line = format!("round {round}:");
-        for (i, s) in [&off, &prod, &all].into_iter().enumerate() {
-            let w = wrk(s.addr, path, seconds).await;
+        // The order rotates so that no configuration always follows another (the export-all
+        // stack keeps exporting for a moment after its round).
+        let stacks = [&off, &prod, &all];
+        let mut cells = vec![String::new(); 3];
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let w = wrk(stacks[i].addr, path, seconds).await;
             let cpu_us = w.cpu_s * 1e6 / w.requests.max(1.0);
-            line.push_str(&format!(
+            cells[i] = format!(
                 " {:.0} req/s p99 {:.2} ms {cpu_us:.1} us CPU |",
                 w.rps, w.p99_ms
-            ));
+            );
             errors |= w.errors;
             cpu_per_request[i].push(cpu_us);
             runs[i].0.push(w.rps);
             runs[i].1.push(w.p99_ms);
         }
-        println!("{line} (off | prod | export all)");
+        println!("round {round}:{} (off | prod | export all)", cells.concat());
     }
+    // Costs paired within each round (the machine's load drifts between rounds), then the median.
+    let paired = |i: usize| {
+        let tp: Vec<f64> = (0..rounds)
+            .map(|r| (1.0 - runs[i].0[r] / runs[0].0[r]) * 100.0)
+            .collect();
+        let cpu: Vec<f64> = (0..rounds)
+            .map(|r| (cpu_per_request[i][r] / cpu_per_request[0][r] - 1.0) * 100.0)
+            .collect();
+        (median(tp), median(cpu))
+    };
+    let ((prod_paired_tp, prod_paired_cpu), (all_paired_tp, all_paired_cpu)) =
+        (paired(1), paired(2));
+    println!(
+        "paired medians: prod {prod_paired_tp:.1}% throughput, {prod_paired_cpu:.1}% CPU | all {all_paired_tp:.1}% throughput, {all_paired_cpu:.1}% CPU"
+    );
     let med: Vec<(f64, f64)> = runs
         .into_iter()
         .map(|(r, p)| (median(r), median(p)))
@@ -331,16 +350,20 @@ async fn main() {
         "# Benchmarks\n\n\
 Measured by `cargo bench --bench telemetry` on {date} ({cores} cores; wrk, busgate and nats-server share them, \
 so absolute figures are low and noisy; the ratios come from one run, {rounds} alternating rounds of \
-`wrk -t2 -c{CONNECTIONS} -d{seconds}s` per configuration, medians).\n\n\
+`wrk -t2 -c{CONNECTIONS} -d{seconds}s` per configuration in rotating order, medians).\n\n\
 ## Telemetry cost: ingress + one bus hop (`GET /calculator.example/arithmetic`)\n\n\
 | telemetry | req/s | throughput cost | p99 | gateway CPU per request | CPU cost |\n|---|---|---|---|---|---|\n\
 | off (`BUSGATE_TELEMETRY=off`) | {off_rps:.0} | | {off_p99:.2} ms | {off_cpu:.1} µs | |\n\
 | on, PROD: every span recorded, exported when its trace holds an error or a slow span; metrics | {prod_rps:.0} | {prod_cost:.1}% | {prod_p99:.2} ms | {prod_cpu:.1} µs | {prod_cpu_cost:.1}% |\n\
 | on, LAB/LOCAL: every span exported over OTLP/HTTP; metrics | {all_rps:.0} | {all_cost:.1}% | {all_p99:.2} ms | {all_cpu:.1} µs | {all_cpu_cost:.1}% |\n\n\
+Paired within rounds (each round's cost against the same round's off run, then the median over \
+rounds; less exposed to the machine's drifting load): PROD costs **{prod_paired_tp:.1}%** of throughput \
+and **{prod_paired_cpu:.1}%** CPU per request; export-all {all_paired_tp:.1}% and {all_paired_cpu:.1}%.\n\n\
 Gateway CPU per request is the user + system time of the bench process (ingress, the example services, \
 and for export-all also the in-process OTLP sink that receives the spans) divided by the requests wrk completed: \
 less noisy than req/s on a shared machine. Instructions per request, counted by callgrind and so repeatable \
-to the percent, come from `benches/instructions_per_request.sh` (see below).\n\n\
+to the percent, come from `benches/instructions_per_request.sh` (`benches/RESULTS-instructions.md`). \
+PROD's tail buffer: {tail} spans per service (`BUSGATE_TRACE_TAIL_BUFFER`).\n\n\
 Goal: telemetry costs at most 5% of throughput. {errs}Spans exported: {kb} KB.\n\
 Logs are at WARN in all runs (an INFO access line per request is a separate cost).\n\n\
 ## `metrics.core/collect`\n\n\
@@ -350,6 +373,7 @@ Most of it is the two multicast ack windows (ping, then metrics) of 250 ms each.
         cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         errs = if errors { "wrk reported errors or non-2xx answers. " } else { "No errors. " },
         kb = exported.load(Ordering::Relaxed) / 1024,
+        tail = base.tail_buffer_spans,
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS.md");
     std::fs::write(path, report).unwrap();

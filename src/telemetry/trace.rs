@@ -36,10 +36,12 @@ pub const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest one export may take before it is abandoned.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ended spans PROD holds per service while it waits to learn whether their trace is worth
-/// keeping. How far back a late selection reaches (8192 spans are half a second at 16k req/s)
-/// against memory and cache traffic (~350 bytes per packed span, touched once when written and
-/// once when evicted). `BUSGATE_TRACE_TAIL_BUFFER` changes it.
-pub const DEFAULT_TAIL_BUFFER_SPANS: usize = 8192;
+/// keeping. Errors and `:888/trace` selections arrive within milliseconds, so a small buffer
+/// keeps error traces whole; a slow trace's early fast spans need a window as long as the slow
+/// threshold (1024 spans are ~1 s at 1k req/s per instance, 60 ms at 16k). Larger buffers cost
+/// throughput even packed (`cargo bench --bench telemetry` with `BUSGATE_TRACE_TAIL_BUFFER`:
+/// 64 spans ≈ 6%, 1024 ≈ 12%, 8192 ≈ 17% more CPU per request than telemetry off).
+pub const DEFAULT_TAIL_BUFFER_SPANS: usize = 1024;
 pub const ENV_TAIL_BUFFER_SPANS: &str = "BUSGATE_TRACE_TAIL_BUFFER";
 
 /// Attributes a span holds at most in practice (start and end together): 12 on the ingress and
