@@ -72,5 +72,35 @@ pub const A_EXCEPTION_TYPE: &str = "exception.type";
 pub const A_EXCEPTION_MESSAGE: &str = "exception.message";
 pub const A_EXCEPTION_STACKTRACE: &str = "exception.stacktrace";
 
+/// Every span attribute key above: PROD's tail buffer stores a key as its index here.
+pub const SPAN_ATTRIBUTES: [&str; 26] = [
+    A_HTTP_METHOD,
+    A_HTTP_ROUTE,
+    A_HTTP_STATUS,
+    A_HTTP_REQUEST_BODY_SIZE,
+    A_HTTP_RESPONSE_BODY_SIZE,
+    A_URL_PATH,
+    A_URL_QUERY,
+    A_URL_SCHEME,
+    A_SERVER_ADDRESS,
+    A_SERVER_PORT,
+    A_CLIENT_ADDRESS,
+    A_USER_AGENT,
+    A_MESSAGING_SYSTEM,
+    A_MESSAGING_DESTINATION,
+    A_MESSAGING_OPERATION,
+    A_MESSAGING_MESSAGE_ID,
+    A_MESSAGING_BODY_SIZE,
+    A_ACK_LATENCY_MS,
+    A_TIME_BUDGET_MS,
+    A_RESPONDERS,
+    A_FROM_HOST,
+    A_FROM_ID,
+    A_CALL_DEPTH,
+    A_EXCEPTION_TYPE,
+    A_EXCEPTION_MESSAGE,
+    A_EXCEPTION_STACKTRACE,
+];
+
 /// The messaging system attribute value.
 pub const NATS: &str = "nats";

@@ -372,6 +372,9 @@ impl ServiceTracer {
                 KeyValue::new("deployment.environment.name", who.deployment.as_str()),
             ])
             .build();
+        let scope = InstrumentationScope::builder("busgate")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
         let sink = match config.endpoint.as_ref().filter(|_| config.enabled) {
             None => None,
             Some(endpoint) => {
@@ -386,6 +389,7 @@ impl ServiceTracer {
                 Some(if who.deployment == Deployment::Prod {
                     Sink::Selected(Selector::new(
                         batch,
+                        scope.clone(),
                         config.slow_trace_threshold,
                         config.tail_buffer_spans,
                     ))
@@ -397,9 +401,7 @@ impl ServiceTracer {
         Ok(ServiceTracer {
             enabled: config.enabled,
             sink,
-            scope: InstrumentationScope::builder("busgate")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+            scope,
         })
     }
 
