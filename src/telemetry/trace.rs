@@ -334,7 +334,7 @@ enum Sink {
     /// Every span, batched to the exporter (LOCAL, LAB, TESTING).
     All(BatchSpanProcessor),
     /// PROD's tail selection in front of the batch.
-    Selected(Selector),
+    Selected(Box<Selector>),
 }
 
 /// Identity of the service whose spans a tracer produces.
@@ -387,12 +387,12 @@ impl ServiceTracer {
                         )
                         .build();
                 Some(if who.deployment == Deployment::Prod {
-                    Sink::Selected(Selector::new(
+                    Sink::Selected(Box::new(Selector::new(
                         batch,
                         scope.clone(),
                         config.slow_trace_threshold,
                         config.tail_buffer_spans,
-                    ))
+                    )))
                 } else {
                     Sink::All(batch)
                 })
