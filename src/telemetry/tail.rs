@@ -1,13 +1,13 @@
 //! PROD's tail selection: ended spans wait in a bounded buffer until their trace proves worth
 //! keeping (an error, a slow span, a `:888/trace` selection) or they are evicted.
 //!
-//! Almost every buffered span is evicted unseen, and under load the buffer is larger than the
-//! CPU caches: what it costs is memory traffic, not instructions. So a waiting span is packed
-//! into one contiguous allocation (~250 bytes instead of ~1.4 KB spread over a dozen
-//! allocations: known attribute keys as one-byte indexes, the instrumentation scope shared) and
-//! unpacked only when its trace is selected.
+//! Almost every buffered span is evicted unseen, and under load what the buffer costs is memory
+//! traffic, not instructions. So the buffer is a ring of fixed slots allocated once: a waiting
+//! span is packed into its slot (~250 bytes written: known attribute keys as one-byte indexes,
+//! the instrumentation scope shared), eviction is overwriting, and no allocation is made or
+//! freed per span; a span is unpacked only when its trace is selected.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceId};
@@ -24,6 +24,10 @@ use super::names::SPAN_ATTRIBUTES;
 pub const SELECTED_TRACES_MAX: usize = 8192;
 pub const SELECTION_TTL: Duration = Duration::from_secs(20);
 
+/// Bytes a slot holds for a span's name and attributes; a span that needs more waits as it is
+/// (boxed). Only the bytes used are written.
+const SLOT_BYTES: usize = 512;
+
 /// Exports the spans of selected traces through `batch`; holds the others.
 #[derive(Debug)]
 pub struct Selector {
@@ -31,13 +35,12 @@ pub struct Selector {
     /// The scope of every span this selector sees (packed spans do not repeat it).
     scope: InstrumentationScope,
     slow: Duration,
-    capacity: usize,
     state: Mutex<SelectorState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SelectorState {
-    buffer: VecDeque<Waiting>,
+    ring: Ring,
     selected: HashMap<TraceId, Instant>,
 }
 
@@ -52,7 +55,7 @@ impl SelectorState {
     }
 
     /// Remember `trace_id` as selected and take its buffered spans.
-    fn select(&mut self, trace_id: TraceId) -> Vec<Waiting> {
+    fn select(&mut self, trace_id: TraceId, scope: &InstrumentationScope) -> Vec<SpanData> {
         if self.selected.len() >= SELECTED_TRACES_MAX {
             self.selected.retain(|_, at| at.elapsed() < SELECTION_TTL);
             if self.selected.len() >= SELECTED_TRACES_MAX {
@@ -68,16 +71,7 @@ impl SelectorState {
             }
         }
         self.selected.insert(trace_id, Instant::now());
-        let mut flushed = Vec::new();
-        self.buffer.retain_mut(|w| {
-            if w.trace_id() == trace_id {
-                flushed.push(std::mem::replace(w, Waiting::Taken));
-                false
-            } else {
-                true
-            }
-        });
-        flushed
+        self.ring.take_trace(trace_id, scope)
     }
 }
 
@@ -92,8 +86,10 @@ impl Selector {
             batch,
             scope,
             slow,
-            capacity: capacity.max(1),
-            state: Mutex::new(SelectorState::default()),
+            state: Mutex::new(SelectorState {
+                ring: Ring::new(capacity),
+                selected: HashMap::new(),
+            }),
         }
     }
 
@@ -104,8 +100,14 @@ impl Selector {
 
     /// Export `trace_id`'s buffered spans and its future ones.
     pub fn select(&self, trace_id: TraceId) {
-        let flushed = self.state.lock().expect("selector lock").select(trace_id);
-        self.export(flushed);
+        let flushed = self
+            .state
+            .lock()
+            .expect("selector lock")
+            .select(trace_id, &self.scope);
+        for span in flushed {
+            self.batch.on_end(span);
+        }
     }
 
     pub fn is_selected(&self, trace_id: TraceId) -> bool {
@@ -115,14 +117,6 @@ impl Selector {
             .is_selected(trace_id)
     }
 
-    fn export(&self, spans: Vec<Waiting>) {
-        for w in spans {
-            if let Some(span) = w.unpack(&self.scope) {
-                self.batch.on_end(span);
-            }
-        }
-    }
-
     pub fn on_end(&self, span: SpanData) {
         let trace_id = span.span_context.trace_id();
         let failed = matches!(span.status, Status::Error { .. });
@@ -130,52 +124,41 @@ impl Selector {
             .end_time
             .duration_since(span.start_time)
             .is_ok_and(|d| d >= self.slow);
-        if !(failed || slow) {
-            // Packed before taking the lock: the lock guards only the queue.
-            let waiting = Waiting::pack(span, &self.scope);
-            let mut st = self.state.lock().expect("selector lock");
-            if !st.is_selected(trace_id) {
-                let evicted = if st.buffer.len() >= self.capacity {
-                    st.buffer.pop_front()
-                } else {
-                    None
-                };
-                st.buffer.push_back(waiting);
-                drop(st);
-                // Freed outside the lock.
-                drop(evicted);
-                return;
-            }
+        let mut st = self.state.lock().expect("selector lock");
+        if st.is_selected(trace_id) {
             drop(st);
-            self.export(vec![waiting]);
+            self.batch.on_end(span);
             return;
         }
-        let flushed = {
-            let mut st = self.state.lock().expect("selector lock");
-            if st.is_selected(trace_id) {
-                Vec::new()
-            } else {
-                st.select(trace_id)
+        if failed || slow {
+            let flushed = st.select(trace_id, &self.scope);
+            drop(st);
+            for s in flushed {
+                self.batch.on_end(s);
             }
-        };
-        self.export(flushed);
-        self.batch.on_end(span);
+            self.batch.on_end(span);
+            return;
+        }
+        let leftovers = st.ring.push(span, &self.scope);
+        drop(st);
+        // Freed outside the lock: the span once packed, or a boxed span evicted.
+        drop(leftovers);
     }
 }
 
-/// A span in the tail buffer.
-#[derive(Debug)]
-enum Waiting {
-    Packed(Box<PackedSpan>),
-    /// What packing does not cover (events, links, array attributes) waits as it is.
-    Full(Box<SpanData>),
-    /// Moved out by a selection.
-    Taken,
+/// What a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Empty,
+    Packed,
+    Boxed,
 }
 
-/// The fields of a plain span, with its name and attributes in one byte string.
+/// One waiting span: packed into `bytes`, or boxed when packing does not cover it (events,
+/// links, array attributes, more than [`SLOT_BYTES`]).
 #[derive(Debug)]
-struct PackedSpan {
+struct Slot {
+    state: SlotState,
     context: SpanContext,
     parent_span_id: SpanId,
     parent_span_is_remote: bool,
@@ -184,9 +167,156 @@ struct PackedSpan {
     end_time: SystemTime,
     /// `Status::Ok` rather than `Unset` (spans with errors are never packed).
     ok: bool,
+    len: u16,
     /// The name, then per attribute: key (an index into [`SPAN_ATTRIBUTES`], or
-    /// [`LITERAL_KEY`] and the key), type tag, value (see [`Waiting::pack`]).
-    bytes: Box<[u8]>,
+    /// [`LITERAL_KEY`] and the key), type tag, value.
+    bytes: [u8; SLOT_BYTES],
+    boxed: Option<Box<SpanData>>,
+}
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot {
+            state: SlotState::Empty,
+            context: SpanContext::NONE,
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            kind: SpanKind::Internal,
+            start_time: SystemTime::UNIX_EPOCH,
+            end_time: SystemTime::UNIX_EPOCH,
+            ok: false,
+            len: 0,
+            bytes: [0; SLOT_BYTES],
+            boxed: None,
+        }
+    }
+
+    fn trace_id(&self) -> TraceId {
+        match self.state {
+            SlotState::Empty => TraceId::INVALID,
+            SlotState::Packed => self.context.trace_id(),
+            SlotState::Boxed => self
+                .boxed
+                .as_ref()
+                .map_or(TraceId::INVALID, |s| s.span_context.trace_id()),
+        }
+    }
+
+    /// Put `span` here; returns what must be freed (the span once packed, an evicted box).
+    fn fill(&mut self, span: SpanData, scope: &InstrumentationScope) -> Leftovers {
+        let evicted = self.boxed.take();
+        match encode(&span, scope, &mut self.bytes) {
+            Some(len) => {
+                self.state = SlotState::Packed;
+                self.context = span.span_context.clone();
+                self.parent_span_id = span.parent_span_id;
+                self.parent_span_is_remote = span.parent_span_is_remote;
+                self.kind = span.span_kind.clone();
+                self.start_time = span.start_time;
+                self.end_time = span.end_time;
+                self.ok = matches!(span.status, Status::Ok);
+                self.len = len as u16;
+                Leftovers(Some(span), evicted)
+            }
+            None => {
+                self.state = SlotState::Boxed;
+                self.boxed = Some(Box::new(span));
+                Leftovers(None, evicted)
+            }
+        }
+    }
+
+    /// The waiting span, leaving the slot empty.
+    fn take(&mut self, scope: &InstrumentationScope) -> Option<SpanData> {
+        let state = std::mem::replace(&mut self.state, SlotState::Empty);
+        match state {
+            SlotState::Empty => None,
+            SlotState::Boxed => self.boxed.take().map(|b| *b),
+            SlotState::Packed => self.unpack(scope),
+        }
+    }
+
+    fn unpack(&self, scope: &InstrumentationScope) -> Option<SpanData> {
+        let mut r = Reader(&self.bytes[..self.len as usize]);
+        let name = r.str()?.to_owned();
+        let mut attributes = Vec::new();
+        while !r.0.is_empty() {
+            let key = match r.u8()? {
+                LITERAL_KEY => Key::from(r.str()?.to_owned()),
+                i => Key::from_static_str(SPAN_ATTRIBUTES.get(i as usize)?),
+            };
+            let value = match r.u8()? {
+                TAG_BOOL => Value::Bool(r.u8()? != 0),
+                TAG_I64 => Value::I64(i64::from_le_bytes(r.word()?)),
+                TAG_F64 => Value::F64(f64::from_le_bytes(r.word()?)),
+                TAG_STRING => Value::from(r.str()?.to_owned()),
+                _ => return None,
+            };
+            attributes.push(KeyValue::new(key, value));
+        }
+        Some(SpanData {
+            span_context: self.context.clone(),
+            parent_span_id: self.parent_span_id,
+            parent_span_is_remote: self.parent_span_is_remote,
+            span_kind: self.kind.clone(),
+            name: name.into(),
+            start_time: self.start_time,
+            end_time: self.end_time,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: if self.ok { Status::Ok } else { Status::Unset },
+            instrumentation_scope: scope.clone(),
+        })
+    }
+}
+
+/// Memory to free after the lock is released.
+#[allow(dead_code)] // Held only to be dropped.
+struct Leftovers(Option<SpanData>, Option<Box<SpanData>>);
+
+/// A fixed ring of slots, allocated as it first fills; the oldest span is overwritten.
+#[derive(Debug)]
+struct Ring {
+    slots: Vec<Slot>,
+    capacity: usize,
+    next: usize,
+}
+
+impl Ring {
+    fn new(capacity: usize) -> Ring {
+        let capacity = capacity.max(1);
+        Ring {
+            slots: Vec::with_capacity(capacity),
+            capacity,
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, span: SpanData, scope: &InstrumentationScope) -> Leftovers {
+        if self.slots.len() < self.capacity {
+            self.slots.push(Slot::empty());
+        }
+        let at = self.next;
+        self.next = (self.next + 1) % self.capacity;
+        self.slots[at].fill(span, scope)
+    }
+
+    /// Every waiting span of `trace_id`, oldest first.
+    fn take_trace(&mut self, trace_id: TraceId, scope: &InstrumentationScope) -> Vec<SpanData> {
+        let n = self.slots.len();
+        // Oldest first: from the slot about to be overwritten, around the ring.
+        let start = if n < self.capacity { 0 } else { self.next };
+        let mut taken = Vec::new();
+        for i in (0..n).map(|i| (start + i) % n) {
+            let slot = &mut self.slots[i];
+            if slot.trace_id() == trace_id {
+                taken.extend(slot.take(scope));
+            }
+        }
+        taken
+    }
 }
 
 const TAG_BOOL: u8 = 0;
@@ -203,9 +333,65 @@ fn known_key(key: &str) -> Option<u8> {
         .map(|i| i as u8)
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+/// Writes into a slot's bytes; `None` once they are full.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.at.checked_add(bytes.len())?;
+        self.out.get_mut(self.at..end)?.copy_from_slice(bytes);
+        self.at = end;
+        Some(())
+    }
+    fn put_str(&mut self, s: &str) -> Option<()> {
+        self.put(&(u32::try_from(s.len()).ok()?).to_le_bytes())?;
+        self.put(s.as_bytes())
+    }
+}
+
+/// Pack the name and attributes of `span` into `out`: the length used, or `None` when packing
+/// does not cover the span.
+fn encode(span: &SpanData, scope: &InstrumentationScope, out: &mut [u8]) -> Option<usize> {
+    let packable = span.events.is_empty()
+        && span.links.is_empty()
+        && span.dropped_attributes_count == 0
+        && !matches!(span.status, Status::Error { .. })
+        && span.instrumentation_scope.name() == scope.name()
+        && span.instrumentation_scope.version() == scope.version();
+    if !packable {
+        return None;
+    }
+    let mut w = Writer { out, at: 0 };
+    w.put_str(&span.name)?;
+    for kv in &span.attributes {
+        match known_key(kv.key.as_str()) {
+            Some(i) => w.put(&[i])?,
+            None => {
+                w.put(&[LITERAL_KEY])?;
+                w.put_str(kv.key.as_str())?;
+            }
+        }
+        match &kv.value {
+            Value::Bool(b) => w.put(&[TAG_BOOL, *b as u8])?,
+            Value::I64(i) => {
+                w.put(&[TAG_I64])?;
+                w.put(&i.to_le_bytes())?;
+            }
+            Value::F64(f) => {
+                w.put(&[TAG_F64])?;
+                w.put(&f.to_le_bytes())?;
+            }
+            Value::String(s) => {
+                w.put(&[TAG_STRING])?;
+                w.put_str(s.as_str())?;
+            }
+            _ => return None,
+        }
+    }
+    u16::try_from(w.at).ok().map(usize::from)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -231,131 +417,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl Waiting {
-    fn trace_id(&self) -> TraceId {
-        match self {
-            Waiting::Packed(p) => p.context.trace_id(),
-            Waiting::Full(s) => s.span_context.trace_id(),
-            Waiting::Taken => TraceId::INVALID,
-        }
-    }
-
-    fn pack(span: SpanData, scope: &InstrumentationScope) -> Waiting {
-        let packable = span.events.is_empty()
-            && span.links.is_empty()
-            && span.dropped_attributes_count == 0
-            && !matches!(span.status, Status::Error { .. })
-            && span.instrumentation_scope.name() == scope.name()
-            && span.instrumentation_scope.version() == scope.version()
-            && span.attributes.iter().all(|kv| {
-                matches!(
-                    kv.value,
-                    Value::Bool(_) | Value::I64(_) | Value::F64(_) | Value::String(_)
-                )
-            });
-        if !packable {
-            return Waiting::Full(Box::new(span));
-        }
-        // Exact, so that the boxed slice needs no reallocation.
-        let size = 4
-            + span.name.len()
-            + span
-                .attributes
-                .iter()
-                .map(|kv| {
-                    let key = match known_key(kv.key.as_str()) {
-                        Some(_) => 1,
-                        None => 5 + kv.key.as_str().len(),
-                    };
-                    let value = match &kv.value {
-                        Value::Bool(_) => 1,
-                        Value::String(s) => 4 + s.as_str().len(),
-                        _ => 8,
-                    };
-                    key + 1 + value
-                })
-                .sum::<usize>();
-        let mut bytes = Vec::with_capacity(size);
-        put_str(&mut bytes, &span.name);
-        for kv in &span.attributes {
-            match known_key(kv.key.as_str()) {
-                Some(i) => bytes.push(i),
-                None => {
-                    bytes.push(LITERAL_KEY);
-                    put_str(&mut bytes, kv.key.as_str());
-                }
-            }
-            match &kv.value {
-                Value::Bool(b) => bytes.extend_from_slice(&[TAG_BOOL, *b as u8]),
-                Value::I64(i) => {
-                    bytes.push(TAG_I64);
-                    bytes.extend_from_slice(&i.to_le_bytes());
-                }
-                Value::F64(f) => {
-                    bytes.push(TAG_F64);
-                    bytes.extend_from_slice(&f.to_le_bytes());
-                }
-                Value::String(s) => {
-                    bytes.push(TAG_STRING);
-                    put_str(&mut bytes, s.as_str());
-                }
-                _ => unreachable!("checked above"),
-            }
-        }
-        debug_assert_eq!(bytes.len(), size);
-        Waiting::Packed(Box::new(PackedSpan {
-            context: span.span_context,
-            parent_span_id: span.parent_span_id,
-            parent_span_is_remote: span.parent_span_is_remote,
-            kind: span.span_kind,
-            start_time: span.start_time,
-            end_time: span.end_time,
-            ok: matches!(span.status, Status::Ok),
-            bytes: bytes.into_boxed_slice(),
-        }))
-    }
-
-    fn unpack(self, scope: &InstrumentationScope) -> Option<SpanData> {
-        let p = match self {
-            Waiting::Packed(p) => p,
-            Waiting::Full(s) => return Some(*s),
-            Waiting::Taken => return None,
-        };
-        let mut r = Reader(&p.bytes);
-        let name = r.str()?.to_owned();
-        let mut attributes = Vec::new();
-        while !r.0.is_empty() {
-            let key = match r.u8()? {
-                LITERAL_KEY => Key::from(r.str()?.to_owned()),
-                i => Key::from_static_str(SPAN_ATTRIBUTES.get(i as usize)?),
-            };
-            let value = match r.u8()? {
-                TAG_BOOL => Value::Bool(r.u8()? != 0),
-                TAG_I64 => Value::I64(i64::from_le_bytes(r.word()?)),
-                TAG_F64 => Value::F64(f64::from_le_bytes(r.word()?)),
-                TAG_STRING => Value::from(r.str()?.to_owned()),
-                _ => return None,
-            };
-            attributes.push(KeyValue::new(key, value));
-        }
-        Some(SpanData {
-            span_context: p.context,
-            parent_span_id: p.parent_span_id,
-            parent_span_is_remote: p.parent_span_is_remote,
-            span_kind: p.kind,
-            name: name.into(),
-            start_time: p.start_time,
-            end_time: p.end_time,
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: if p.ok { Status::Ok } else { Status::Unset },
-            instrumentation_scope: scope.clone(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,10 +428,10 @@ mod tests {
             .build()
     }
 
-    fn span(attributes: Vec<KeyValue>) -> SpanData {
+    fn span(trace: u128, attributes: Vec<KeyValue>) -> SpanData {
         SpanData {
             span_context: SpanContext::new(
-                TraceId::from(7u128),
+                TraceId::from(trace),
                 SpanId::from(9u64),
                 TraceFlags::SAMPLED,
                 false,
@@ -393,28 +454,34 @@ mod tests {
 
     #[test]
     fn a_packed_span_unpacks_to_the_same_span() {
-        let original = span(vec![
-            KeyValue::new(super::super::names::A_MESSAGING_SYSTEM, "nats"),
-            KeyValue::new("custom.key", "not a known key"),
-            KeyValue::new(
-                "messaging.destination.name",
-                "microbus.443.x.|.GET.y".to_owned(),
-            ),
-            KeyValue::new("server.port", 443i64),
-            KeyValue::new("microbus.ack.latency_ms", 0.125),
-            KeyValue::new("flag", true),
-            KeyValue::new("empty", ""),
-            KeyValue::new("unicode", "ünïcødé ✓"),
-        ]);
-        let packed = Waiting::pack(original.clone(), &scope());
-        assert!(matches!(packed, Waiting::Packed(_)));
-        assert_eq!(packed.trace_id(), TraceId::from(7u128));
-        assert_eq!(packed.unpack(&scope()).unwrap(), original);
+        let original = span(
+            7,
+            vec![
+                KeyValue::new(super::super::names::A_MESSAGING_SYSTEM, "nats"),
+                KeyValue::new("custom.key", "not a known key"),
+                KeyValue::new(
+                    "messaging.destination.name",
+                    "microbus.443.x.|.GET.y".to_owned(),
+                ),
+                KeyValue::new("server.port", 443i64),
+                KeyValue::new("microbus.ack.latency_ms", 0.125),
+                KeyValue::new("flag", true),
+                KeyValue::new("empty", ""),
+                KeyValue::new("unicode", "ünïcødé ✓"),
+            ],
+        );
+        let mut slot = Slot::empty();
+        let _ = slot.fill(original.clone(), &scope());
+        assert_eq!(slot.state, SlotState::Packed);
+        assert_eq!(slot.trace_id(), TraceId::from(7u128));
+        assert_eq!(slot.take(&scope()).unwrap(), original);
+        assert_eq!(slot.state, SlotState::Empty);
+        assert!(slot.take(&scope()).is_none());
     }
 
     #[test]
-    fn spans_packing_does_not_cover_wait_as_they_are() {
-        let mut with_event = span(vec![]);
+    fn spans_packing_does_not_cover_wait_boxed() {
+        let mut with_event = span(1, vec![]);
         with_event
             .events
             .events
@@ -424,16 +491,54 @@ mod tests {
                 vec![],
                 0,
             ));
-        let with_array = span(vec![KeyValue::new(
-            "list",
-            Value::Array(vec![1i64, 2].into()),
-        )]);
-        let mut failed = span(vec![]);
+        let with_array = span(
+            1,
+            vec![KeyValue::new("list", Value::Array(vec![1i64, 2].into()))],
+        );
+        let mut failed = span(1, vec![]);
         failed.status = Status::error("boom");
-        for s in [with_event, with_array, failed] {
-            let waiting = Waiting::pack(s.clone(), &scope());
-            assert!(matches!(waiting, Waiting::Full(_)));
-            assert_eq!(waiting.unpack(&scope()).unwrap(), s);
+        let too_big = span(1, vec![KeyValue::new("url.path", "x".repeat(SLOT_BYTES))]);
+        for s in [with_event, with_array, failed, too_big] {
+            let mut slot = Slot::empty();
+            let _ = slot.fill(s.clone(), &scope());
+            assert_eq!(slot.state, SlotState::Boxed);
+            assert_eq!(slot.take(&scope()).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_spans_and_gives_a_trace_back_oldest_first() {
+        let mut ring = Ring::new(4);
+        for (i, trace) in [1u128, 2, 1, 3, 1, 2].into_iter().enumerate() {
+            let mut s = span(trace, vec![KeyValue::new("server.port", i as i64)]);
+            s.span_context = SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(i as u64 + 1),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            );
+            let _ = ring.push(s, &scope());
+        }
+        // Capacity 4: spans 0 and 1 were overwritten; trace 1 keeps spans 2 and 4.
+        let ports = |spans: Vec<SpanData>| -> Vec<String> {
+            spans
+                .iter()
+                .map(|s| s.attributes[0].value.to_string())
+                .collect()
+        };
+        assert_eq!(
+            ports(ring.take_trace(TraceId::from(1u128), &scope())),
+            ["2", "4"]
+        );
+        assert!(ring.take_trace(TraceId::from(1u128), &scope()).is_empty());
+        assert_eq!(
+            ports(ring.take_trace(TraceId::from(2u128), &scope())),
+            ["5"]
+        );
+        assert_eq!(
+            ports(ring.take_trace(TraceId::from(3u128), &scope())),
+            ["3"]
+        );
     }
 }
