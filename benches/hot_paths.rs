@@ -54,12 +54,18 @@ fn measure(name: &str, mut op: impl FnMut()) -> f64 {
 }
 
 fn tracer(deployment: Deployment, endpoint: Option<&str>) -> ServiceTracer {
-    let config = TelemetryConfig {
-        // Nothing listens there: PROD exports nothing from plain fast traces, and the
-        // exporter only connects when a batch is due.
-        endpoint: endpoint.map(str::to_owned),
-        ..TelemetryConfig::default()
-    };
+    tracer_with(
+        TelemetryConfig {
+            // Nothing listens there: PROD exports nothing from plain fast traces, and the
+            // exporter only connects when a batch is due.
+            endpoint: endpoint.map(str::to_owned),
+            ..TelemetryConfig::default()
+        },
+        deployment,
+    )
+}
+
+fn tracer_with(config: TelemetryConfig, deployment: Deployment) -> ServiceTracer {
     ServiceTracer::new(
         &config,
         &ServiceIdentity {
@@ -109,20 +115,13 @@ fn main() {
     measure("span start+end, PROD tail buffer", || {
         black_box(span(&prod, &parent));
     });
-    let off = ServiceTracer::new(
-        &TelemetryConfig {
+    let off = tracer_with(
+        TelemetryConfig {
             enabled: false,
             ..TelemetryConfig::default()
         },
-        &ServiceIdentity {
-            hostname: "calculator.example",
-            plane: "bench",
-            version: 1,
-            id: "abcdef1234",
-            deployment: Deployment::Prod,
-        },
-    )
-    .unwrap();
+        Deployment::Prod,
+    );
     measure("span start+end, telemetry off", || {
         black_box(span(&off, &parent));
     });
