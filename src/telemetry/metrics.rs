@@ -712,6 +712,29 @@ mod tests {
     }
 
     #[test]
+    fn handle_cache_resolves_once_per_key_and_stays_bounded() {
+        let cache: HandleCache<usize, usize> = HandleCache::default();
+        let resolved = std::cell::Cell::new(0);
+        let resolve = |v: usize| {
+            resolved.set(resolved.get() + 1);
+            v * 2
+        };
+        assert_eq!(cache.get(7, || resolve(7)), 14);
+        assert_eq!(cache.get(7, || resolve(7)), 14);
+        assert_eq!(resolved.get(), 1);
+        for k in 0..MAX_CACHED_HANDLES + 10 {
+            assert_eq!(cache.get(k, || resolve(k)), k * 2);
+        }
+        assert_eq!(cache.handles.read().unwrap().len(), MAX_CACHED_HANDLES);
+        // Past the bound a key is resolved each time, and still right.
+        let before = resolved.get();
+        let past = MAX_CACHED_HANDLES + 5;
+        assert_eq!(cache.get(past, || resolve(past)), past * 2);
+        assert_eq!(cache.get(past, || resolve(past)), past * 2);
+        assert_eq!(resolved.get(), before + 2);
+    }
+
+    #[test]
     fn outside_labels_are_capped() {
         let m = ServiceMetrics::new("cap.test", 0, "cap1");
         for i in 0..MAX_LABEL_VALUES + 10 {
