@@ -16,6 +16,7 @@ use common::otlp::{grpc_receiver, http_receiver, ReceivedSpan, Spans};
 use common::{free_port, NatsServer};
 use http::{Response, StatusCode};
 
+const INTERNAL: i32 = 1;
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 const STATUS_ERROR: i32 = 2;
@@ -256,9 +257,13 @@ async fn one_trace_over_otlp_grpc_with_errors_recorded() {
 fn prod_service() -> Service {
     Service::new("prod.test")
         .get("/ok", |_ctx: Ctx, _req| async {
+            // Recorded, but its trace is plain and fast: never exported.
+            let _lookup = tracing::info_span!("lookup").entered();
             Ok(Response::new(Bytes::from_static(b"ok")))
         })
         .get("/fail", |_ctx: Ctx, _req| async {
+            // Exported with the error trace it belongs to.
+            let _lookup = tracing::info_span!("lookup").entered();
             Err::<Response<Bytes>, _>(Error::new(StatusCode::INTERNAL_SERVER_ERROR, "it broke"))
         })
         .get("/force", |ctx: Ctx, _req| async move {
@@ -278,6 +283,7 @@ fn prod_service() -> Service {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prod_exports_error_forced_and_slow_traces_only() {
+    busgate::telemetry::logs::init(Deployment::Testing);
     let nats = NatsServer::start();
     let (endpoint, spans) = http_receiver().await;
     let mut cfg = traced(&nats, endpoint, OtlpProtocol::HttpProtobuf);
@@ -309,16 +315,83 @@ async fn prod_exports_error_forced_and_slow_traces_only() {
         spans.of_trace(&traces["ok"]).is_empty(),
         "a plain fast trace is not exported"
     );
-    for path in ["fail", "force", "slow"] {
+    for path in ["force", "slow"] {
         let t = spans.of_trace(&traces[path]);
         // The caller's root and CLIENT spans, and the service's SERVER span.
         assert_eq!(t.len(), 3, "{path}: {t:#?}");
     }
+    // /fail's handler span waited in the tail buffer with its hop and left with it.
+    let failed = spans.of_trace(&traces["fail"]);
+    assert_eq!(failed.len(), 4, "{failed:#?}");
+    let hop = one(&failed, "prod.test", SERVER, ":443/fail");
+    let lookup = one(&failed, "prod.test", INTERNAL, "lookup");
+    assert_eq!(lookup.parent_span_id, hop.span_id);
     let swallowed = spans.of_trace(&traces["swallow"]);
-    // root, client→swallow, :443/swallow, swallow→fail, :443/fail: the broadcast made every
-    // service export its share, though only /fail failed.
-    assert_eq!(swallowed.len(), 5, "{swallowed:#?}");
+    // root, client→swallow, :443/swallow, swallow→fail, :443/fail and its lookup: the
+    // broadcast made every service export its share, though only /fail failed.
+    assert_eq!(swallowed.len(), 6, "{swallowed:#?}");
     assert!(swallowed
         .iter()
         .any(|s| s.name == ":443/swallow" && s.status != STATUS_ERROR));
+}
+
+/// Spans a handler opens with `tracing` are exported (through `tracing-opentelemetry`) as
+/// children of the hop that ran them, under that service's resource, with their fields as
+/// attributes and their log lines as events; spans outside any handler are not exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_tracing_spans_are_children_of_their_hop() {
+    use tracing::Instrument;
+    busgate::telemetry::logs::init(Deployment::Testing);
+    let nats = NatsServer::start();
+    let (endpoint, spans) = http_receiver().await;
+    let cfg = traced(&nats, endpoint, OtlpProtocol::HttpProtobuf);
+    let svc = Service::new("spans.test")
+        .get("/work", |_ctx: Ctx, _req| async {
+            let query = tracing::info_span!("query", db.system = "postgresql");
+            async {
+                tokio::task::yield_now().await;
+                tracing::info!(rows = 3, "fetched");
+                let _decode = tracing::info_span!("decode").entered();
+            }
+            .instrument(query)
+            .await;
+            Ok(Response::new(Bytes::from_static(b"done")))
+        })
+        .start(&cfg)
+        .await
+        .unwrap();
+    let client = Service::new("client.test").start(&cfg).await.unwrap();
+    // Outside any handler: belongs to no service's trace.
+    drop(tracing::info_span!("startup").entered());
+    let root = client.tracer().start(
+        &SpanContext::NONE,
+        SpanKind::Internal,
+        || "root".to_owned(),
+        |_| {},
+    );
+    let ctx = client.ctx().with_span_context(root.context().clone());
+    let res = ctx.get("https://spans.test/work").await.unwrap();
+    assert_eq!(res.body().as_ref(), b"done");
+    client.tracer().end(root);
+    client.shutdown().await;
+    svc.shutdown().await;
+
+    let t = spans.of_trace(&ctx.trace_id());
+    // root, CLIENT, SERVER, and the handler's query and decode.
+    assert_eq!(t.len(), 5, "{t:#?}");
+    let hop = one(&t, "spans.test", SERVER, ":443/work");
+    let query = one(&t, "spans.test", INTERNAL, "query");
+    let decode = one(&t, "spans.test", INTERNAL, "decode");
+    assert_eq!(query.parent_span_id, hop.span_id);
+    assert_eq!(decode.parent_span_id, query.span_id);
+    assert_eq!(query.attributes["db.system"], "postgresql");
+    assert_eq!(query.events, vec!["fetched".to_owned()], "{query:?}");
+    assert_eq!(
+        query.resource["service.instance.id"],
+        hop.resource["service.instance.id"]
+    );
+    assert!(
+        spans.all().iter().all(|s| s.name != "startup"),
+        "a span outside any handler is not exported"
+    );
 }

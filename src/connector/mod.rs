@@ -231,7 +231,7 @@ impl Service {
             inbox_task: Mutex::new(None),
             started: AtomicBool::new(false),
             refresh: self.refresh,
-            tracer,
+            tracer: Arc::new(tracer),
             metrics,
         });
         let conn = Connector { inner };
@@ -279,7 +279,7 @@ pub(crate) struct Inner {
     pub inbox_task: Mutex<Option<JoinHandle<()>>>,
     pub started: AtomicBool,
     pub refresh: Option<RefreshHook>,
-    pub tracer: ServiceTracer,
+    pub tracer: Arc<ServiceTracer>,
     pub metrics: Arc<ServiceMetrics>,
 }
 

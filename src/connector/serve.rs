@@ -15,6 +15,7 @@ use super::fragment::{split_body, DefragOutcome, DEFRAG_SWEEP_INTERVAL};
 use super::route::{Endpoint, Queue};
 use super::{control, Connector, Ctx, Inner, StartError};
 use crate::error::Error;
+use crate::telemetry::handler_spans;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, SpanKind, Status};
@@ -271,7 +272,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
     // (and its count) to this service and trace.
     let log_span = tracing::error_span!(
-        "bus",
+        SERVICE_LOG_SPAN,
         host = %inner.hostname,
         id = %inner.id,
         trace_id = %trace::trace_id(span.context()),
@@ -286,9 +287,14 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         depth: f.call_depth(),
         otel: span.context().clone(),
     };
-    let result = run_handler(&inner, &ep, ctx, req, deadline)
-        .instrument(log_span.clone())
-        .await;
+    let handled = run_handler(&inner, &ep, ctx, req, deadline).instrument(log_span.clone());
+    // Spans the handler opens with `tracing` become children of this hop (exported with it).
+    let result = if span.is_recording() && handler_spans::installed() {
+        let cx = handler_spans::handler_context(&inner.tracer, span.context());
+        opentelemetry::context::FutureExt::with_context(handled, cx).await
+    } else {
+        handled.await
+    };
     let (code, body) = match &result {
         Ok(res) => (res.status().as_u16(), res.body().len()),
         Err(e) => (e.status().as_u16(), 0),

@@ -30,15 +30,19 @@ pub fn init(deployment: Deployment) {
             .with(filter())
             .with(fmt)
             .with(LogCounter)
+            .with(super::handler_spans::layer())
             .try_init()
     } else {
         tracing_subscriber::registry()
             .with(filter())
             .with(fmt.json().with_current_span(true).with_span_list(false))
             .with(LogCounter)
+            .with(super::handler_spans::layer())
             .try_init()
     };
-    let _ = result;
+    if result.is_ok() {
+        super::handler_spans::mark_installed();
+    }
 }
 
 /// Metrics for log lines that belong to no service (process start, listeners).

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod exposition;
+pub mod handler_spans;
 pub mod logs;
 pub mod metrics;
 pub mod names;

@@ -16,6 +16,16 @@ pub const NATS_CONNECTED: &str = "busgate_nats_connected";
 pub const NATS_RECONNECTS: &str = "busgate_nats_reconnects_total";
 pub const LABEL_OVERFLOWS: &str = "busgate_label_overflow_total";
 
+// Spans and tracers.
+/// Instrumentation scope of busgate's own spans (one per hop).
+pub const OWN_TRACER_NAME: &str = "busgate";
+/// Instrumentation scope of the spans handlers open with `tracing`.
+pub const HANDLER_TRACER_NAME: &str = "busgate.handler";
+/// busgate's per-request `tracing` spans that carry service, instance and trace id to log
+/// lines; not exported (the hop's own span is).
+pub const SERVICE_LOG_SPAN: &str = "bus";
+pub const INGRESS_LOG_SPAN: &str = "http";
+
 // The HTTP ingress.
 pub const INGRESS_REQUEST_DURATION: &str = "busgate_ingress_request_duration_seconds";
 pub const INGRESS_IN_FLIGHT: &str = "busgate_ingress_requests_in_flight";

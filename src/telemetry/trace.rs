@@ -351,6 +351,7 @@ pub struct ServiceIdentity<'a> {
 /// to the SDK's batch processor (and OTLP exporter) when they end: the SDK's span machinery
 /// (shared span handles behind a lock, a sampler per span, a context map) cost more than the
 /// rest of a bus hop's telemetry together.
+#[derive(Debug)]
 pub struct ServiceTracer {
     /// Telemetry on: spans are sampled and carry the sampled flag.
     enabled: bool,
@@ -373,7 +374,7 @@ impl ServiceTracer {
                 KeyValue::new("deployment.environment.name", who.deployment.as_str()),
             ])
             .build();
-        let scope = InstrumentationScope::builder("busgate")
+        let scope = InstrumentationScope::builder(OWN_TRACER_NAME)
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
         let sink = match config.endpoint.as_ref().filter(|_| config.enabled) {
@@ -485,6 +486,16 @@ impl ServiceTracer {
         match sink {
             Sink::All(batch) => batch.on_end(*data),
             Sink::Selected(selector) => selector.on_end(*data),
+        }
+    }
+
+    /// Hand on a span recorded elsewhere for this service (a handler's own `tracing` span),
+    /// as if it were one of its own: exported, or held by PROD's tail selection.
+    pub fn export(&self, data: SpanData) {
+        match &self.sink {
+            None => {}
+            Some(Sink::All(batch)) => batch.on_end(data),
+            Some(Sink::Selected(selector)) => selector.on_end(data),
         }
     }
 

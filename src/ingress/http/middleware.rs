@@ -170,7 +170,7 @@ pub async fn telemetry(
     // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
     // (and its count) to this service and trace.
     let log_span = tracing::error_span!(
-        "http",
+        crate::telemetry::names::INGRESS_LOG_SPAN,
         host = %shared.conn.hostname(),
         id = %shared.conn.id(),
         trace_id = %trace_id,
