@@ -86,14 +86,12 @@ fn span(tracer: &ServiceTracer, parent: &SpanContext) -> SpanContext {
         SpanKind::Server,
         || ":443/arithmetic".to_owned(),
         |a| {
-            a.extend([
-                KeyValue::new("http.request.method", "GET"),
-                KeyValue::new("http.route", "/arithmetic"),
-                KeyValue::new("url.path", "/arithmetic".to_owned()),
-                KeyValue::new("server.address", "calculator.example".to_owned()),
-                KeyValue::new("server.port", 443i64),
-                KeyValue::new("messaging.message.id", "a1b2c3d4e5".to_owned()),
-            ])
+            a.method("http.request.method", "GET");
+            a.str("http.route", "/arithmetic");
+            a.str("url.path", "/arithmetic");
+            a.str("server.address", "calculator.example");
+            a.int("server.port", 443);
+            a.str("messaging.message.id", "a1b2c3d4e5");
         },
     );
     span.set_attribute(KeyValue::new("http.response.status_code", 200i64));

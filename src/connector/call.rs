@@ -234,29 +234,22 @@ impl Observed {
         let span = inner.tracer.start(
             &ctx.otel,
             SpanKind::Client,
-            || {
-                format!(
-                    "{} {}:{}{}",
-                    out.method, out.url.host, out.url.port, out.url.path
-                )
-            },
+            || trace::client_span_name(&out.method, &out.url.host, out.url.port, &out.url.path),
             |a| {
-                a.extend([
-                    KeyValue::new(A_MESSAGING_SYSTEM, NATS),
-                    KeyValue::new(A_MESSAGING_DESTINATION, out.subject.clone()),
-                    KeyValue::new(A_MESSAGING_OPERATION, "send"),
-                    KeyValue::new(A_MESSAGING_MESSAGE_ID, msg_id.to_owned()),
-                    KeyValue::new(A_MESSAGING_BODY_SIZE, req.body().len() as i64),
-                    KeyValue::new(A_HTTP_METHOD, trace::static_or_owned(&out.method)),
-                    KeyValue::new(A_SERVER_ADDRESS, out.url.host.clone()),
-                    KeyValue::new(A_SERVER_PORT, out.url.port as i64),
-                    KeyValue::new(
-                        A_TIME_BUDGET_MS,
-                        out.deadline
-                            .saturating_duration_since(Instant::now())
-                            .as_millis() as i64,
-                    ),
-                ])
+                a.static_str(A_MESSAGING_SYSTEM, NATS);
+                a.str(A_MESSAGING_DESTINATION, &out.subject);
+                a.static_str(A_MESSAGING_OPERATION, "send");
+                a.str(A_MESSAGING_MESSAGE_ID, msg_id);
+                a.int(A_MESSAGING_BODY_SIZE, req.body().len() as i64);
+                a.method(A_HTTP_METHOD, &out.method);
+                a.str(A_SERVER_ADDRESS, &out.url.host);
+                a.int(A_SERVER_PORT, out.url.port as i64);
+                a.int(
+                    A_TIME_BUDGET_MS,
+                    out.deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as i64,
+                );
             },
         );
         trace::inject(span.context(), req.headers_mut());

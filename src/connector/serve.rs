@@ -251,21 +251,19 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     let mut span = inner.tracer.start(
         &trace::extract(req.headers()),
         SpanKind::Server,
-        || format!(":{port}{}", ep.route.path),
+        || trace::server_span_name(port, &ep.route.path),
         |a| {
-            a.extend([
-                // The service's own name is the span's resource (`service.name`).
-                KeyValue::new(A_HTTP_METHOD, trace::static_or_owned(&method)),
-                KeyValue::new(A_HTTP_ROUTE, ep.route.path.clone()),
-                KeyValue::new(A_URL_PATH, req.uri().path().to_owned()),
-                KeyValue::new(A_SERVER_PORT, port as i64),
-                KeyValue::new(A_MESSAGING_SYSTEM, NATS),
-                KeyValue::new(A_MESSAGING_OPERATION, "process"),
-                KeyValue::new(A_MESSAGING_MESSAGE_ID, reply.msg_id.clone()),
-                KeyValue::new(A_FROM_HOST, f.from_host().unwrap_or_default().to_owned()),
-                KeyValue::new(A_FROM_ID, f.from_id().unwrap_or_default().to_owned()),
-                KeyValue::new(A_CALL_DEPTH, f.call_depth() as i64),
-            ])
+            // The service's own name is the span's resource (`service.name`).
+            a.method(A_HTTP_METHOD, &method);
+            a.str(A_HTTP_ROUTE, &ep.route.path);
+            a.str(A_URL_PATH, req.uri().path());
+            a.int(A_SERVER_PORT, port as i64);
+            a.static_str(A_MESSAGING_SYSTEM, NATS);
+            a.static_str(A_MESSAGING_OPERATION, "process");
+            a.str(A_MESSAGING_MESSAGE_ID, &reply.msg_id);
+            a.str(A_FROM_HOST, f.from_host().unwrap_or_default());
+            a.str(A_FROM_ID, f.from_id().unwrap_or_default());
+            a.int(A_CALL_DEPTH, f.call_depth() as i64);
         },
     );
     // Every log line of the handler carries the service, the instance and the trace.

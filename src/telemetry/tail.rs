@@ -1,11 +1,11 @@
 //! PROD's tail selection: ended spans wait in a bounded buffer until their trace proves worth
 //! keeping (an error, a slow span, a `:888/trace` selection) or they are evicted.
 //!
-//! Almost every buffered span is evicted unseen, and under load what the buffer costs is memory
-//! traffic, not instructions. So the buffer is a ring of fixed slots allocated once: a waiting
-//! span is packed into its slot (~250 bytes written: known attribute keys as one-byte indexes,
-//! the instrumentation scope shared), eviction is overwriting, and no allocation is made or
-//! freed per span; a span is unpacked only when its trace is selected.
+//! Almost every recorded span is evicted unseen, so in PROD a span is recorded packed from the
+//! start ([`PackedSpan`]): its name and attributes are written as bytes into one block as the
+//! request path hands them over (known attribute keys as one-byte indexes, no string
+//! allocated per attribute, the instrumentation scope shared), the ring holds that block as is,
+//! and a span is unpacked into the SDK's [`SpanData`] only when its trace is selected.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,7 +16,7 @@ use opentelemetry_sdk::trace::{
     BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
 };
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::names::SPAN_ATTRIBUTES;
 
@@ -24,15 +24,15 @@ use super::names::SPAN_ATTRIBUTES;
 pub const SELECTED_TRACES_MAX: usize = 8192;
 pub const SELECTION_TTL: Duration = Duration::from_secs(20);
 
-/// Bytes a slot holds for a span's name and attributes; a span that needs more waits as it is
-/// (boxed). Only the bytes used are written.
-const SLOT_BYTES: usize = 512;
+/// Bytes a packed span holds for its name and attributes: the ingress span, the largest, needs
+/// ~250. Attributes past the end are kept aside, owned.
+pub const PACKED_BYTES: usize = 448;
 
 /// Exports the spans of selected traces through `batch`; holds the others.
 #[derive(Debug)]
 pub struct Selector {
     batch: BatchSpanProcessor,
-    /// The scope of every span this selector sees (packed spans do not repeat it).
+    /// The scope of every packed span (they do not repeat it).
     scope: InstrumentationScope,
     slow: Duration,
     state: Mutex<SelectorState>,
@@ -55,7 +55,7 @@ impl SelectorState {
     }
 
     /// Remember `trace_id` as selected and take its buffered spans.
-    fn select(&mut self, trace_id: TraceId, scope: &InstrumentationScope) -> Vec<SpanData> {
+    fn select(&mut self, trace_id: TraceId) -> Vec<Waiting> {
         if self.selected.len() >= SELECTED_TRACES_MAX {
             self.selected.retain(|_, at| at.elapsed() < SELECTION_TTL);
             if self.selected.len() >= SELECTED_TRACES_MAX {
@@ -71,7 +71,7 @@ impl SelectorState {
             }
         }
         self.selected.insert(trace_id, Instant::now());
-        self.ring.take_trace(trace_id, scope)
+        self.ring.take_trace(trace_id)
     }
 }
 
@@ -98,163 +98,241 @@ impl Selector {
         &self.batch
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, SelectorState> {
+        // Nothing in the state is left half-updated by a panic: keep going with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Export `trace_id`'s buffered spans and its future ones.
     pub fn select(&self, trace_id: TraceId) {
-        let flushed = self
-            .state
-            .lock()
-            .expect("selector lock")
-            .select(trace_id, &self.scope);
-        for span in flushed {
-            self.batch.on_end(span);
-        }
+        let flushed = self.lock().select(trace_id);
+        self.export(flushed);
     }
 
     pub fn is_selected(&self, trace_id: TraceId) -> bool {
-        self.state
-            .lock()
-            .expect("selector lock")
-            .is_selected(trace_id)
+        self.lock().is_selected(trace_id)
     }
 
-    pub fn on_end(&self, span: SpanData) {
-        let trace_id = span.span_context.trace_id();
-        let failed = matches!(span.status, Status::Error { .. });
-        let slow = span
-            .end_time
-            .duration_since(span.start_time)
-            .is_ok_and(|d| d >= self.slow);
-        let mut st = self.state.lock().expect("selector lock");
+    fn export(&self, spans: impl IntoIterator<Item = Waiting>) {
+        for span in spans {
+            self.batch.on_end(span.into_data(&self.scope));
+        }
+    }
+
+    /// An ended span: exported when its trace is selected, or when it failed or was slow
+    /// (which selects its trace); held otherwise.
+    pub fn on_end(&self, span: Waiting) {
+        let trace_id = span.trace_id();
+        let select = span.failed() || span.duration() >= self.slow;
+        let mut st = self.lock();
         if st.is_selected(trace_id) {
             drop(st);
-            self.batch.on_end(span);
-            return;
-        }
-        if failed || slow {
-            let flushed = st.select(trace_id, &self.scope);
+            self.export([span]);
+        } else if select {
+            let flushed = st.select(trace_id);
             drop(st);
-            for s in flushed {
-                self.batch.on_end(s);
-            }
-            self.batch.on_end(span);
-            return;
+            self.export(flushed.into_iter().chain([span]));
+        } else {
+            let evicted = st.ring.push(span);
+            drop(st);
+            // Freed outside the lock.
+            drop(evicted);
         }
-        let leftovers = st.ring.push(span, &self.scope);
-        drop(st);
-        // Freed outside the lock: the span once packed, or a boxed span evicted.
-        drop(leftovers);
     }
 }
 
-/// What a slot holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Empty,
-    Packed,
-    Boxed,
+/// A span waiting in the ring: packed (busgate's own), or as the SDK made it (handler spans,
+/// spans turned into [`SpanData`] by an error).
+#[derive(Debug)]
+pub enum Waiting {
+    Packed(Box<PackedSpan>),
+    Data(Box<SpanData>),
 }
 
-/// One waiting span: packed into `bytes`, or boxed when packing does not cover it (events,
-/// links, array attributes, more than [`SLOT_BYTES`]).
+impl Waiting {
+    fn trace_id(&self) -> TraceId {
+        match self {
+            Waiting::Packed(p) => p.context.trace_id(),
+            Waiting::Data(d) => d.span_context.trace_id(),
+        }
+    }
+
+    fn failed(&self) -> bool {
+        match self {
+            // A packed span has no error status: recording one unpacks it.
+            Waiting::Packed(_) => false,
+            Waiting::Data(d) => matches!(d.status, Status::Error { .. }),
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        let (start, end) = match self {
+            Waiting::Packed(p) => (p.start_time, p.end_time),
+            Waiting::Data(d) => (d.start_time, d.end_time),
+        };
+        end.duration_since(start).unwrap_or_default()
+    }
+
+    fn into_data(self, scope: &InstrumentationScope) -> SpanData {
+        match self {
+            Waiting::Packed(p) => p.unpack(scope),
+            Waiting::Data(d) => *d,
+        }
+    }
+}
+
+/// A span recorded as bytes: fixed fields, then the name and per attribute a key (an index
+/// into [`SPAN_ATTRIBUTES`], or [`LITERAL_KEY`] and the key), a type tag and the value.
 #[derive(Debug)]
-struct Slot {
-    state: SlotState,
-    context: SpanContext,
+pub struct PackedSpan {
+    pub context: SpanContext,
     parent_span_id: SpanId,
     parent_span_is_remote: bool,
     kind: SpanKind,
     start_time: SystemTime,
-    end_time: SystemTime,
-    /// `Status::Ok` rather than `Unset` (spans with errors are never packed).
+    pub end_time: SystemTime,
+    /// `Status::Ok` rather than `Unset` (an error unpacks the span).
     ok: bool,
     len: u16,
-    /// The name, then per attribute: key (an index into [`SPAN_ATTRIBUTES`], or
-    /// [`LITERAL_KEY`] and the key), type tag, value.
-    bytes: [u8; SLOT_BYTES],
-    boxed: Option<Box<SpanData>>,
+    /// Attributes that did not fit in `bytes`, and values packing does not cover (arrays).
+    overflow: Vec<KeyValue>,
+    bytes: [u8; PACKED_BYTES],
 }
 
-impl Slot {
-    fn empty() -> Slot {
-        Slot {
-            state: SlotState::Empty,
+impl PackedSpan {
+    pub fn new(
+        parent: &SpanContext,
+        kind: SpanKind,
+        name: &str,
+        start_time: SystemTime,
+    ) -> Box<PackedSpan> {
+        let mut p = Box::new(PackedSpan {
             context: SpanContext::NONE,
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            kind: SpanKind::Internal,
-            start_time: SystemTime::UNIX_EPOCH,
-            end_time: SystemTime::UNIX_EPOCH,
+            parent_span_id: if parent.is_valid() {
+                parent.span_id()
+            } else {
+                SpanId::INVALID
+            },
+            parent_span_is_remote: parent.is_remote(),
+            kind,
+            start_time,
+            end_time: start_time,
             ok: false,
             len: 0,
-            bytes: [0; SLOT_BYTES],
-            boxed: None,
+            overflow: Vec::new(),
+            bytes: [0; PACKED_BYTES],
+        });
+        if p.writer().str(name).is_none() {
+            // A name longer than the block: keep it aside (unpacked first).
+            p.len = 0;
+            p.overflow.push(KeyValue::new(NAME_KEY, name.to_owned()));
+        }
+        p
+    }
+
+    fn writer(&mut self) -> Writer<'_> {
+        Writer {
+            out: &mut self.bytes,
+            at: &mut self.len,
         }
     }
 
-    fn trace_id(&self) -> TraceId {
-        match self.state {
-            SlotState::Empty => TraceId::INVALID,
-            SlotState::Packed => self.context.trace_id(),
-            SlotState::Boxed => self
-                .boxed
-                .as_ref()
-                .map_or(TraceId::INVALID, |s| s.span_context.trace_id()),
+    /// Append one attribute; `put` writes the tag and value.
+    fn append(
+        &mut self,
+        key: &str,
+        put: impl FnOnce(&mut Writer<'_>) -> Option<()>,
+        owned: impl FnOnce() -> KeyValue,
+    ) {
+        let mark = self.len;
+        let mut w = self.writer();
+        let packed = match known_key(key) {
+            Some(i) => w.put(&[i]),
+            None => w.put(&[LITERAL_KEY]).and_then(|_| w.str(key)),
+        }
+        .and_then(|_| put(&mut w));
+        if packed.is_none() {
+            self.len = mark;
+            self.overflow.push(owned());
         }
     }
 
-    /// Put `span` here; returns what must be freed (the span once packed, an evicted box).
-    fn fill(&mut self, span: SpanData, scope: &InstrumentationScope) -> Leftovers {
-        let evicted = self.boxed.take();
-        match encode(&span, scope, &mut self.bytes) {
-            Some(len) => {
-                self.state = SlotState::Packed;
-                self.context = span.span_context.clone();
-                self.parent_span_id = span.parent_span_id;
-                self.parent_span_is_remote = span.parent_span_is_remote;
-                self.kind = span.span_kind.clone();
-                self.start_time = span.start_time;
-                self.end_time = span.end_time;
-                self.ok = matches!(span.status, Status::Ok);
-                self.len = len as u16;
-                Leftovers(Some(span), evicted)
+    pub fn push_str(&mut self, key: &'static str, value: &str) {
+        self.append(
+            key,
+            |w| w.put(&[TAG_STRING]).and_then(|_| w.str(value)),
+            || KeyValue::new(key, value.to_owned()),
+        );
+    }
+
+    pub fn push_i64(&mut self, key: &'static str, value: i64) {
+        self.append(
+            key,
+            |w| w.put(&[TAG_I64]).and_then(|_| w.put(&value.to_le_bytes())),
+            || KeyValue::new(key, value),
+        );
+    }
+
+    pub fn push_f64(&mut self, key: &'static str, value: f64) {
+        self.append(
+            key,
+            |w| w.put(&[TAG_F64]).and_then(|_| w.put(&value.to_le_bytes())),
+            || KeyValue::new(key, value),
+        );
+    }
+
+    /// Any attribute (keys and values of any kind; arrays are kept aside).
+    pub fn push(&mut self, kv: KeyValue) {
+        let key = kv.key.as_str();
+        let packed = match &kv.value {
+            Value::Bool(b) => Some([TAG_BOOL, *b as u8]),
+            _ => None,
+        };
+        match (&kv.value, packed) {
+            (_, Some(tagged)) => self.append(key, |w| w.put(&tagged), || kv.clone()),
+            (Value::I64(i), _) => {
+                let i = *i;
+                self.append(
+                    key,
+                    |w| w.put(&[TAG_I64]).and_then(|_| w.put(&i.to_le_bytes())),
+                    || kv.clone(),
+                )
             }
-            None => {
-                self.state = SlotState::Boxed;
-                self.boxed = Some(Box::new(span));
-                Leftovers(None, evicted)
+            (Value::F64(f), _) => {
+                let f = *f;
+                self.append(
+                    key,
+                    |w| w.put(&[TAG_F64]).and_then(|_| w.put(&f.to_le_bytes())),
+                    || kv.clone(),
+                )
             }
+            (Value::String(s), _) => self.append(
+                key,
+                |w| w.put(&[TAG_STRING]).and_then(|_| w.str(s.as_str())),
+                || kv.clone(),
+            ),
+            _ => self.overflow.push(kv),
         }
     }
 
-    /// The waiting span, leaving the slot empty.
-    fn take(&mut self, scope: &InstrumentationScope) -> Option<SpanData> {
-        let state = std::mem::replace(&mut self.state, SlotState::Empty);
-        match state {
-            SlotState::Empty => None,
-            SlotState::Boxed => self.boxed.take().map(|b| *b),
-            SlotState::Packed => self.unpack(scope),
-        }
+    pub fn set_ok(&mut self, ok: bool) {
+        self.ok = ok;
     }
 
-    fn unpack(&self, scope: &InstrumentationScope) -> Option<SpanData> {
+    /// The span as the SDK exports it.
+    pub fn unpack(&self, scope: &InstrumentationScope) -> SpanData {
         let mut r = Reader(&self.bytes[..self.len as usize]);
-        let name = r.str()?.to_owned();
-        let mut attributes = Vec::new();
-        while !r.0.is_empty() {
-            let key = match r.u8()? {
-                LITERAL_KEY => Key::from(r.str()?.to_owned()),
-                i => Key::from_static_str(SPAN_ATTRIBUTES.get(i as usize)?),
-            };
-            let value = match r.u8()? {
-                TAG_BOOL => Value::Bool(r.u8()? != 0),
-                TAG_I64 => Value::I64(i64::from_le_bytes(r.word()?)),
-                TAG_F64 => Value::F64(f64::from_le_bytes(r.word()?)),
-                TAG_STRING => Value::from(r.str()?.to_owned()),
-                _ => return None,
-            };
-            attributes.push(KeyValue::new(key, value));
+        let mut overflow = self.overflow.iter().peekable();
+        let name = match overflow.next_if(|kv| kv.key.as_str() == NAME_KEY) {
+            Some(kv) => kv.value.as_str().into_owned(),
+            None => r.str().unwrap_or_default().to_owned(),
+        };
+        let mut attributes = Vec::with_capacity(16);
+        while let Some(kv) = r.attribute() {
+            attributes.push(kv);
         }
-        Some(SpanData {
+        attributes.extend(overflow.cloned());
+        SpanData {
             span_context: self.context.clone(),
             parent_span_id: self.parent_span_id,
             parent_span_is_remote: self.parent_span_is_remote,
@@ -268,18 +346,17 @@ impl Slot {
             links: SpanLinks::default(),
             status: if self.ok { Status::Ok } else { Status::Unset },
             instrumentation_scope: scope.clone(),
-        })
+        }
     }
 }
 
-/// Memory to free after the lock is released.
-#[allow(dead_code)] // Held only to be dropped.
-struct Leftovers(Option<SpanData>, Option<Box<SpanData>>);
+/// Marks a name kept aside in `overflow` (not a valid attribute key in any convention).
+const NAME_KEY: &str = "\0name";
 
-/// A fixed ring of slots, allocated as it first fills; the oldest span is overwritten.
+/// A fixed ring of waiting spans, grown as it first fills; the oldest is replaced.
 #[derive(Debug)]
 struct Ring {
-    slots: Vec<Slot>,
+    slots: Vec<Option<Waiting>>,
     capacity: usize,
     next: usize,
 }
@@ -294,25 +371,28 @@ impl Ring {
         }
     }
 
-    fn push(&mut self, span: SpanData, scope: &InstrumentationScope) -> Leftovers {
-        if self.slots.len() < self.capacity {
-            self.slots.push(Slot::empty());
-        }
+    /// Hold `span`; returns the span it replaces, to be freed by the caller.
+    fn push(&mut self, span: Waiting) -> Option<Waiting> {
         let at = self.next;
         self.next = (self.next + 1) % self.capacity;
-        self.slots[at].fill(span, scope)
+        if self.slots.len() < self.capacity {
+            self.slots.push(Some(span));
+            None
+        } else {
+            self.slots[at].replace(span)
+        }
     }
 
     /// Every waiting span of `trace_id`, oldest first.
-    fn take_trace(&mut self, trace_id: TraceId, scope: &InstrumentationScope) -> Vec<SpanData> {
+    fn take_trace(&mut self, trace_id: TraceId) -> Vec<Waiting> {
         let n = self.slots.len();
-        // Oldest first: from the slot about to be overwritten, around the ring.
+        // Oldest first: from the slot about to be replaced, around the ring.
         let start = if n < self.capacity { 0 } else { self.next };
         let mut taken = Vec::new();
         for i in (0..n).map(|i| (start + i) % n) {
             let slot = &mut self.slots[i];
-            if slot.trace_id() == trace_id {
-                taken.extend(slot.take(scope));
+            if slot.as_ref().is_some_and(|w| w.trace_id() == trace_id) {
+                taken.extend(slot.take());
             }
         }
         taken
@@ -326,72 +406,64 @@ const TAG_STRING: u8 = 3;
 /// A key that is not in [`SPAN_ATTRIBUTES`] follows as a string.
 const LITERAL_KEY: u8 = 0xff;
 
+/// The index of `key` in [`SPAN_ATTRIBUTES`]: an open-addressing table over a hash of the
+/// length and two bytes, built once (a scan compared ~26 keys per attribute).
 fn known_key(key: &str) -> Option<u8> {
-    SPAN_ATTRIBUTES
-        .iter()
-        .position(|k| k.len() == key.len() && *k == key)
-        .map(|i| i as u8)
+    const EMPTY: u8 = u8::MAX;
+    const SLOTS: usize = 256;
+    static TABLE: OnceLock<[u8; SLOTS]> = OnceLock::new();
+    fn hash(k: &[u8]) -> usize {
+        let n = k.len();
+        if n == 0 {
+            return 0;
+        }
+        (n.wrapping_mul(37) ^ (k[n - 1] as usize).wrapping_mul(11) ^ (k[n / 2] as usize) << 2
+            ^ (k[n * 3 / 4] as usize).wrapping_mul(5))
+            % SLOTS
+    }
+    let table = TABLE.get_or_init(|| {
+        let mut t = [EMPTY; SLOTS];
+        for (i, k) in SPAN_ATTRIBUTES.iter().enumerate() {
+            let mut h = hash(k.as_bytes());
+            while t[h] != EMPTY {
+                h = (h + 1) % SLOTS;
+            }
+            t[h] = i as u8;
+        }
+        t
+    });
+    let mut h = hash(key.as_bytes());
+    loop {
+        let i = table[h];
+        if i == EMPTY {
+            return None;
+        }
+        let known = SPAN_ATTRIBUTES[i as usize];
+        if known.len() == key.len() && known == key {
+            return Some(i);
+        }
+        h = (h + 1) % SLOTS;
+    }
 }
 
-/// Writes into a slot's bytes; `None` once they are full.
+/// Appends to a packed span's bytes; `None` once they are full (the caller rolls back).
 struct Writer<'a> {
-    out: &'a mut [u8],
-    at: usize,
+    out: &'a mut [u8; PACKED_BYTES],
+    at: &'a mut u16,
 }
 
 impl Writer<'_> {
     fn put(&mut self, bytes: &[u8]) -> Option<()> {
-        let end = self.at.checked_add(bytes.len())?;
-        self.out.get_mut(self.at..end)?.copy_from_slice(bytes);
-        self.at = end;
+        let at = *self.at as usize;
+        let end = at + bytes.len();
+        self.out.get_mut(at..end)?.copy_from_slice(bytes);
+        *self.at = end as u16;
         Some(())
     }
-    fn put_str(&mut self, s: &str) -> Option<()> {
-        self.put(&(u32::try_from(s.len()).ok()?).to_le_bytes())?;
+    fn str(&mut self, s: &str) -> Option<()> {
+        self.put(&(u16::try_from(s.len()).ok()?).to_le_bytes())?;
         self.put(s.as_bytes())
     }
-}
-
-/// Pack the name and attributes of `span` into `out`: the length used, or `None` when packing
-/// does not cover the span.
-fn encode(span: &SpanData, scope: &InstrumentationScope, out: &mut [u8]) -> Option<usize> {
-    let packable = span.events.is_empty()
-        && span.links.is_empty()
-        && span.dropped_attributes_count == 0
-        && !matches!(span.status, Status::Error { .. })
-        && span.instrumentation_scope.name() == scope.name()
-        && span.instrumentation_scope.version() == scope.version();
-    if !packable {
-        return None;
-    }
-    let mut w = Writer { out, at: 0 };
-    w.put_str(&span.name)?;
-    for kv in &span.attributes {
-        match known_key(kv.key.as_str()) {
-            Some(i) => w.put(&[i])?,
-            None => {
-                w.put(&[LITERAL_KEY])?;
-                w.put_str(kv.key.as_str())?;
-            }
-        }
-        match &kv.value {
-            Value::Bool(b) => w.put(&[TAG_BOOL, *b as u8])?,
-            Value::I64(i) => {
-                w.put(&[TAG_I64])?;
-                w.put(&i.to_le_bytes())?;
-            }
-            Value::F64(f) => {
-                w.put(&[TAG_F64])?;
-                w.put(&f.to_le_bytes())?;
-            }
-            Value::String(s) => {
-                w.put(&[TAG_STRING])?;
-                w.put_str(s.as_str())?;
-            }
-            _ => return None,
-        }
-    }
-    u16::try_from(w.at).ok().map(usize::from)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -412,14 +484,32 @@ impl<'a> Reader<'a> {
         self.take(8).map(|b| b.try_into().expect("8 bytes"))
     }
     fn str(&mut self) -> Option<&'a str> {
-        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
         std::str::from_utf8(self.take(len)?).ok()
+    }
+    fn attribute(&mut self) -> Option<KeyValue> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let key = match self.u8()? {
+            LITERAL_KEY => Key::from(self.str()?.to_owned()),
+            i => Key::from_static_str(SPAN_ATTRIBUTES.get(i as usize)?),
+        };
+        let value = match self.u8()? {
+            TAG_BOOL => Value::Bool(self.u8()? != 0),
+            TAG_I64 => Value::I64(i64::from_le_bytes(self.word()?)),
+            TAG_F64 => Value::F64(f64::from_le_bytes(self.word()?)),
+            TAG_STRING => Value::from(self.str()?.to_owned()),
+            _ => return None,
+        };
+        Some(KeyValue::new(key, value))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::names::{A_MESSAGING_SYSTEM, A_SERVER_PORT, A_URL_PATH};
     use opentelemetry::trace::{TraceFlags, TraceState};
 
     fn scope() -> InstrumentationScope {
@@ -428,117 +518,129 @@ mod tests {
             .build()
     }
 
-    fn span(trace: u128, attributes: Vec<KeyValue>) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(trace),
-                SpanId::from(9u64),
+    fn context(trace: u128, span: u64) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        )
+    }
+
+    fn packed(trace: u128, span: u64, port: i64) -> Box<PackedSpan> {
+        let mut p = PackedSpan::new(
+            &context(trace, 3),
+            SpanKind::Client,
+            "GET calculator.example:443/arithmetic",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+        );
+        p.push_i64(A_SERVER_PORT, port);
+        p.context = context(trace, span);
+        p.end_time = SystemTime::UNIX_EPOCH + Duration::from_secs(2);
+        p
+    }
+
+    #[test]
+    fn a_packed_span_unpacks_to_what_was_recorded() {
+        let mut p = PackedSpan::new(
+            &SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(3u64),
                 TraceFlags::SAMPLED,
-                false,
+                true,
                 TraceState::NONE,
             ),
+            SpanKind::Client,
+            "GET calculator.example:443/arithmetic",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+        );
+        p.push_str(A_MESSAGING_SYSTEM, "nats");
+        p.push_str("custom.key", "not a known key");
+        p.push_str("messaging.destination.name", "microbus.443.x.|.GET.y");
+        p.push_i64(A_SERVER_PORT, 443);
+        p.push_f64("microbus.ack.latency_ms", 0.125);
+        p.push(KeyValue::new("flag", true));
+        p.push(KeyValue::new("empty", ""));
+        p.push(KeyValue::new("unicode", "ünïcødé ✓"));
+        p.push(KeyValue::new("list", Value::Array(vec![1i64, 2].into())));
+        p.set_ok(true);
+        p.context = context(7, 9);
+        p.end_time = SystemTime::UNIX_EPOCH + Duration::from_secs(2);
+        let expected = SpanData {
+            span_context: context(7, 9),
             parent_span_id: SpanId::from(3u64),
             parent_span_is_remote: true,
             span_kind: SpanKind::Client,
             name: "GET calculator.example:443/arithmetic".into(),
             start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             end_time: SystemTime::UNIX_EPOCH + Duration::from_secs(2),
-            attributes,
+            attributes: vec![
+                KeyValue::new(A_MESSAGING_SYSTEM, "nats"),
+                KeyValue::new("custom.key", "not a known key"),
+                KeyValue::new("messaging.destination.name", "microbus.443.x.|.GET.y"),
+                KeyValue::new(A_SERVER_PORT, 443i64),
+                KeyValue::new("microbus.ack.latency_ms", 0.125),
+                KeyValue::new("flag", true),
+                KeyValue::new("empty", ""),
+                KeyValue::new("unicode", "ünïcødé ✓"),
+                // Arrays are kept aside, after the packed attributes.
+                KeyValue::new("list", Value::Array(vec![1i64, 2].into())),
+            ],
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
             status: Status::Ok,
             instrumentation_scope: scope(),
-        }
+        };
+        assert_eq!(p.unpack(&scope()), expected);
     }
 
     #[test]
-    fn a_packed_span_unpacks_to_the_same_span() {
-        let original = span(
-            7,
-            vec![
-                KeyValue::new(super::super::names::A_MESSAGING_SYSTEM, "nats"),
-                KeyValue::new("custom.key", "not a known key"),
-                KeyValue::new(
-                    "messaging.destination.name",
-                    "microbus.443.x.|.GET.y".to_owned(),
-                ),
-                KeyValue::new("server.port", 443i64),
-                KeyValue::new("microbus.ack.latency_ms", 0.125),
-                KeyValue::new("flag", true),
-                KeyValue::new("empty", ""),
-                KeyValue::new("unicode", "ünïcødé ✓"),
-            ],
-        );
-        let mut slot = Slot::empty();
-        let _ = slot.fill(original.clone(), &scope());
-        assert_eq!(slot.state, SlotState::Packed);
-        assert_eq!(slot.trace_id(), TraceId::from(7u128));
-        assert_eq!(slot.take(&scope()).unwrap(), original);
-        assert_eq!(slot.state, SlotState::Empty);
-        assert!(slot.take(&scope()).is_none());
-    }
-
-    #[test]
-    fn spans_packing_does_not_cover_wait_boxed() {
-        let mut with_event = span(1, vec![]);
-        with_event
-            .events
-            .events
-            .push(opentelemetry::trace::Event::new(
-                "exception",
-                SystemTime::UNIX_EPOCH,
-                vec![],
-                0,
-            ));
-        let with_array = span(
-            1,
-            vec![KeyValue::new("list", Value::Array(vec![1i64, 2].into()))],
-        );
-        let mut failed = span(1, vec![]);
-        failed.status = Status::error("boom");
-        let too_big = span(1, vec![KeyValue::new("url.path", "x".repeat(SLOT_BYTES))]);
-        for s in [with_event, with_array, failed, too_big] {
-            let mut slot = Slot::empty();
-            let _ = slot.fill(s.clone(), &scope());
-            assert_eq!(slot.state, SlotState::Boxed);
-            assert_eq!(slot.take(&scope()).unwrap(), s);
-        }
+    fn what_does_not_fit_is_kept_aside() {
+        let long = "x".repeat(PACKED_BYTES);
+        let mut p = PackedSpan::new(&SpanContext::NONE, SpanKind::Server, &long, SystemTime::UNIX_EPOCH);
+        p.push_str(A_URL_PATH, &"p".repeat(PACKED_BYTES - 20));
+        p.push_i64(A_SERVER_PORT, 443);
+        p.push_str(A_MESSAGING_SYSTEM, &"n".repeat(100));
+        let data = p.unpack(&scope());
+        assert_eq!(data.name, long);
+        assert_eq!(data.parent_span_id, SpanId::INVALID);
+        let keys: Vec<&str> = data.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        // The path filled the block; the port still fit; the rest was kept aside.
+        assert_eq!(keys, [A_URL_PATH, A_SERVER_PORT, A_MESSAGING_SYSTEM]);
+        assert_eq!(data.attributes[0].value.as_str().len(), PACKED_BYTES - 20);
+        assert_eq!(data.attributes[2].value.as_str(), "n".repeat(100));
     }
 
     #[test]
     fn the_ring_keeps_the_newest_spans_and_gives_a_trace_back_oldest_first() {
         let mut ring = Ring::new(4);
         for (i, trace) in [1u128, 2, 1, 3, 1, 2].into_iter().enumerate() {
-            let mut s = span(trace, vec![KeyValue::new("server.port", i as i64)]);
-            s.span_context = SpanContext::new(
-                TraceId::from(trace),
-                SpanId::from(i as u64 + 1),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            );
-            let _ = ring.push(s, &scope());
+            let evicted = ring.push(Waiting::Packed(packed(trace, i as u64 + 1, i as i64)));
+            assert_eq!(evicted.is_some(), i >= 4);
         }
-        // Capacity 4: spans 0 and 1 were overwritten; trace 1 keeps spans 2 and 4.
-        let ports = |spans: Vec<SpanData>| -> Vec<String> {
+        // Capacity 4: spans 0 and 1 were replaced; trace 1 keeps spans 2 and 4.
+        let ports = |spans: Vec<Waiting>| -> Vec<String> {
             spans
-                .iter()
-                .map(|s| s.attributes[0].value.to_string())
+                .into_iter()
+                .map(|s| s.into_data(&scope()).attributes[0].value.to_string())
                 .collect()
         };
-        assert_eq!(
-            ports(ring.take_trace(TraceId::from(1u128), &scope())),
-            ["2", "4"]
-        );
-        assert!(ring.take_trace(TraceId::from(1u128), &scope()).is_empty());
-        assert_eq!(
-            ports(ring.take_trace(TraceId::from(2u128), &scope())),
-            ["5"]
-        );
-        assert_eq!(
-            ports(ring.take_trace(TraceId::from(3u128), &scope())),
-            ["3"]
-        );
+        assert_eq!(ports(ring.take_trace(TraceId::from(1u128))), ["2", "4"]);
+        assert!(ring.take_trace(TraceId::from(1u128)).is_empty());
+        assert_eq!(ports(ring.take_trace(TraceId::from(2u128))), ["5"]);
+        assert_eq!(ports(ring.take_trace(TraceId::from(3u128))), ["3"]);
+    }
+
+    #[test]
+    fn every_known_key_is_found_and_no_other() {
+        for (i, k) in SPAN_ATTRIBUTES.iter().enumerate() {
+            assert_eq!(known_key(k), Some(i as u8), "{k}");
+            assert_eq!(known_key(&k.to_string()), Some(i as u8), "{k}");
+        }
+        for other in ["", "x", "not.a.known.key", "server.por", "server.portx"] {
+            assert_eq!(known_key(other), None, "{other}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use opentelemetry_sdk::Resource;
 use std::time::SystemTime;
 
 use super::names::*;
-use super::tail::Selector;
+use super::tail::{PackedSpan, Selector, Waiting};
 use crate::config::{parse_duration, ConfigError, Deployment};
 use crate::error::Error;
 
@@ -258,6 +258,29 @@ pub fn otel_context(cx: &SpanContext) -> Context {
     Context::new().with_remote_span_context(cx.clone())
 }
 
+/// `:<port><path>`, the name of SERVER spans (built without the formatting machinery: this
+/// runs for every recorded hop).
+pub fn server_span_name(port: u16, path: &str) -> String {
+    let mut digits = itoa::Buffer::new();
+    let port = digits.format(port);
+    let mut name = String::with_capacity(1 + port.len() + path.len());
+    name.push(':');
+    name.push_str(port);
+    name.push_str(path);
+    name
+}
+
+/// `<METHOD> <host>:<port><path>`, the name of CLIENT spans.
+pub fn client_span_name(method: &str, host: &str, port: u16, path: &str) -> String {
+    let mut digits = itoa::Buffer::new();
+    let port = digits.format(port);
+    let mut name = String::with_capacity(method.len() + host.len() + port.len() + path.len() + 2);
+    for part in [method, " ", host, ":", port, path] {
+        name.push_str(part);
+    }
+    name
+}
+
 /// Spans nobody wants to see: the `:888/trace` broadcast and metrics scrapes (their children
 /// follow, because they are not sampled).
 fn is_muffled(name: &str) -> bool {
@@ -271,9 +294,60 @@ fn is_muffled(name: &str) -> bool {
 #[derive(Debug)]
 pub struct Span {
     context: SpanContext,
-    /// `None` when the span is not recorded (telemetry off, nowhere to export, not sampled):
-    /// it still has ids, for propagation and logs.
-    data: Option<Box<SpanData>>,
+    recording: Recording,
+}
+
+/// How a span is being recorded.
+#[derive(Debug)]
+enum Recording {
+    /// Not recorded (telemetry off, nowhere to export, not sampled): the span still has ids,
+    /// for propagation and logs.
+    Off,
+    /// As the SDK exports it: where every span is exported.
+    Data(Box<SpanData>),
+    /// As bytes: PROD, where almost every span waits and is dropped unseen.
+    Packed(Box<PackedSpan>),
+}
+
+/// Attributes of a span being started, written where the span is recorded: owned values for a
+/// span that will be exported, bytes in place for PROD's packed spans (no allocation per value).
+pub struct Attributes<'a>(AttributeTarget<'a>);
+
+enum AttributeTarget<'a> {
+    Data(&'a mut Vec<KeyValue>),
+    Packed(&'a mut PackedSpan),
+}
+
+impl Attributes<'_> {
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        match &mut self.0 {
+            AttributeTarget::Data(v) => v.push(KeyValue::new(key, value.to_owned())),
+            AttributeTarget::Packed(p) => p.push_str(key, value),
+        }
+    }
+
+    /// A value known at compile time (never copied where values are owned).
+    pub fn static_str(&mut self, key: &'static str, value: &'static str) {
+        match &mut self.0 {
+            AttributeTarget::Data(v) => v.push(KeyValue::new(key, value)),
+            AttributeTarget::Packed(p) => p.push_str(key, value),
+        }
+    }
+
+    /// An HTTP method: the standard ones are static values.
+    pub fn method(&mut self, key: &'static str, method: &str) {
+        match &mut self.0 {
+            AttributeTarget::Data(v) => v.push(KeyValue::new(key, static_or_owned(method))),
+            AttributeTarget::Packed(p) => p.push_str(key, method),
+        }
+    }
+
+    pub fn int(&mut self, key: &'static str, value: i64) {
+        match &mut self.0 {
+            AttributeTarget::Data(v) => v.push(KeyValue::new(key, value)),
+            AttributeTarget::Packed(p) => p.push_i64(key, value),
+        }
+    }
 }
 
 impl Span {
@@ -284,24 +358,46 @@ impl Span {
 
     /// Whether attributes are kept; skip building expensive ones otherwise.
     pub fn is_recording(&self) -> bool {
-        self.data.is_some()
+        !matches!(self.recording, Recording::Off)
     }
 
     pub fn set_attribute(&mut self, attribute: KeyValue) {
-        if let Some(d) = &mut self.data {
-            d.attributes.push(attribute);
+        match &mut self.recording {
+            Recording::Off => {}
+            Recording::Data(d) => d.attributes.push(attribute),
+            Recording::Packed(p) => p.push(attribute),
         }
     }
 
     pub fn set_status(&mut self, status: Status) {
-        if let Some(d) = &mut self.data {
-            d.status = status;
+        match (&mut self.recording, status) {
+            (Recording::Off, _) => {}
+            (Recording::Packed(p), Status::Ok) => p.set_ok(true),
+            (Recording::Packed(p), Status::Unset) => p.set_ok(false),
+            (_, status) => {
+                if let Some(d) = self.data() {
+                    d.status = status;
+                }
+            }
+        }
+    }
+
+    /// The span as SDK data, unpacking a packed one (errors are rare: they take this path).
+    fn data(&mut self) -> Option<&mut SpanData> {
+        if let Recording::Packed(p) = &self.recording {
+            // The tracer sets the scope when the span ends.
+            let data = p.unpack(&InstrumentationScope::default());
+            self.recording = Recording::Data(Box::new(data));
+        }
+        match &mut self.recording {
+            Recording::Data(d) => Some(d),
+            _ => None,
         }
     }
 
     /// Mark the span failed with `err`: status, HTTP status and an `exception` event.
     pub fn record_error(&mut self, err: &Error) {
-        let Some(d) = &mut self.data else {
+        let Some(d) = self.data() else {
             return;
         };
         d.attributes
@@ -414,7 +510,7 @@ impl ServiceTracer {
         parent: &SpanContext,
         kind: SpanKind,
         name: impl FnOnce() -> String,
-        attributes: impl FnOnce(&mut Vec<KeyValue>),
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let trace_id = if parent.is_valid() {
             parent.trace_id()
@@ -427,33 +523,43 @@ impl ServiceTracer {
         } else {
             self.enabled
         };
-        let mut data = None;
-        if sampled && self.sink.is_some() {
+        let mut recording = Recording::Off;
+        if let (true, Some(sink)) = (sampled, &self.sink) {
             let name = name();
             if is_muffled(&name) {
                 sampled = false;
             } else {
-                let mut all = Vec::with_capacity(SPAN_ATTRIBUTE_CAPACITY);
-                attributes(&mut all);
-                data = Some(Box::new(SpanData {
-                    span_context: SpanContext::NONE,
-                    parent_span_id: if parent.is_valid() {
-                        parent.span_id()
-                    } else {
-                        SpanId::INVALID
-                    },
-                    parent_span_is_remote: parent.is_remote(),
-                    span_kind: kind,
-                    name: name.into(),
-                    start_time: SystemTime::now(),
-                    end_time: SystemTime::UNIX_EPOCH,
-                    attributes: all,
-                    dropped_attributes_count: 0,
-                    events: SpanEvents::default(),
-                    links: SpanLinks::default(),
-                    status: Status::Unset,
-                    instrumentation_scope: self.scope.clone(),
-                }));
+                recording = match sink {
+                    Sink::All(_) => {
+                        let mut all = Vec::with_capacity(SPAN_ATTRIBUTE_CAPACITY);
+                        attributes(&mut Attributes(AttributeTarget::Data(&mut all)));
+                        Recording::Data(Box::new(SpanData {
+                            span_context: SpanContext::NONE,
+                            parent_span_id: if parent.is_valid() {
+                                parent.span_id()
+                            } else {
+                                SpanId::INVALID
+                            },
+                            parent_span_is_remote: parent.is_remote(),
+                            span_kind: kind,
+                            name: name.into(),
+                            start_time: SystemTime::now(),
+                            end_time: SystemTime::UNIX_EPOCH,
+                            attributes: all,
+                            dropped_attributes_count: 0,
+                            events: SpanEvents::default(),
+                            links: SpanLinks::default(),
+                            status: Status::Unset,
+                            // Set when the span ends.
+                            instrumentation_scope: InstrumentationScope::default(),
+                        }))
+                    }
+                    Sink::Selected(_) => {
+                        let mut packed = PackedSpan::new(parent, kind, &name, SystemTime::now());
+                        attributes(&mut Attributes(AttributeTarget::Packed(&mut packed)));
+                        Recording::Packed(packed)
+                    }
+                };
             }
         } else if sampled && is_muffled(&name()) {
             // Not recorded here, but the flag tells the services downstream not to record.
@@ -471,21 +577,35 @@ impl ServiceTracer {
             false,
             parent.trace_state().clone(),
         );
-        if let Some(d) = &mut data {
-            d.span_context = context.clone();
-        }
-        Span { context, data }
+        Span { context, recording }
     }
 
     /// End `span` now and hand it on for export.
     pub fn end(&self, span: Span) {
-        let (Some(mut data), Some(sink)) = (span.data, &self.sink) else {
+        let Some(sink) = &self.sink else {
             return;
         };
-        data.end_time = SystemTime::now();
+        let Span { context, recording } = span;
+        let waiting = match recording {
+            Recording::Off => return,
+            Recording::Data(mut d) => {
+                d.span_context = context;
+                d.end_time = SystemTime::now();
+                d.instrumentation_scope = self.scope.clone();
+                Waiting::Data(d)
+            }
+            Recording::Packed(mut p) => {
+                p.context = context;
+                p.end_time = SystemTime::now();
+                Waiting::Packed(p)
+            }
+        };
         match sink {
-            Sink::All(batch) => batch.on_end(*data),
-            Sink::Selected(selector) => selector.on_end(*data),
+            Sink::Selected(selector) => selector.on_end(waiting),
+            Sink::All(batch) => match waiting {
+                Waiting::Data(d) => batch.on_end(*d),
+                Waiting::Packed(p) => batch.on_end(p.unpack(&self.scope)),
+            },
         }
     }
 
@@ -495,7 +615,7 @@ impl ServiceTracer {
         match &self.sink {
             None => {}
             Some(Sink::All(batch)) => batch.on_end(data),
-            Some(Sink::Selected(selector)) => selector.on_end(data),
+            Some(Sink::Selected(selector)) => selector.on_end(Waiting::Data(Box::new(data))),
         }
     }
 

@@ -67,6 +67,21 @@ impl Fragment {
     }
 }
 
+/// The frame headers as parsed names: a lookup by `&str` parses (lowercases) the name first.
+mod parsed {
+    use http::header::HeaderName;
+    pub const MSG_ID: HeaderName = HeaderName::from_static(super::MSG_ID);
+    pub const FROM_HOST: HeaderName = HeaderName::from_static(super::FROM_HOST);
+    pub const FROM_ID: HeaderName = HeaderName::from_static(super::FROM_ID);
+    pub const FROM_VERSION: HeaderName = HeaderName::from_static(super::FROM_VERSION);
+    pub const OP_CODE: HeaderName = HeaderName::from_static(super::OP_CODE);
+    pub const TIME_BUDGET: HeaderName = HeaderName::from_static(super::TIME_BUDGET);
+    pub const CALL_DEPTH: HeaderName = HeaderName::from_static(super::CALL_DEPTH);
+    pub const QUEUE: HeaderName = HeaderName::from_static(super::QUEUE);
+    pub const FRAGMENT: HeaderName = HeaderName::from_static(super::FRAGMENT);
+    pub const LOCALITY: HeaderName = HeaderName::from_static(super::LOCALITY);
+}
+
 /// Typed read access to the frame headers of a message.
 #[derive(Clone, Copy)]
 pub struct Frame<'a>(pub &'a HeaderMap);
@@ -75,43 +90,46 @@ impl<'a> Frame<'a> {
     pub fn get(&self, name: &str) -> Option<&'a str> {
         self.0.get(name).and_then(|v| v.to_str().ok())
     }
+    fn known(&self, name: &HeaderName) -> Option<&'a str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
     pub fn msg_id(&self) -> Option<&'a str> {
-        self.get(MSG_ID).filter(|s| !s.is_empty())
+        self.known(&parsed::MSG_ID).filter(|s| !s.is_empty())
     }
     pub fn from_host(&self) -> Option<&'a str> {
-        self.get(FROM_HOST).filter(|s| !s.is_empty())
+        self.known(&parsed::FROM_HOST).filter(|s| !s.is_empty())
     }
     pub fn from_id(&self) -> Option<&'a str> {
-        self.get(FROM_ID).filter(|s| !s.is_empty())
+        self.known(&parsed::FROM_ID).filter(|s| !s.is_empty())
     }
     pub fn from_version(&self) -> u32 {
-        self.get(FROM_VERSION)
+        self.known(&parsed::FROM_VERSION)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     }
     pub fn op_code(&self) -> Option<OpCode> {
-        self.get(OP_CODE).and_then(OpCode::parse)
+        self.known(&parsed::OP_CODE).and_then(OpCode::parse)
     }
     pub fn queue(&self) -> Option<&'a str> {
-        self.get(QUEUE)
+        self.known(&parsed::QUEUE)
     }
     pub fn locality(&self) -> Option<&'a str> {
-        self.get(LOCALITY).filter(|s| !s.is_empty())
+        self.known(&parsed::LOCALITY).filter(|s| !s.is_empty())
     }
     /// Milliseconds left, when the header is present and positive.
     pub fn time_budget_ms(&self) -> Option<u64> {
-        self.get(TIME_BUDGET)
+        self.known(&parsed::TIME_BUDGET)
             .and_then(|s| s.trim().parse::<i64>().ok())
             .filter(|ms| *ms > 0)
             .map(|ms| ms as u64)
     }
     pub fn call_depth(&self) -> u32 {
-        self.get(CALL_DEPTH)
+        self.known(&parsed::CALL_DEPTH)
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     }
     pub fn fragment(&self) -> Option<Fragment> {
-        self.get(FRAGMENT).and_then(Fragment::parse)
+        self.known(&parsed::FRAGMENT).and_then(Fragment::parse)
     }
 }
 

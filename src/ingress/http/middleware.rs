@@ -138,25 +138,23 @@ pub async fn telemetry(
     let mut span = tracer.start(
         &parent,
         SpanKind::Server,
-        || format!(":{}{}", info.listen_port, path),
+        || trace::server_span_name(info.listen_port, &path),
         |a| {
-            a.extend([
-                KeyValue::new(A_HTTP_METHOD, trace::static_or_owned(&method)),
-                KeyValue::new(A_URL_PATH, path.clone()),
-                KeyValue::new(A_URL_SCHEME, if info.tls { "https" } else { "http" }),
-                KeyValue::new(A_SERVER_PORT, info.listen_port as i64),
-                KeyValue::new(A_CLIENT_ADDRESS, client_ip(&shared, &req).to_string()),
-                KeyValue::new(A_HTTP_ROUTE, route.clone()),
-            ]);
+            a.method(A_HTTP_METHOD, &method);
+            a.str(A_URL_PATH, &path);
+            a.static_str(A_URL_SCHEME, if info.tls { "https" } else { "http" });
+            a.int(A_SERVER_PORT, info.listen_port as i64);
+            a.str(A_CLIENT_ADDRESS, &client_ip(&shared, &req).to_string());
+            a.str(A_HTTP_ROUTE, &route);
             if let Some(q) = req.uri().query() {
-                a.push(KeyValue::new(A_URL_QUERY, q.to_owned()));
+                a.str(A_URL_QUERY, q);
             }
             if let Some(ua) = req
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
             {
-                a.push(KeyValue::new(A_USER_AGENT, ua.to_owned()));
+                a.str(A_USER_AGENT, ua);
             }
         },
     );
