@@ -11,13 +11,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use busgate::telemetry::metrics::{Outcome, ServiceMetrics};
+use busgate::telemetry::names;
 use busgate::telemetry::trace::{
     self, ServiceIdentity, ServiceTracer, SpanContext, SpanKind, Status,
 };
 use busgate::telemetry::TelemetryConfig;
 use busgate::Deployment;
 use http::HeaderMap;
-use opentelemetry::KeyValue;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -86,15 +86,15 @@ fn span(tracer: &ServiceTracer, parent: &SpanContext) -> SpanContext {
         SpanKind::Server,
         || ":443/arithmetic".to_owned(),
         |a| {
-            a.method("http.request.method", "GET");
-            a.str("http.route", "/arithmetic");
-            a.str("url.path", "/arithmetic");
-            a.str("server.address", "calculator.example");
-            a.int("server.port", 443);
-            a.str("messaging.message.id", "a1b2c3d4e5");
+            a.method(names::A_HTTP_METHOD, "GET");
+            a.str(names::A_HTTP_ROUTE, "/arithmetic");
+            a.str(names::A_URL_PATH, "/arithmetic");
+            a.str(names::A_SERVER_ADDRESS, "calculator.example");
+            a.int(names::A_SERVER_PORT, 443);
+            a.str(names::A_MESSAGING_MESSAGE_ID, "a1b2c3d4e5");
         },
     );
-    span.set_attribute(KeyValue::new("http.response.status_code", 200i64));
+    span.set_int(names::A_HTTP_STATUS, 200);
     span.set_status(Status::Ok);
     let cx = span.context().clone();
     tracer.end(span);

@@ -20,7 +20,6 @@ use crate::transport::{Subscription, TransportError, TransportErrorKind};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
-use opentelemetry::KeyValue;
 
 /// A unicast that is not acknowledged within this time has no responder: 404 `ack timeout`.
 /// Also the multicast ack window. Microbus's value, part of the protocol.
@@ -268,7 +267,7 @@ impl Observed {
         self.acked = true;
         let rtt = self.started.elapsed();
         self.span
-            .set_attribute(KeyValue::new(A_ACK_LATENCY_MS, rtt.as_secs_f64() * 1000.0));
+            .set_f64(A_ACK_LATENCY_MS, rtt.as_secs_f64() * 1000.0);
         inner.metrics.observe_ack(host, rtt);
     }
 
@@ -281,8 +280,8 @@ impl Observed {
         let span = &mut self.span;
         let (code, failed) = match result {
             Ok((status, responders)) => {
-                span.set_attribute(KeyValue::new(A_HTTP_STATUS, status.as_u16() as i64));
-                span.set_attribute(KeyValue::new(A_RESPONDERS, responders as i64));
+                span.set_int(A_HTTP_STATUS, status.as_u16() as i64);
+                span.set_int(A_RESPONDERS, responders as i64);
                 span.set_status(Status::Ok);
                 (status.as_u16(), false)
             }

@@ -24,7 +24,6 @@ use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::BusUrl;
 use crate::wire::{self, codec, is_valid_hostname};
-use opentelemetry::KeyValue;
 use tracing::Instrument;
 
 /// Longest message id accepted from a peer (Microbus uses 8 characters).
@@ -297,7 +296,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         Ok(res) => (res.status().as_u16(), res.body().len()),
         Err(e) => (e.status().as_u16(), 0),
     };
-    span.set_attribute(KeyValue::new(A_HTTP_STATUS, code as i64));
+    span.set_int(A_HTTP_STATUS, code as i64);
     match &result {
         Ok(_) => span.set_status(Status::Ok),
         Err(e) => {

@@ -55,62 +55,76 @@ pub const ERROR: &str = "ERROR";
 pub const OVERFLOW_VALUE: &str = "_other";
 
 // Span attributes (OpenTelemetry semantic conventions, and ours under `microbus.`).
-pub const A_HTTP_METHOD: &str = "http.request.method";
-pub const A_HTTP_ROUTE: &str = "http.route";
-pub const A_HTTP_STATUS: &str = "http.response.status_code";
-pub const A_HTTP_REQUEST_BODY_SIZE: &str = "http.request.body.size";
-pub const A_HTTP_RESPONSE_BODY_SIZE: &str = "http.response.body.size";
-pub const A_URL_PATH: &str = "url.path";
-pub const A_URL_QUERY: &str = "url.query";
-pub const A_URL_SCHEME: &str = "url.scheme";
-pub const A_SERVER_ADDRESS: &str = "server.address";
-pub const A_SERVER_PORT: &str = "server.port";
-pub const A_CLIENT_ADDRESS: &str = "client.address";
-pub const A_USER_AGENT: &str = "user_agent.original";
-pub const A_MESSAGING_SYSTEM: &str = "messaging.system";
-pub const A_MESSAGING_DESTINATION: &str = "messaging.destination.name";
-pub const A_MESSAGING_OPERATION: &str = "messaging.operation.type";
-pub const A_MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
-pub const A_MESSAGING_BODY_SIZE: &str = "messaging.message.body.size";
-pub const A_ACK_LATENCY_MS: &str = "microbus.ack.latency_ms";
-pub const A_TIME_BUDGET_MS: &str = "microbus.time_budget_ms";
-pub const A_RESPONDERS: &str = "microbus.responders";
-pub const A_FROM_HOST: &str = "microbus.from.host";
-pub const A_FROM_ID: &str = "microbus.from.id";
-pub const A_CALL_DEPTH: &str = "microbus.call_depth";
-pub const A_EXCEPTION_TYPE: &str = "exception.type";
-pub const A_EXCEPTION_MESSAGE: &str = "exception.message";
-pub const A_EXCEPTION_STACKTRACE: &str = "exception.stacktrace";
 
-/// Every span attribute key above: PROD's tail buffer stores a key as its index here.
-pub const SPAN_ATTRIBUTES: [&str; 26] = [
-    A_HTTP_METHOD,
-    A_HTTP_ROUTE,
-    A_HTTP_STATUS,
-    A_HTTP_REQUEST_BODY_SIZE,
-    A_HTTP_RESPONSE_BODY_SIZE,
-    A_URL_PATH,
-    A_URL_QUERY,
-    A_URL_SCHEME,
-    A_SERVER_ADDRESS,
-    A_SERVER_PORT,
-    A_CLIENT_ADDRESS,
-    A_USER_AGENT,
-    A_MESSAGING_SYSTEM,
-    A_MESSAGING_DESTINATION,
-    A_MESSAGING_OPERATION,
-    A_MESSAGING_MESSAGE_ID,
-    A_MESSAGING_BODY_SIZE,
-    A_ACK_LATENCY_MS,
-    A_TIME_BUDGET_MS,
-    A_RESPONDERS,
-    A_FROM_HOST,
-    A_FROM_ID,
-    A_CALL_DEPTH,
-    A_EXCEPTION_TYPE,
-    A_EXCEPTION_MESSAGE,
-    A_EXCEPTION_STACKTRACE,
-];
+/// A span attribute key with its index in [`SPAN_ATTRIBUTES`], fixed at compile time: PROD's
+/// packed spans store a key as that one byte without looking it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanKey {
+    pub name: &'static str,
+    pub index: u8,
+}
+
+impl SpanKey {
+    /// [`SpanKey::index`] of keys not in [`SPAN_ATTRIBUTES`].
+    pub const CUSTOM: u8 = u8::MAX;
+
+    /// A key of the handler's own (stored by name).
+    pub const fn custom(name: &'static str) -> SpanKey {
+        SpanKey {
+            name,
+            index: SpanKey::CUSTOM,
+        }
+    }
+}
+
+impl From<SpanKey> for opentelemetry::Key {
+    fn from(k: SpanKey) -> opentelemetry::Key {
+        opentelemetry::Key::from_static_str(k.name)
+    }
+}
+
+/// Numbers the keys in order and lists them in `SPAN_ATTRIBUTES`.
+macro_rules! span_keys {
+    ($($name:ident = $value:literal,)*) => {
+        span_keys!(@each 0u8; $($name = $value,)*);
+        /// Every span attribute key above, in index order.
+        pub const SPAN_ATTRIBUTES: [&str; [$($value),*].len()] = [$($value),*];
+    };
+    (@each $i:expr; $name:ident = $value:literal, $($rest:ident = $rv:literal,)*) => {
+        pub const $name: SpanKey = SpanKey { name: $value, index: $i };
+        span_keys!(@each $i + 1; $($rest = $rv,)*);
+    };
+    (@each $i:expr;) => {};
+}
+
+span_keys! {
+    A_HTTP_METHOD = "http.request.method",
+    A_HTTP_ROUTE = "http.route",
+    A_HTTP_STATUS = "http.response.status_code",
+    A_HTTP_REQUEST_BODY_SIZE = "http.request.body.size",
+    A_HTTP_RESPONSE_BODY_SIZE = "http.response.body.size",
+    A_URL_PATH = "url.path",
+    A_URL_QUERY = "url.query",
+    A_URL_SCHEME = "url.scheme",
+    A_SERVER_ADDRESS = "server.address",
+    A_SERVER_PORT = "server.port",
+    A_CLIENT_ADDRESS = "client.address",
+    A_USER_AGENT = "user_agent.original",
+    A_MESSAGING_SYSTEM = "messaging.system",
+    A_MESSAGING_DESTINATION = "messaging.destination.name",
+    A_MESSAGING_OPERATION = "messaging.operation.type",
+    A_MESSAGING_MESSAGE_ID = "messaging.message.id",
+    A_MESSAGING_BODY_SIZE = "messaging.message.body.size",
+    A_ACK_LATENCY_MS = "microbus.ack.latency_ms",
+    A_TIME_BUDGET_MS = "microbus.time_budget_ms",
+    A_RESPONDERS = "microbus.responders",
+    A_FROM_HOST = "microbus.from.host",
+    A_FROM_ID = "microbus.from.id",
+    A_CALL_DEPTH = "microbus.call_depth",
+    A_EXCEPTION_TYPE = "exception.type",
+    A_EXCEPTION_MESSAGE = "exception.message",
+    A_EXCEPTION_STACKTRACE = "exception.stacktrace",
+}
 
 /// The messaging system attribute value.
 pub const NATS: &str = "nats";

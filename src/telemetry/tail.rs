@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{
 
 use std::sync::{Mutex, OnceLock};
 
-use super::names::SPAN_ATTRIBUTES;
+use super::names::{SpanKey, SPAN_ATTRIBUTES};
 
 /// Traces PROD remembers as selected, and for how long after the last selection.
 pub const SELECTED_TRACES_MAX: usize = 8192;
@@ -240,15 +240,15 @@ impl PackedSpan {
     /// Append one attribute; `put` writes the tag and value.
     fn append(
         &mut self,
-        key: &str,
+        key: SpanKey,
         put: impl FnOnce(&mut Writer<'_>) -> Option<()>,
         owned: impl FnOnce() -> KeyValue,
     ) {
         let mark = self.len;
         let mut w = self.writer();
-        let packed = match known_key(key) {
-            Some(i) => w.put(&[i]),
-            None => w.put(&[LITERAL_KEY]).and_then(|_| w.str(key)),
+        let packed = match key.index {
+            SpanKey::CUSTOM => w.put(&[LITERAL_KEY]).and_then(|_| w.str(key.name)),
+            i => w.put(&[i]),
         }
         .and_then(|_| put(&mut w));
         if packed.is_none() {
@@ -257,7 +257,7 @@ impl PackedSpan {
         }
     }
 
-    pub fn push_str(&mut self, key: &'static str, value: &str) {
+    pub fn push_str(&mut self, key: SpanKey, value: &str) {
         self.append(
             key,
             |w| w.put(&[TAG_STRING]).and_then(|_| w.str(value)),
@@ -265,7 +265,7 @@ impl PackedSpan {
         );
     }
 
-    pub fn push_i64(&mut self, key: &'static str, value: i64) {
+    pub fn push_i64(&mut self, key: SpanKey, value: i64) {
         self.append(
             key,
             |w| w.put(&[TAG_I64]).and_then(|_| w.put(&value.to_le_bytes())),
@@ -273,7 +273,7 @@ impl PackedSpan {
         );
     }
 
-    pub fn push_f64(&mut self, key: &'static str, value: f64) {
+    pub fn push_f64(&mut self, key: SpanKey, value: f64) {
         self.append(
             key,
             |w| w.put(&[TAG_F64]).and_then(|_| w.put(&value.to_le_bytes())),
@@ -283,35 +283,32 @@ impl PackedSpan {
 
     /// Any attribute (keys and values of any kind; arrays are kept aside).
     pub fn push(&mut self, kv: KeyValue) {
-        let key = kv.key.as_str();
+        let name = kv.key.as_str();
+        // A key known by name is stored by index; any other is stored by name (its bytes are
+        // copied, so the borrowed name need not be static).
+        let index = known_key(name).unwrap_or(SpanKey::CUSTOM);
+        let key_bytes = |w: &mut Writer<'_>| match index {
+            SpanKey::CUSTOM => w.put(&[LITERAL_KEY]).and_then(|_| w.str(name)),
+            i => w.put(&[i]),
+        };
+        let mark = self.len;
+        let mut w = self.writer();
         let packed = match &kv.value {
-            Value::Bool(b) => Some([TAG_BOOL, *b as u8]),
+            Value::Bool(b) => key_bytes(&mut w).and_then(|_| w.put(&[TAG_BOOL, *b as u8])),
+            Value::I64(i) => key_bytes(&mut w)
+                .and_then(|_| w.put(&[TAG_I64]))
+                .and_then(|_| w.put(&i.to_le_bytes())),
+            Value::F64(f) => key_bytes(&mut w)
+                .and_then(|_| w.put(&[TAG_F64]))
+                .and_then(|_| w.put(&f.to_le_bytes())),
+            Value::String(s) => key_bytes(&mut w)
+                .and_then(|_| w.put(&[TAG_STRING]))
+                .and_then(|_| w.str(s.as_str())),
             _ => None,
         };
-        match (&kv.value, packed) {
-            (_, Some(tagged)) => self.append(key, |w| w.put(&tagged), || kv.clone()),
-            (Value::I64(i), _) => {
-                let i = *i;
-                self.append(
-                    key,
-                    |w| w.put(&[TAG_I64]).and_then(|_| w.put(&i.to_le_bytes())),
-                    || kv.clone(),
-                )
-            }
-            (Value::F64(f), _) => {
-                let f = *f;
-                self.append(
-                    key,
-                    |w| w.put(&[TAG_F64]).and_then(|_| w.put(&f.to_le_bytes())),
-                    || kv.clone(),
-                )
-            }
-            (Value::String(s), _) => self.append(
-                key,
-                |w| w.put(&[TAG_STRING]).and_then(|_| w.str(s.as_str())),
-                || kv.clone(),
-            ),
-            _ => self.overflow.push(kv),
+        if packed.is_none() {
+            self.len = mark;
+            self.overflow.push(kv);
         }
     }
 
@@ -404,7 +401,7 @@ const TAG_I64: u8 = 1;
 const TAG_F64: u8 = 2;
 const TAG_STRING: u8 = 3;
 /// A key that is not in [`SPAN_ATTRIBUTES`] follows as a string.
-const LITERAL_KEY: u8 = 0xff;
+const LITERAL_KEY: u8 = SpanKey::CUSTOM;
 
 /// The index of `key` in [`SPAN_ATTRIBUTES`]: an open-addressing table over a hash of the
 /// length and two bytes, built once (a scan compared ~26 keys per attribute).
@@ -417,7 +414,9 @@ fn known_key(key: &str) -> Option<u8> {
         if n == 0 {
             return 0;
         }
-        (n.wrapping_mul(37) ^ (k[n - 1] as usize).wrapping_mul(11) ^ (k[n / 2] as usize) << 2
+        (n.wrapping_mul(37)
+            ^ (k[n - 1] as usize).wrapping_mul(11)
+            ^ (k[n / 2] as usize) << 2
             ^ (k[n * 3 / 4] as usize).wrapping_mul(5))
             % SLOTS
     }
@@ -509,7 +508,9 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::names::{A_MESSAGING_SYSTEM, A_SERVER_PORT, A_URL_PATH};
+    use crate::telemetry::names::{
+        A_ACK_LATENCY_MS, A_MESSAGING_SYSTEM, A_SERVER_PORT, A_URL_PATH,
+    };
     use opentelemetry::trace::{TraceFlags, TraceState};
 
     fn scope() -> InstrumentationScope {
@@ -556,10 +557,13 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1),
         );
         p.push_str(A_MESSAGING_SYSTEM, "nats");
-        p.push_str("custom.key", "not a known key");
-        p.push_str("messaging.destination.name", "microbus.443.x.|.GET.y");
+        p.push_str(SpanKey::custom("custom.key"), "not a known key");
+        p.push(KeyValue::new(
+            "messaging.destination.name",
+            "microbus.443.x.|.GET.y",
+        ));
         p.push_i64(A_SERVER_PORT, 443);
-        p.push_f64("microbus.ack.latency_ms", 0.125);
+        p.push_f64(A_ACK_LATENCY_MS, 0.125);
         p.push(KeyValue::new("flag", true));
         p.push(KeyValue::new("empty", ""));
         p.push(KeyValue::new("unicode", "ünïcødé ✓"));
@@ -580,7 +584,7 @@ mod tests {
                 KeyValue::new("custom.key", "not a known key"),
                 KeyValue::new("messaging.destination.name", "microbus.443.x.|.GET.y"),
                 KeyValue::new(A_SERVER_PORT, 443i64),
-                KeyValue::new("microbus.ack.latency_ms", 0.125),
+                KeyValue::new(A_ACK_LATENCY_MS, 0.125),
                 KeyValue::new("flag", true),
                 KeyValue::new("empty", ""),
                 KeyValue::new("unicode", "ünïcødé ✓"),
@@ -599,7 +603,12 @@ mod tests {
     #[test]
     fn what_does_not_fit_is_kept_aside() {
         let long = "x".repeat(PACKED_BYTES);
-        let mut p = PackedSpan::new(&SpanContext::NONE, SpanKind::Server, &long, SystemTime::UNIX_EPOCH);
+        let mut p = PackedSpan::new(
+            &SpanContext::NONE,
+            SpanKind::Server,
+            &long,
+            SystemTime::UNIX_EPOCH,
+        );
         p.push_str(A_URL_PATH, &"p".repeat(PACKED_BYTES - 20));
         p.push_i64(A_SERVER_PORT, 443);
         p.push_str(A_MESSAGING_SYSTEM, &"n".repeat(100));
@@ -608,7 +617,10 @@ mod tests {
         assert_eq!(data.parent_span_id, SpanId::INVALID);
         let keys: Vec<&str> = data.attributes.iter().map(|kv| kv.key.as_str()).collect();
         // The path filled the block; the port still fit; the rest was kept aside.
-        assert_eq!(keys, [A_URL_PATH, A_SERVER_PORT, A_MESSAGING_SYSTEM]);
+        assert_eq!(
+            keys,
+            [A_URL_PATH.name, A_SERVER_PORT.name, A_MESSAGING_SYSTEM.name]
+        );
         assert_eq!(data.attributes[0].value.as_str().len(), PACKED_BYTES - 20);
         assert_eq!(data.attributes[2].value.as_str(), "n".repeat(100));
     }
@@ -637,7 +649,8 @@ mod tests {
     fn every_known_key_is_found_and_no_other() {
         for (i, k) in SPAN_ATTRIBUTES.iter().enumerate() {
             assert_eq!(known_key(k), Some(i as u8), "{k}");
-            assert_eq!(known_key(&k.to_string()), Some(i as u8), "{k}");
+            let copied = String::from(*k);
+            assert_eq!(known_key(&copied), Some(i as u8), "{k}");
         }
         for other in ["", "x", "not.a.known.key", "server.por", "server.portx"] {
             assert_eq!(known_key(other), None, "{other}");

@@ -319,7 +319,7 @@ enum AttributeTarget<'a> {
 }
 
 impl Attributes<'_> {
-    pub fn str(&mut self, key: &'static str, value: &str) {
+    pub fn str(&mut self, key: SpanKey, value: &str) {
         match &mut self.0 {
             AttributeTarget::Data(v) => v.push(KeyValue::new(key, value.to_owned())),
             AttributeTarget::Packed(p) => p.push_str(key, value),
@@ -327,7 +327,7 @@ impl Attributes<'_> {
     }
 
     /// A value known at compile time (never copied where values are owned).
-    pub fn static_str(&mut self, key: &'static str, value: &'static str) {
+    pub fn static_str(&mut self, key: SpanKey, value: &'static str) {
         match &mut self.0 {
             AttributeTarget::Data(v) => v.push(KeyValue::new(key, value)),
             AttributeTarget::Packed(p) => p.push_str(key, value),
@@ -335,14 +335,14 @@ impl Attributes<'_> {
     }
 
     /// An HTTP method: the standard ones are static values.
-    pub fn method(&mut self, key: &'static str, method: &str) {
+    pub fn method(&mut self, key: SpanKey, method: &str) {
         match &mut self.0 {
             AttributeTarget::Data(v) => v.push(KeyValue::new(key, static_or_owned(method))),
             AttributeTarget::Packed(p) => p.push_str(key, method),
         }
     }
 
-    pub fn int(&mut self, key: &'static str, value: i64) {
+    pub fn int(&mut self, key: SpanKey, value: i64) {
         match &mut self.0 {
             AttributeTarget::Data(v) => v.push(KeyValue::new(key, value)),
             AttributeTarget::Packed(p) => p.push_i64(key, value),
@@ -359,6 +359,22 @@ impl Span {
     /// Whether attributes are kept; skip building expensive ones otherwise.
     pub fn is_recording(&self) -> bool {
         !matches!(self.recording, Recording::Off)
+    }
+
+    pub fn set_int(&mut self, key: SpanKey, value: i64) {
+        match &mut self.recording {
+            Recording::Off => {}
+            Recording::Data(d) => d.attributes.push(KeyValue::new(key, value)),
+            Recording::Packed(p) => p.push_i64(key, value),
+        }
+    }
+
+    pub fn set_f64(&mut self, key: SpanKey, value: f64) {
+        match &mut self.recording {
+            Recording::Off => {}
+            Recording::Data(d) => d.attributes.push(KeyValue::new(key, value)),
+            Recording::Packed(p) => p.push_f64(key, value),
+        }
     }
 
     pub fn set_attribute(&mut self, attribute: KeyValue) {

@@ -112,7 +112,6 @@ pub async fn telemetry(
     mut req: Request,
     next: Next,
 ) -> Response {
-    use opentelemetry::KeyValue;
     use tracing::Instrument;
 
     use crate::telemetry::names::*;
@@ -186,12 +185,9 @@ pub async fn telemetry(
         .get::<RequestBodySize>()
         .map(|s| s.0)
         .unwrap_or(0);
-    span.set_attribute(KeyValue::new(A_HTTP_STATUS, status as i64));
-    span.set_attribute(KeyValue::new(A_HTTP_REQUEST_BODY_SIZE, request_size as i64));
-    span.set_attribute(KeyValue::new(
-        A_HTTP_RESPONSE_BODY_SIZE,
-        response_size as i64,
-    ));
+    span.set_int(A_HTTP_STATUS, status as i64);
+    span.set_int(A_HTTP_REQUEST_BODY_SIZE, request_size as i64);
+    span.set_int(A_HTTP_RESPONSE_BODY_SIZE, response_size as i64);
     match res.extensions().get::<IngressError>() {
         Some(IngressError(err)) => {
             span.record_error(err);
