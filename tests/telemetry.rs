@@ -160,7 +160,12 @@ fn assert_chain(spans: &Spans, trace_id: &str, listen_port: u16, plane: &str) {
 async fn one_trace_across_three_services_over_otlp_http() {
     let nats = NatsServer::start();
     let (endpoint, spans) = http_receiver().await;
-    let cfg = traced(&nats, endpoint, OtlpProtocol::HttpProtobuf);
+    let mut cfg = traced(&nats, endpoint, OtlpProtocol::HttpProtobuf);
+    // As OTEL_EXPORTER_OTLP_HEADERS sets them: a collector's credentials.
+    cfg.telemetry.headers = vec![(
+        http::HeaderName::from_static("api-key"),
+        http::HeaderValue::from_static("s3cret"),
+    )];
     let c = chain(&cfg).await;
     let traceparent = format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01");
     let headers = [
@@ -199,6 +204,12 @@ async fn one_trace_across_three_services_over_otlp_http() {
     assert_ne!(public_root.trace_id, PARENT_TRACE);
     assert_eq!(public_root.parent_span_id, "", "a new root");
     assert_chain(&spans, &public_root.trace_id, public_port, &cfg.plane);
+    let exports = spans.request_headers();
+    assert!(!exports.is_empty());
+    for h in exports {
+        assert_eq!(h["content-type"], "application/x-protobuf");
+        assert_eq!(h["api-key"], "s3cret");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ pub mod handler_spans;
 pub mod logs;
 pub mod metrics;
 pub mod names;
+pub mod otlp;
 pub mod tail;
 pub mod trace;
 

@@ -24,6 +24,9 @@ use crate::error::Error;
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const ENV_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 pub const ENV_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// Extra request headers (`key=value,...`, values percent-encoded), e.g. a collector's API key.
+pub const ENV_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+pub const ENV_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 /// `off` turns spans and metrics off (for comparison benchmarks); anything else leaves them on.
 pub const ENV_TELEMETRY: &str = "BUSGATE_TELEMETRY";
 /// PROD also keeps traces with a span slower than this (busgate's setting).
@@ -67,6 +70,8 @@ pub struct TelemetryConfig {
     pub slow_trace_threshold: Duration,
     /// PROD's tail buffer, in spans per service.
     pub tail_buffer_spans: usize,
+    /// Headers sent with every OTLP/HTTP export (gRPC reads the same variables itself).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Default for TelemetryConfig {
@@ -77,6 +82,7 @@ impl Default for TelemetryConfig {
             protocol: OtlpProtocol::HttpProtobuf,
             slow_trace_threshold: DEFAULT_SLOW_TRACE_THRESHOLD,
             tail_buffer_spans: DEFAULT_TAIL_BUFFER_SPANS,
+            headers: Vec::new(),
         }
     }
 }
@@ -134,6 +140,11 @@ impl TelemetryConfig {
             })?,
             None => DEFAULT_TAIL_BUFFER_SPANS,
         };
+        let headers = match (get(ENV_OTLP_TRACES_HEADERS), get(ENV_OTLP_HEADERS)) {
+            (Some(v), _) => parse_headers(ENV_OTLP_TRACES_HEADERS, &v)?,
+            (None, Some(v)) => parse_headers(ENV_OTLP_HEADERS, &v)?,
+            (None, None) => Vec::new(),
+        };
         let enabled = !get(ENV_TELEMETRY).is_some_and(|v| v.eq_ignore_ascii_case("off"));
         Ok(TelemetryConfig {
             enabled,
@@ -141,8 +152,33 @@ impl TelemetryConfig {
             protocol,
             slow_trace_threshold,
             tail_buffer_spans,
+            headers,
         })
     }
+}
+
+/// `key=value` pairs separated by commas, values percent-encoded (the OTLP exporter spec).
+fn parse_headers(
+    variable: &'static str,
+    raw: &str,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    let bad = |why: &str| ConfigError::new(variable, raw, why);
+    raw.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("expected key=value pairs separated by commas"))?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| bad("a value is not UTF-8 once percent-decoded"))?;
+            let name = HeaderName::from_bytes(key.trim().as_bytes())
+                .map_err(|_| bad("a key is not a valid HTTP header name"))?;
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| bad("a value is not a valid HTTP header value"))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -492,14 +528,7 @@ impl ServiceTracer {
         let sink = match config.endpoint.as_ref().filter(|_| config.enabled) {
             None => None,
             Some(endpoint) => {
-                let batch =
-                    BatchSpanProcessor::builder(build_exporter(config, endpoint, &resource)?)
-                        .with_batch_config(
-                            BatchConfigBuilder::default()
-                                .with_scheduled_delay(EXPORT_INTERVAL)
-                                .build(),
-                        )
-                        .build();
+                let batch = build_batch(config, endpoint, &resource)?;
                 Some(if who.deployment == Deployment::Prod {
                     Sink::Selected(Box::new(Selector::new(
                         batch,
@@ -664,29 +693,44 @@ impl ServiceTracer {
     }
 }
 
-fn build_exporter(
+/// The batch processor in front of the configured OTLP exporter.
+fn build_batch(
     config: &TelemetryConfig,
     endpoint: &str,
     resource: &Resource,
-) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+) -> Result<BatchSpanProcessor, String> {
+    use opentelemetry_otlp::WithExportConfig;
     use opentelemetry_sdk::trace::SpanExporter as _;
-    let built = match config.protocol {
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
-        OtlpProtocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
+    let batch_config = || {
+        BatchConfigBuilder::default()
+            .with_scheduled_delay(EXPORT_INTERVAL)
+            .build()
     };
-    let mut exporter =
-        built.map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
-    exporter.set_resource(resource);
-    Ok(exporter)
+    match config.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let mut exporter = super::otlp::OtlpHttpExporter::new(
+                endpoint,
+                config.headers.clone(),
+                EXPORT_TIMEOUT,
+            )?;
+            exporter.set_resource(resource);
+            Ok(BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch_config())
+                .build())
+        }
+        OtlpProtocol::Grpc => {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
+            exporter.set_resource(resource);
+            Ok(BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch_config())
+                .build())
+        }
+    }
 }
 
 /// Parse a 32-hex trace id, as `:888/trace?id=` carries it.
@@ -714,6 +758,29 @@ mod tests {
             TelemetryConfig::from_lookup(|k| map.get(k).cloned())
         };
         assert_eq!(cfg(&[]).unwrap().endpoint, None);
+        let c = cfg(&[(ENV_OTLP_HEADERS, "api-key=s%20cret, x-team = core ,")]).unwrap();
+        assert_eq!(c.headers.len(), 2);
+        assert_eq!(
+            (c.headers[0].0.as_str(), c.headers[0].1.to_str().unwrap()),
+            ("api-key", "s cret")
+        );
+        assert_eq!(
+            (c.headers[1].0.as_str(), c.headers[1].1.to_str().unwrap()),
+            ("x-team", "core")
+        );
+        let c = cfg(&[(ENV_OTLP_HEADERS, "a=1"), (ENV_OTLP_TRACES_HEADERS, "b=2")]).unwrap();
+        assert_eq!(
+            c.headers[0].0.as_str(),
+            "b",
+            "the signal's own variable wins"
+        );
+        for bad in ["novalue", "bad name=1", "k=%0a"] {
+            assert_eq!(
+                cfg(&[(ENV_OTLP_HEADERS, bad)]).unwrap_err().name,
+                ENV_OTLP_HEADERS,
+                "{bad}"
+            );
+        }
         let c = cfg(&[(ENV_OTLP_ENDPOINT, "http://jaeger:4318/")]).unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("http://jaeger:4318/v1/traces"));
         assert_eq!(c.protocol, OtlpProtocol::HttpProtobuf);

@@ -43,7 +43,10 @@ fn value(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String
 }
 
 #[derive(Clone, Default)]
-pub struct Spans(Arc<Mutex<Vec<ReceivedSpan>>>);
+pub struct Spans(
+    Arc<Mutex<Vec<ReceivedSpan>>>,
+    Arc<Mutex<Vec<http::HeaderMap>>>,
+);
 
 impl Spans {
     fn add(&self, req: ExportTraceServiceRequest) {
@@ -84,6 +87,11 @@ impl Spans {
 
     pub fn all(&self) -> Vec<ReceivedSpan> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// The request headers of every OTLP/HTTP export received.
+    pub fn request_headers(&self) -> Vec<http::HeaderMap> {
+        self.1.lock().unwrap().clone()
     }
 
     pub fn of_trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
@@ -137,9 +145,10 @@ pub async fn http_receiver() -> (String, Spans) {
     let collected = spans.clone();
     let app = axum::Router::new().route(
         "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
+        axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
             let collected = collected.clone();
             async move {
+                collected.1.lock().unwrap().push(headers);
                 match ExportTraceServiceRequest::decode(body) {
                     Ok(req) => {
                         collected.add(req);
