@@ -86,7 +86,7 @@ fn span(tracer: &ServiceTracer, parent: &SpanContext) -> SpanContext {
         SpanKind::Server,
         || ":443/arithmetic".to_owned(),
         |a| {
-            a.method(names::A_HTTP_METHOD, "GET");
+            a.str(names::A_HTTP_METHOD, "GET");
             a.str(names::A_HTTP_ROUTE, "/arithmetic");
             a.str(names::A_URL_PATH, "/arithmetic");
             a.str(names::A_SERVER_ADDRESS, "calculator.example");

@@ -235,12 +235,12 @@ impl Observed {
             SpanKind::Client,
             || trace::client_span_name(&out.method, &out.url.host, out.url.port, &out.url.path),
             |a| {
-                a.static_str(A_MESSAGING_SYSTEM, NATS);
+                a.str(A_MESSAGING_SYSTEM, NATS);
                 a.str(A_MESSAGING_DESTINATION, &out.subject);
-                a.static_str(A_MESSAGING_OPERATION, "send");
+                a.str(A_MESSAGING_OPERATION, "send");
                 a.str(A_MESSAGING_MESSAGE_ID, msg_id);
                 a.int(A_MESSAGING_BODY_SIZE, req.body().len() as i64);
-                a.method(A_HTTP_METHOD, &out.method);
+                a.str(A_HTTP_METHOD, &out.method);
                 a.str(A_SERVER_ADDRESS, &out.url.host);
                 a.int(A_SERVER_PORT, out.url.port as i64);
                 a.int(

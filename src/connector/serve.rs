@@ -253,12 +253,12 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         || trace::server_span_name(port, &ep.route.path),
         |a| {
             // The service's own name is the span's resource (`service.name`).
-            a.method(A_HTTP_METHOD, &method);
+            a.str(A_HTTP_METHOD, &method);
             a.str(A_HTTP_ROUTE, &ep.route.path);
             a.str(A_URL_PATH, req.uri().path());
             a.int(A_SERVER_PORT, port as i64);
-            a.static_str(A_MESSAGING_SYSTEM, NATS);
-            a.static_str(A_MESSAGING_OPERATION, "process");
+            a.str(A_MESSAGING_SYSTEM, NATS);
+            a.str(A_MESSAGING_OPERATION, "process");
             a.str(A_MESSAGING_MESSAGE_ID, &reply.msg_id);
             a.str(A_FROM_HOST, f.from_host().unwrap_or_default());
             a.str(A_FROM_ID, f.from_id().unwrap_or_default());

@@ -2,6 +2,7 @@
 //! (`tracing`), with every name fixed in [`names`].
 
 pub mod admin;
+pub mod export;
 pub mod exposition;
 pub mod handler_spans;
 pub mod logs;

@@ -1,44 +1,41 @@
-//! OTLP/HTTP protobuf export: spans encoded straight from the SDK's [`SpanData`] into the
-//! `ExportTraceServiceRequest` bytes, and posted by a blocking client on the batch processor's
-//! thread.
+//! OTLP/HTTP protobuf export: spans encoded straight into the `ExportTraceServiceRequest`
+//! bytes (busgate's own spans from their packed bytes, others from the SDK's [`SpanData`]) and
+//! posted by a blocking client on the exporting thread.
 //!
 //! Why not `opentelemetry-otlp`'s HTTP exporter (still used for gRPC): it converts every span
 //! into the generated message structs (a copy of every string, a map to group by scope) and
 //! prost then re-measures each nested message once per level it is nested in. That came to
 //! ~18k instructions per span, most of what exporting every span cost the gateway. Here each
-//! span is measured once and written once; the resource is encoded once per exporter. The
+//! span is measured once and written once, and the resource is encoded once per exporter. The
 //! bytes are checked against `opentelemetry-proto`'s own conversion in the tests.
 
-use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
+
+use super::tail::{PackedAttribute, PackedSpan, PackedValue, Waiting};
 
 /// The media type of OTLP/HTTP protobuf bodies.
 const PROTOBUF: &str = "application/x-protobuf";
 
-/// Exports spans to an OTLP/HTTP endpoint (`.../v1/traces`).
+/// Posts encoded requests to an OTLP/HTTP endpoint (`.../v1/traces`).
 #[derive(Debug)]
-pub struct OtlpHttpExporter {
+pub struct OtlpHttpSender {
     client: reqwest::blocking::Client,
     endpoint: String,
     headers: Vec<(HeaderName, HeaderValue)>,
-    /// The `Resource` message, encoded once.
-    resource: Vec<u8>,
-    resource_schema_url: String,
 }
 
-impl OtlpHttpExporter {
+impl OtlpHttpSender {
     pub fn new(
         endpoint: &str,
         headers: Vec<(HeaderName, HeaderValue)>,
         timeout: Duration,
-    ) -> Result<OtlpHttpExporter, String> {
+    ) -> Result<OtlpHttpSender, String> {
         // The blocking client runs a runtime of its own, which cannot be started from within
         // the async runtime this is called on; build it on a thread of its own.
         let client = std::thread::spawn(move || {
@@ -49,16 +46,15 @@ impl OtlpHttpExporter {
         .join()
         .map_err(|_| "the thread building the OTLP HTTP client panicked".to_owned())?
         .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
-        Ok(OtlpHttpExporter {
+        Ok(OtlpHttpSender {
             client,
             endpoint: endpoint.to_owned(),
             headers,
-            resource: Vec::new(),
-            resource_schema_url: String::new(),
         })
     }
 
-    fn send(&self, body: Vec<u8>) -> OTelSdkResult {
+    /// Post one `ExportTraceServiceRequest`. Blocks: call it off the async runtime.
+    pub fn send(&self, body: Vec<u8>) -> Result<(), String> {
         let mut req = self
             .client
             .post(&self.endpoint)
@@ -67,39 +63,18 @@ impl OtlpHttpExporter {
         for (name, value) in &self.headers {
             req = req.header(name, value);
         }
-        let res = req.send().map_err(|e| {
-            OTelSdkError::InternalFailure(format!("OTLP export to {}: {e}", self.endpoint))
-        })?;
+        let res = req
+            .send()
+            .map_err(|e| format!("OTLP export to {}: {e}", self.endpoint))?;
         if res.status().is_success() {
             return Ok(());
         }
         let status = res.status();
         let detail: String = res.text().unwrap_or_default().chars().take(200).collect();
-        Err(OTelSdkError::InternalFailure(format!(
+        Err(format!(
             "OTLP export to {} answered {status}: {detail}",
             self.endpoint
-        )))
-    }
-}
-
-impl SpanExporter for OtlpHttpExporter {
-    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        // Called on the batch processor's own thread, which waits for the result anyway.
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            self.send(encode_request(
-                &self.resource,
-                &self.resource_schema_url,
-                &batch,
-            ))
-        };
-        std::future::ready(result)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = encode_resource(resource);
-        self.resource_schema_url = resource.schema_url().unwrap_or_default().to_owned();
+        ))
     }
 }
 
@@ -114,19 +89,34 @@ pub fn encode_resource(resource: &Resource) -> Vec<u8> {
 }
 
 /// An `ExportTraceServiceRequest` holding `spans` of one resource (`resource`: the encoded
-/// `Resource` message body), grouped by instrumentation scope in order of first appearance.
-pub fn encode_request(resource: &[u8], resource_schema_url: &str, spans: &[SpanData]) -> Vec<u8> {
+/// `Resource` message body), grouped by instrumentation scope in order of first appearance;
+/// packed spans are of `own_scope`.
+pub fn encode_request(
+    resource: &[u8],
+    resource_schema_url: &str,
+    own_scope: &InstrumentationScope,
+    spans: &[Waiting],
+) -> Vec<u8> {
     // Group by scope; a batch holds one or two scopes, so a list beats a map.
     let mut scopes: Vec<(&InstrumentationScope, Vec<usize>)> = Vec::new();
     for (i, span) in spans.iter().enumerate() {
-        let scope = &span.instrumentation_scope;
+        let scope = match span {
+            Waiting::Packed(_) => own_scope,
+            Waiting::Data(d) => &d.instrumentation_scope,
+        };
         match scopes.iter_mut().find(|(s, _)| *s == scope) {
             Some((_, members)) => members.push(i),
             None => scopes.push((scope, vec![i])),
         }
     }
     // Measure every span once; the enclosing messages' lengths are sums.
-    let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
+    let span_lens: Vec<usize> = spans
+        .iter()
+        .map(|w| match w {
+            Waiting::Packed(p) => packed_span_len(p),
+            Waiting::Data(d) => span_len(d),
+        })
+        .collect();
     let scope_lens: Vec<(usize, usize)> = scopes
         .iter()
         .map(|(scope, members)| {
@@ -157,7 +147,10 @@ pub fn encode_request(resource: &[u8], resource_schema_url: &str, spans: &[SpanD
         out.scope(scope);
         for &i in members {
             out.message_header(2, span_lens[i]);
-            out.span(&spans[i]);
+            match &spans[i] {
+                Waiting::Packed(p) => out.packed_span(p),
+                Waiting::Data(d) => out.span(d),
+            }
         }
         out.string(3, scope.schema_url().unwrap_or_default());
     }
@@ -171,21 +164,25 @@ const FIXED64: u32 = 1;
 const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
+#[inline]
 fn varint_len(v: u64) -> usize {
     // 7 bits per byte; zero takes one byte.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+#[inline]
 fn tag_len(field: u32) -> usize {
     varint_len(u64::from(field << 3))
 }
 
 /// A length-delimited field holding `len` bytes.
+#[inline]
 fn field_len(field: u32, len: usize) -> usize {
     tag_len(field) + varint_len(len as u64) + len
 }
 
 /// A string or bytes field, omitted when empty (proto3).
+#[inline]
 fn string_len(field: u32, s: &str) -> usize {
     if s.is_empty() {
         0
@@ -194,6 +191,7 @@ fn string_len(field: u32, s: &str) -> usize {
     }
 }
 
+#[inline]
 fn varint_field_len(field: u32, v: u64) -> usize {
     if v == 0 {
         0
@@ -202,6 +200,7 @@ fn varint_field_len(field: u32, v: u64) -> usize {
     }
 }
 
+#[inline]
 fn fixed64_field_len(field: u32, v: u64) -> usize {
     if v == 0 {
         0
@@ -210,12 +209,14 @@ fn fixed64_field_len(field: u32, v: u64) -> usize {
     }
 }
 
+#[inline]
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64
 }
 
+#[inline]
 fn kind(k: &SpanKind) -> u64 {
     match k {
         SpanKind::Internal => 1,
@@ -249,6 +250,7 @@ fn status_message(s: &Status) -> &str {
 }
 
 /// The body of an `AnyValue` message.
+#[inline]
 fn any_value_len(v: &Value) -> usize {
     match v {
         Value::Bool(_) => tag_len(2) + 1,
@@ -275,7 +277,50 @@ fn array_len(a: &Array) -> usize {
     }
 }
 
+/// The body of an `AnyValue` message holding a packed value.
+#[inline]
+fn packed_value_len(v: PackedValue<'_>) -> usize {
+    match v {
+        PackedValue::Bool(_) => tag_len(2) + 1,
+        PackedValue::I64(i) => tag_len(3) + varint_len(i as u64),
+        PackedValue::F64(_) => tag_len(4) + 8,
+        PackedValue::Str(s) => field_len(1, s.len()),
+    }
+}
+
+#[inline]
+fn packed_key_value_len(a: PackedAttribute<'_>) -> usize {
+    string_len(1, a.key) + field_len(2, packed_value_len(a.value))
+}
+
+/// The body of a `Span` message for a packed span (no events or links: those unpack it).
+fn packed_span_len(p: &PackedSpan) -> usize {
+    let (name, packed, aside) = p.read();
+    let parent = if p.parent_span_id() == opentelemetry::trace::SpanId::INVALID {
+        0
+    } else {
+        field_len(4, 8)
+    };
+    let status = p.status();
+    field_len(1, 16)
+        + field_len(2, 8)
+        + string_len(3, &p.context.trace_state().header())
+        + parent
+        + tag_len(16)
+        + 4
+        + string_len(5, name)
+        + varint_field_len(6, kind(p.kind()))
+        + fixed64_field_len(7, nanos(p.start_time()))
+        + fixed64_field_len(8, nanos(p.end_time))
+        + packed
+            .map(|a| field_len(9, packed_key_value_len(a)))
+            .sum::<usize>()
+        + attributes_len(9, aside)
+        + field_len(15, status_len(&status))
+}
+
 /// The body of a `KeyValue` message.
+#[inline]
 fn key_value_len(key: &str, value: &Value) -> usize {
     string_len(1, key) + field_len(2, any_value_len(value))
 }
@@ -356,29 +401,42 @@ fn link_len(l: &opentelemetry::trace::Link) -> usize {
 struct Proto(Vec<u8>);
 
 impl Proto {
+    #[inline]
     fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
+        if v < 0x80 {
+            self.0.push(v as u8);
+            return;
         }
-        self.0.push(v as u8);
+        let mut buf = [0u8; 10];
+        let mut n = 0;
+        while v >= 0x80 {
+            buf[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        buf[n] = v as u8;
+        self.0.extend_from_slice(&buf[..=n]);
     }
 
+    #[inline]
     fn tag(&mut self, field: u32, wire_type: u32) {
         self.varint(u64::from(field << 3 | wire_type));
     }
 
+    #[inline]
     fn message_header(&mut self, field: u32, len: usize) {
         self.tag(field, LEN);
         self.varint(len as u64);
     }
 
+    #[inline]
     fn bytes(&mut self, field: u32, b: &[u8]) {
         self.message_header(field, b.len());
         self.0.extend_from_slice(b);
     }
 
     /// A string field, omitted when empty (proto3).
+    #[inline]
     fn string(&mut self, field: u32, s: &str) {
         if !s.is_empty() {
             self.bytes(field, s.as_bytes());
@@ -470,6 +528,54 @@ impl Proto {
             self.message_header(3, key_value_len(kv.key.as_str(), &kv.value));
             self.key_value(kv.key.as_str(), &kv.value);
         }
+    }
+
+    fn packed_value(&mut self, v: PackedValue<'_>) {
+        match v {
+            PackedValue::Bool(b) => {
+                self.tag(2, VARINT);
+                self.varint(u64::from(b));
+            }
+            PackedValue::I64(i) => {
+                self.tag(3, VARINT);
+                self.varint(i as u64);
+            }
+            PackedValue::F64(f) => {
+                self.tag(4, FIXED64);
+                self.0.extend_from_slice(&f.to_le_bytes());
+            }
+            PackedValue::Str(s) => self.bytes(1, s.as_bytes()),
+        }
+    }
+
+    fn packed_span(&mut self, p: &PackedSpan) {
+        let cx = &p.context;
+        let (name, packed, aside) = p.read();
+        self.bytes(1, &cx.trace_id().to_bytes());
+        self.bytes(2, &cx.span_id().to_bytes());
+        self.string(3, &cx.trace_state().header());
+        if p.parent_span_id() != opentelemetry::trace::SpanId::INVALID {
+            self.bytes(4, &p.parent_span_id().to_bytes());
+        }
+        self.fixed32_field(
+            16,
+            span_flags(cx.trace_flags().to_u8(), p.parent_span_is_remote()),
+        );
+        self.string(5, name);
+        self.varint_field(6, kind(p.kind()));
+        self.fixed64_field(7, nanos(p.start_time()));
+        self.fixed64_field(8, nanos(p.end_time));
+        for a in packed {
+            self.message_header(9, packed_key_value_len(a));
+            self.string(1, a.key);
+            self.message_header(2, packed_value_len(a.value));
+            self.packed_value(a.value);
+        }
+        self.attributes(9, aside);
+        let status = p.status();
+        self.message_header(15, status_len(&status));
+        self.string(2, status_message(&status));
+        self.varint_field(3, status_code(&status));
     }
 
     fn span(&mut self, s: &SpanData) {
@@ -636,9 +742,37 @@ mod tests {
             .with_attributes([KeyValue::new("scope.attr", 3i64)])
             .build();
         // Scopes interleaved: grouping keeps the order of first appearance.
-        let spans: Vec<SpanData> = (0..6)
-            .map(|i| span(i, if i % 3 == 1 { &handler } else { &own }))
+        let mut waiting: Vec<Waiting> = (0..6)
+            .map(|i| Waiting::Data(Box::new(span(i, if i % 3 == 1 { &handler } else { &own }))))
             .collect();
+        // busgate's own spans, packed, of the own scope: one with a parent and attributes of
+        // every packed kind, one root whose name and an attribute did not fit.
+        let mut p = PackedSpan::new(
+            &context(5, 6, true, "x=y"),
+            SpanKind::Client,
+            "GET calculator.example:443/arithmetic",
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_500),
+        );
+        p.push_str(crate::telemetry::names::A_MESSAGING_SYSTEM, "nats");
+        p.push_str(crate::telemetry::names::SpanKey::custom("custom.key"), "");
+        p.push_i64(crate::telemetry::names::A_SERVER_PORT, -443);
+        p.push_f64(crate::telemetry::names::A_ACK_LATENCY_MS, 0.25);
+        p.push(KeyValue::new("flag", false));
+        p.push(KeyValue::new("list", Value::Array(vec![1i64, 2].into())));
+        p.set_ok(true);
+        p.context = context(5, 60, false, "x=y");
+        p.end_time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_900_000);
+        waiting.insert(1, Waiting::Packed(p));
+        let mut p = PackedSpan::new(
+            &SpanContext::NONE,
+            SpanKind::Server,
+            &"n".repeat(1000),
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_700),
+        );
+        p.push_str(crate::telemetry::names::A_URL_PATH, &"p".repeat(1000));
+        p.context = context(8, 80, false, "");
+        p.end_time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_900_700);
+        waiting.push(Waiting::Packed(p));
         let resource = Resource::builder_empty()
             .with_attributes([
                 KeyValue::new("service.name", "calculator.example"),
@@ -647,12 +781,12 @@ mod tests {
             ])
             .build();
         let ours = ExportTraceServiceRequest::decode(
-            &encode_request(&encode_resource(&resource), "", &spans)[..],
+            &encode_request(&encode_resource(&resource), "", &own, &waiting)[..],
         )
         .expect("valid protobuf");
         let theirs = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(
-                spans,
+                waiting.into_iter().map(|w| w.into_data(&own)).collect(),
                 &ResourceAttributesWithSchema::from(&resource),
             ),
         };

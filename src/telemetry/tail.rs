@@ -12,12 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
-use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use std::sync::{Mutex, OnceLock};
 
+use super::export::Export;
 use super::names::{SpanKey, SPAN_ATTRIBUTES};
 
 /// Traces PROD remembers as selected, and for how long after the last selection.
@@ -28,10 +27,10 @@ pub const SELECTION_TTL: Duration = Duration::from_secs(20);
 /// ~250. Attributes past the end are kept aside, owned.
 pub const PACKED_BYTES: usize = 448;
 
-/// Exports the spans of selected traces through `batch`; holds the others.
+/// Exports the spans of selected traces through `export`; holds the others.
 #[derive(Debug)]
 pub struct Selector {
-    batch: BatchSpanProcessor,
+    export: Export,
     /// The scope of every packed span (they do not repeat it).
     scope: InstrumentationScope,
     slow: Duration,
@@ -77,13 +76,13 @@ impl SelectorState {
 
 impl Selector {
     pub fn new(
-        batch: BatchSpanProcessor,
+        export: Export,
         scope: InstrumentationScope,
         slow: Duration,
         capacity: usize,
     ) -> Selector {
         Selector {
-            batch,
+            export,
             scope,
             slow,
             state: Mutex::new(SelectorState {
@@ -93,9 +92,9 @@ impl Selector {
         }
     }
 
-    /// The processor selected spans go to.
-    pub fn batch(&self) -> &BatchSpanProcessor {
-        &self.batch
+    /// Where selected spans go.
+    pub fn exporter(&self) -> &Export {
+        &self.export
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SelectorState> {
@@ -115,7 +114,7 @@ impl Selector {
 
     fn export(&self, spans: impl IntoIterator<Item = Waiting>) {
         for span in spans {
-            self.batch.on_end(span.into_data(&self.scope));
+            self.export.on_end(span, &self.scope);
         }
     }
 
@@ -150,7 +149,7 @@ pub enum Waiting {
 }
 
 impl Waiting {
-    fn trace_id(&self) -> TraceId {
+    pub fn trace_id(&self) -> TraceId {
         match self {
             Waiting::Packed(p) => p.context.trace_id(),
             Waiting::Data(d) => d.span_context.trace_id(),
@@ -173,7 +172,7 @@ impl Waiting {
         end.duration_since(start).unwrap_or_default()
     }
 
-    fn into_data(self, scope: &InstrumentationScope) -> SpanData {
+    pub fn into_data(self, scope: &InstrumentationScope) -> SpanData {
         match self {
             Waiting::Packed(p) => p.unpack(scope),
             Waiting::Data(d) => *d,
@@ -316,34 +315,106 @@ impl PackedSpan {
         self.ok = ok;
     }
 
+    pub fn parent_span_id(&self) -> SpanId {
+        self.parent_span_id
+    }
+
+    pub fn parent_span_is_remote(&self) -> bool {
+        self.parent_span_is_remote
+    }
+
+    pub fn kind(&self) -> &SpanKind {
+        &self.kind
+    }
+
+    pub fn start_time(&self) -> SystemTime {
+        self.start_time
+    }
+
+    pub fn status(&self) -> Status {
+        if self.ok {
+            Status::Ok
+        } else {
+            Status::Unset
+        }
+    }
+
+    /// The name, and the packed attributes and those kept aside, read in place.
+    pub fn read(&self) -> (&str, PackedAttributes<'_>, &[KeyValue]) {
+        let mut r = Reader(&self.bytes[..self.len as usize]);
+        let (name, aside) = match self.overflow.first() {
+            Some(kv) if kv.key.as_str() == NAME_KEY => match &kv.value {
+                Value::String(s) => (s.as_str(), &self.overflow[1..]),
+                _ => ("", &self.overflow[1..]),
+            },
+            _ => (r.str().unwrap_or_default(), &self.overflow[..]),
+        };
+        (name, PackedAttributes(r), aside)
+    }
+
     /// The span as the SDK exports it.
     pub fn unpack(&self, scope: &InstrumentationScope) -> SpanData {
-        let mut r = Reader(&self.bytes[..self.len as usize]);
-        let mut overflow = self.overflow.iter().peekable();
-        let name = match overflow.next_if(|kv| kv.key.as_str() == NAME_KEY) {
-            Some(kv) => kv.value.as_str().into_owned(),
-            None => r.str().unwrap_or_default().to_owned(),
-        };
+        let (name, packed, aside) = self.read();
         let mut attributes = Vec::with_capacity(16);
-        while let Some(kv) = r.attribute() {
-            attributes.push(kv);
-        }
-        attributes.extend(overflow.cloned());
+        attributes.extend(packed.map(|a| a.to_key_value()));
+        attributes.extend(aside.iter().cloned());
         SpanData {
             span_context: self.context.clone(),
             parent_span_id: self.parent_span_id,
             parent_span_is_remote: self.parent_span_is_remote,
             span_kind: self.kind.clone(),
-            name: name.into(),
+            name: name.to_owned().into(),
             start_time: self.start_time,
             end_time: self.end_time,
             attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
-            status: if self.ok { Status::Ok } else { Status::Unset },
+            status: self.status(),
             instrumentation_scope: scope.clone(),
         }
+    }
+}
+
+/// A packed attribute, borrowed from the span's bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PackedAttribute<'a> {
+    pub key: &'a str,
+    pub value: PackedValue<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PackedValue<'a> {
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+    Str(&'a str),
+}
+
+impl PackedAttribute<'_> {
+    fn to_key_value(self) -> KeyValue {
+        let key = match known_key(self.key) {
+            Some(i) => Key::from_static_str(SPAN_ATTRIBUTES[i as usize]),
+            None => Key::from(self.key.to_owned()),
+        };
+        let value = match self.value {
+            PackedValue::Bool(b) => Value::Bool(b),
+            PackedValue::I64(i) => Value::I64(i),
+            PackedValue::F64(f) => Value::F64(f),
+            PackedValue::Str(s) => Value::from(s.to_owned()),
+        };
+        KeyValue::new(key, value)
+    }
+}
+
+/// The packed attributes of a span, in order.
+pub struct PackedAttributes<'a>(Reader<'a>);
+
+impl<'a> Iterator for PackedAttributes<'a> {
+    type Item = PackedAttribute<'a>;
+
+    fn next(&mut self) -> Option<PackedAttribute<'a>> {
+        self.0.attribute()
     }
 }
 
@@ -486,22 +557,22 @@ impl<'a> Reader<'a> {
         let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
         std::str::from_utf8(self.take(len)?).ok()
     }
-    fn attribute(&mut self) -> Option<KeyValue> {
+    fn attribute(&mut self) -> Option<PackedAttribute<'a>> {
         if self.0.is_empty() {
             return None;
         }
         let key = match self.u8()? {
-            LITERAL_KEY => Key::from(self.str()?.to_owned()),
-            i => Key::from_static_str(SPAN_ATTRIBUTES.get(i as usize)?),
+            LITERAL_KEY => self.str()?,
+            i => SPAN_ATTRIBUTES.get(i as usize)?,
         };
         let value = match self.u8()? {
-            TAG_BOOL => Value::Bool(self.u8()? != 0),
-            TAG_I64 => Value::I64(i64::from_le_bytes(self.word()?)),
-            TAG_F64 => Value::F64(f64::from_le_bytes(self.word()?)),
-            TAG_STRING => Value::from(self.str()?.to_owned()),
+            TAG_BOOL => PackedValue::Bool(self.u8()? != 0),
+            TAG_I64 => PackedValue::I64(i64::from_le_bytes(self.word()?)),
+            TAG_F64 => PackedValue::F64(f64::from_le_bytes(self.word()?)),
+            TAG_STRING => PackedValue::Str(self.str()?),
             _ => return None,
         };
-        Some(KeyValue::new(key, value))
+        Some(PackedAttribute { key, value })
     }
 }
 

@@ -11,12 +11,14 @@ pub use opentelemetry::trace::{
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, SpanData,
 };
 use opentelemetry_sdk::Resource;
 use std::time::SystemTime;
 
 use super::names::*;
+use super::export::{Export, SpanBatcher};
+use super::otlp::{encode_resource, OtlpHttpSender};
 use super::tail::{PackedSpan, Selector, Waiting};
 use crate::config::{parse_duration, ConfigError, Deployment};
 use crate::error::Error;
@@ -47,10 +49,6 @@ pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// more CPU per request than telemetry off).
 pub const DEFAULT_TAIL_BUFFER_SPANS: usize = 1024;
 pub const ENV_TAIL_BUFFER_SPANS: &str = "BUSGATE_TRACE_TAIL_BUFFER";
-
-/// Attributes a span holds at most in practice (start and end together): 12 on the ingress and
-/// client spans. Room for more costs memory in PROD's tail buffer.
-const SPAN_ATTRIBUTE_CAPACITY: usize = 13;
 
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,14 +273,6 @@ pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
     }
 }
 
-/// An HTTP method as an attribute value: the standard ones without an allocation.
-pub fn static_or_owned(method: &str) -> opentelemetry::Value {
-    match super::metrics::standard_method(method) {
-        Some(m) => m.into(),
-        None => method.to_owned().into(),
-    }
-}
-
 /// The 32-hex trace id of `cx`.
 pub fn trace_id(cx: &SpanContext) -> String {
     format!("{:032x}", cx.trace_id())
@@ -339,50 +329,23 @@ enum Recording {
     /// Not recorded (telemetry off, nowhere to export, not sampled): the span still has ids,
     /// for propagation and logs.
     Off,
-    /// As the SDK exports it: where every span is exported.
-    Data(Box<SpanData>),
-    /// As bytes: PROD, where almost every span waits and is dropped unseen.
+    /// As bytes, written in place: what almost every span stays.
     Packed(Box<PackedSpan>),
+    /// As the SDK exports it: a span with an error (status message, `exception` event).
+    Data(Box<SpanData>),
 }
 
-/// Attributes of a span being started, written where the span is recorded: owned values for a
-/// span that will be exported, bytes in place for PROD's packed spans (no allocation per value).
-pub struct Attributes<'a>(AttributeTarget<'a>);
-
-enum AttributeTarget<'a> {
-    Data(&'a mut Vec<KeyValue>),
-    Packed(&'a mut PackedSpan),
-}
+/// Attributes of a span being started, written as bytes into the span (no allocation per
+/// value).
+pub struct Attributes<'a>(&'a mut PackedSpan);
 
 impl Attributes<'_> {
     pub fn str(&mut self, key: SpanKey, value: &str) {
-        match &mut self.0 {
-            AttributeTarget::Data(v) => v.push(KeyValue::new(key, value.to_owned())),
-            AttributeTarget::Packed(p) => p.push_str(key, value),
-        }
-    }
-
-    /// A value known at compile time (never copied where values are owned).
-    pub fn static_str(&mut self, key: SpanKey, value: &'static str) {
-        match &mut self.0 {
-            AttributeTarget::Data(v) => v.push(KeyValue::new(key, value)),
-            AttributeTarget::Packed(p) => p.push_str(key, value),
-        }
-    }
-
-    /// An HTTP method: the standard ones are static values.
-    pub fn method(&mut self, key: SpanKey, method: &str) {
-        match &mut self.0 {
-            AttributeTarget::Data(v) => v.push(KeyValue::new(key, static_or_owned(method))),
-            AttributeTarget::Packed(p) => p.push_str(key, method),
-        }
+        self.0.push_str(key, value);
     }
 
     pub fn int(&mut self, key: SpanKey, value: i64) {
-        match &mut self.0 {
-            AttributeTarget::Data(v) => v.push(KeyValue::new(key, value)),
-            AttributeTarget::Packed(p) => p.push_i64(key, value),
-        }
+        self.0.push_i64(key, value);
     }
 }
 
@@ -481,7 +444,7 @@ fn nonzero_random<T: Default + PartialEq>(mut draw: impl FnMut() -> T) -> T {
 #[derive(Debug)]
 enum Sink {
     /// Every span, batched to the exporter (LOCAL, LAB, TESTING).
-    All(BatchSpanProcessor),
+    All(Export),
     /// PROD's tail selection in front of the batch.
     Selected(Box<Selector>),
 }
@@ -528,16 +491,16 @@ impl ServiceTracer {
         let sink = match config.endpoint.as_ref().filter(|_| config.enabled) {
             None => None,
             Some(endpoint) => {
-                let batch = build_batch(config, endpoint, &resource)?;
+                let export = build_export(config, endpoint, &resource, &scope)?;
                 Some(if who.deployment == Deployment::Prod {
                     Sink::Selected(Box::new(Selector::new(
-                        batch,
+                        export,
                         scope.clone(),
                         config.slow_trace_threshold,
                         config.tail_buffer_spans,
                     )))
                 } else {
-                    Sink::All(batch)
+                    Sink::All(export)
                 })
             }
         };
@@ -569,42 +532,16 @@ impl ServiceTracer {
             self.enabled
         };
         let mut recording = Recording::Off;
-        if let (true, Some(sink)) = (sampled, &self.sink) {
+        if sampled && self.sink.is_some() {
             let name = name();
             if is_muffled(&name) {
                 sampled = false;
             } else {
-                recording = match sink {
-                    Sink::All(_) => {
-                        let mut all = Vec::with_capacity(SPAN_ATTRIBUTE_CAPACITY);
-                        attributes(&mut Attributes(AttributeTarget::Data(&mut all)));
-                        Recording::Data(Box::new(SpanData {
-                            span_context: SpanContext::NONE,
-                            parent_span_id: if parent.is_valid() {
-                                parent.span_id()
-                            } else {
-                                SpanId::INVALID
-                            },
-                            parent_span_is_remote: parent.is_remote(),
-                            span_kind: kind,
-                            name: name.into(),
-                            start_time: SystemTime::now(),
-                            end_time: SystemTime::UNIX_EPOCH,
-                            attributes: all,
-                            dropped_attributes_count: 0,
-                            events: SpanEvents::default(),
-                            links: SpanLinks::default(),
-                            status: Status::Unset,
-                            // Set when the span ends.
-                            instrumentation_scope: InstrumentationScope::default(),
-                        }))
-                    }
-                    Sink::Selected(_) => {
-                        let mut packed = PackedSpan::new(parent, kind, &name, SystemTime::now());
-                        attributes(&mut Attributes(AttributeTarget::Packed(&mut packed)));
-                        Recording::Packed(packed)
-                    }
-                };
+                // Packed whatever the sink: PROD drops most spans unseen, and the OTLP/HTTP
+                // export encodes straight from the bytes.
+                let mut packed = PackedSpan::new(parent, kind, &name, SystemTime::now());
+                attributes(&mut Attributes(&mut packed));
+                recording = Recording::Packed(packed);
             }
         } else if sampled && is_muffled(&name()) {
             // Not recorded here, but the flag tells the services downstream not to record.
@@ -647,10 +584,7 @@ impl ServiceTracer {
         };
         match sink {
             Sink::Selected(selector) => selector.on_end(waiting),
-            Sink::All(batch) => match waiting {
-                Waiting::Data(d) => batch.on_end(*d),
-                Waiting::Packed(p) => batch.on_end(p.unpack(&self.scope)),
-            },
+            Sink::All(export) => export.on_end(waiting, &self.scope),
         }
     }
 
@@ -659,7 +593,7 @@ impl ServiceTracer {
     pub fn export(&self, data: SpanData) {
         match &self.sink {
             None => {}
-            Some(Sink::All(batch)) => batch.on_end(data),
+            Some(Sink::All(export)) => export.on_end(Waiting::Data(Box::new(data)), &self.scope),
             Some(Sink::Selected(selector)) => selector.on_end(Waiting::Data(Box::new(data))),
         }
     }
@@ -682,41 +616,36 @@ impl ServiceTracer {
 
     /// Export everything still buffered and stop. Blocks: call it off the async runtime.
     pub fn shutdown(&self) {
-        let batch = match &self.sink {
+        let export = match &self.sink {
             None => return,
-            Some(Sink::All(b)) => b,
-            Some(Sink::Selected(s)) => s.batch(),
+            Some(Sink::All(e)) => e,
+            Some(Sink::Selected(s)) => s.exporter(),
         };
-        if let Err(e) = batch.shutdown() {
+        if let Err(e) = export.shutdown() {
             tracing::debug!(error = %e, "tracer shutdown");
         }
     }
 }
 
-/// The batch processor in front of the configured OTLP exporter.
-fn build_batch(
+/// The export of the configured OTLP protocol.
+fn build_export(
     config: &TelemetryConfig,
     endpoint: &str,
     resource: &Resource,
-) -> Result<BatchSpanProcessor, String> {
+    scope: &InstrumentationScope,
+) -> Result<Export, String> {
     use opentelemetry_otlp::WithExportConfig;
     use opentelemetry_sdk::trace::SpanExporter as _;
-    let batch_config = || {
-        BatchConfigBuilder::default()
-            .with_scheduled_delay(EXPORT_INTERVAL)
-            .build()
-    };
     match config.protocol {
         OtlpProtocol::HttpProtobuf => {
-            let mut exporter = super::otlp::OtlpHttpExporter::new(
-                endpoint,
-                config.headers.clone(),
-                EXPORT_TIMEOUT,
-            )?;
-            exporter.set_resource(resource);
-            Ok(BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch_config())
-                .build())
+            let sender = OtlpHttpSender::new(endpoint, config.headers.clone(), EXPORT_TIMEOUT)?;
+            Ok(Export::Http(SpanBatcher::new(
+                sender,
+                encode_resource(resource),
+                resource.schema_url().unwrap_or_default().to_owned(),
+                scope.clone(),
+                EXPORT_INTERVAL,
+            )?))
         }
         OtlpProtocol::Grpc => {
             let mut exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -726,9 +655,15 @@ fn build_batch(
                 .build()
                 .map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
             exporter.set_resource(resource);
-            Ok(BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch_config())
-                .build())
+            Ok(Export::Sdk(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(
+                        BatchConfigBuilder::default()
+                            .with_scheduled_delay(EXPORT_INTERVAL)
+                            .build(),
+                    )
+                    .build(),
+            ))
         }
     }
 }

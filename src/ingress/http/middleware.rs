@@ -139,9 +139,9 @@ pub async fn telemetry(
         SpanKind::Server,
         || trace::server_span_name(info.listen_port, &path),
         |a| {
-            a.method(A_HTTP_METHOD, &method);
+            a.str(A_HTTP_METHOD, &method);
             a.str(A_URL_PATH, &path);
-            a.static_str(A_URL_SCHEME, if info.tls { "https" } else { "http" });
+            a.str(A_URL_SCHEME, if info.tls { "https" } else { "http" });
             a.int(A_SERVER_PORT, info.listen_port as i64);
             a.str(A_CLIENT_ADDRESS, &client_ip(&shared, &req).to_string());
             a.str(A_HTTP_ROUTE, &route);
