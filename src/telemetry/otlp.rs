@@ -104,7 +104,10 @@ pub fn encode_request(
             Waiting::Packed(_) => own_scope,
             Waiting::Data(d) => &d.instrumentation_scope,
         };
-        match scopes.iter_mut().find(|(s, _)| *s == scope) {
+        match scopes
+            .iter_mut()
+            .find(|(s, _)| std::ptr::eq(*s, scope) || *s == scope)
+        {
             Some((_, members)) => members.push(i),
             None => scopes.push((scope, vec![i])),
         }
@@ -290,12 +293,32 @@ fn packed_value_len(v: PackedValue<'_>) -> usize {
 
 #[inline]
 fn packed_key_value_len(a: PackedAttribute<'_>) -> usize {
-    string_len(1, a.key) + field_len(2, packed_value_len(a.value))
+    bytes_len(1, a.key.bytes()) + field_len(2, packed_value_len(a.value))
+}
+
+/// The size of one packed attribute as a span's `attributes` field (9): a `KeyValue`.
+pub fn attribute_field_len(key_len: usize, value: PackedValue<'_>) -> usize {
+    let key = if key_len == 0 {
+        0
+    } else {
+        field_len(1, key_len)
+    };
+    field_len(9, key + field_len(2, packed_value_len(value)))
+}
+
+/// A bytes field, omitted when empty (proto3).
+#[inline]
+fn bytes_len(field: u32, b: &[u8]) -> usize {
+    if b.is_empty() {
+        0
+    } else {
+        field_len(field, b.len())
+    }
 }
 
 /// The body of a `Span` message for a packed span (no events or links: those unpack it).
 fn packed_span_len(p: &PackedSpan) -> usize {
-    let (name, packed, aside) = p.read();
+    let (name, _, aside) = p.read();
     let parent = if p.parent_span_id() == opentelemetry::trace::SpanId::INVALID {
         0
     } else {
@@ -308,13 +331,11 @@ fn packed_span_len(p: &PackedSpan) -> usize {
         + parent
         + tag_len(16)
         + 4
-        + string_len(5, name)
+        + bytes_len(5, name)
         + varint_field_len(6, kind(p.kind()))
         + fixed64_field_len(7, nanos(p.start_time()))
         + fixed64_field_len(8, nanos(p.end_time))
-        + packed
-            .map(|a| field_len(9, packed_key_value_len(a)))
-            .sum::<usize>()
+        + p.encoded_attributes_len()
         + attributes_len(9, aside)
         + field_len(15, status_len(&status))
 }
@@ -544,7 +565,15 @@ impl Proto {
                 self.tag(4, FIXED64);
                 self.0.extend_from_slice(&f.to_le_bytes());
             }
-            PackedValue::Str(s) => self.bytes(1, s.as_bytes()),
+            PackedValue::Str(s) => self.bytes(1, s),
+        }
+    }
+
+    /// A bytes field, omitted when empty (proto3).
+    #[inline]
+    fn optional_bytes(&mut self, field: u32, b: &[u8]) {
+        if !b.is_empty() {
+            self.bytes(field, b);
         }
     }
 
@@ -561,13 +590,13 @@ impl Proto {
             16,
             span_flags(cx.trace_flags().to_u8(), p.parent_span_is_remote()),
         );
-        self.string(5, name);
+        self.optional_bytes(5, name);
         self.varint_field(6, kind(p.kind()));
         self.fixed64_field(7, nanos(p.start_time()));
         self.fixed64_field(8, nanos(p.end_time));
         for a in packed {
             self.message_header(9, packed_key_value_len(a));
-            self.string(1, a.key);
+            self.optional_bytes(1, a.key.bytes());
             self.message_header(2, packed_value_len(a.value));
             self.packed_value(a.value);
         }

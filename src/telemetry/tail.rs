@@ -11,13 +11,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceId};
-use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use std::sync::{Mutex, OnceLock};
 
 use super::export::Export;
 use super::names::{SpanKey, SPAN_ATTRIBUTES};
+use super::otlp::attribute_field_len;
 
 /// Traces PROD remembers as selected, and for how long after the last selection.
 pub const SELECTED_TRACES_MAX: usize = 8192;
@@ -193,6 +194,7 @@ pub struct PackedSpan {
     /// `Status::Ok` rather than `Unset` (an error unpacks the span).
     ok: bool,
     len: u16,
+    encoded_attributes: u32,
     /// Attributes that did not fit in `bytes`, and values packing does not cover (arrays).
     overflow: Vec<KeyValue>,
     bytes: [u8; PACKED_BYTES],
@@ -218,10 +220,11 @@ impl PackedSpan {
             end_time: start_time,
             ok: false,
             len: 0,
+            encoded_attributes: 0,
             overflow: Vec::new(),
             bytes: [0; PACKED_BYTES],
         });
-        if p.writer().str(name).is_none() {
+        if p.writer().bytes(name.as_bytes()).is_none() {
             // A name longer than the block: keep it aside (unpacked first).
             p.len = 0;
             p.overflow.push(KeyValue::new(NAME_KEY, name.to_owned()));
@@ -236,79 +239,82 @@ impl PackedSpan {
         }
     }
 
-    /// Append one attribute; `put` writes the tag and value.
+    /// Append one attribute, or keep it aside (owned) when the block is full.
     fn append(
         &mut self,
-        key: SpanKey,
-        put: impl FnOnce(&mut Writer<'_>) -> Option<()>,
+        key_index: u8,
+        key_name: &str,
+        value: PackedValue<'_>,
         owned: impl FnOnce() -> KeyValue,
     ) {
         let mark = self.len;
         let mut w = self.writer();
-        let packed = match key.index {
-            SpanKey::CUSTOM => w.put(&[LITERAL_KEY]).and_then(|_| w.str(key.name)),
+        let packed = match key_index {
+            SpanKey::CUSTOM => w
+                .put(&[LITERAL_KEY])
+                .and_then(|_| w.bytes(key_name.as_bytes())),
             i => w.put(&[i]),
         }
-        .and_then(|_| put(&mut w));
-        if packed.is_none() {
-            self.len = mark;
-            self.overflow.push(owned());
+        .and_then(|_| match value {
+            PackedValue::Bool(b) => w.put(&[TAG_BOOL, b as u8]),
+            PackedValue::I64(i) => w.put(&[TAG_I64]).and_then(|_| w.put(&i.to_le_bytes())),
+            PackedValue::F64(f) => w.put(&[TAG_F64]).and_then(|_| w.put(&f.to_le_bytes())),
+            PackedValue::Str(s) => w.put(&[TAG_STRING]).and_then(|_| w.bytes(s)),
+        });
+        match packed {
+            Some(()) => {
+                self.encoded_attributes += attribute_field_len(key_name.len(), value) as u32;
+            }
+            None => {
+                self.len = mark;
+                self.overflow.push(owned());
+            }
         }
     }
 
     pub fn push_str(&mut self, key: SpanKey, value: &str) {
         self.append(
-            key,
-            |w| w.put(&[TAG_STRING]).and_then(|_| w.str(value)),
+            key.index,
+            key.name,
+            PackedValue::Str(value.as_bytes()),
             || KeyValue::new(key, value.to_owned()),
         );
     }
 
     pub fn push_i64(&mut self, key: SpanKey, value: i64) {
-        self.append(
-            key,
-            |w| w.put(&[TAG_I64]).and_then(|_| w.put(&value.to_le_bytes())),
-            || KeyValue::new(key, value),
-        );
+        self.append(key.index, key.name, PackedValue::I64(value), || {
+            KeyValue::new(key, value)
+        });
     }
 
     pub fn push_f64(&mut self, key: SpanKey, value: f64) {
-        self.append(
-            key,
-            |w| w.put(&[TAG_F64]).and_then(|_| w.put(&value.to_le_bytes())),
-            || KeyValue::new(key, value),
-        );
+        self.append(key.index, key.name, PackedValue::F64(value), || {
+            KeyValue::new(key, value)
+        });
     }
 
     /// Any attribute (keys and values of any kind; arrays are kept aside).
     pub fn push(&mut self, kv: KeyValue) {
         let name = kv.key.as_str();
-        // A key known by name is stored by index; any other is stored by name (its bytes are
-        // copied, so the borrowed name need not be static).
+        // A key known by name is stored by index; any other by name (copied).
         let index = known_key(name).unwrap_or(SpanKey::CUSTOM);
-        let key_bytes = |w: &mut Writer<'_>| match index {
-            SpanKey::CUSTOM => w.put(&[LITERAL_KEY]).and_then(|_| w.str(name)),
-            i => w.put(&[i]),
+        let value = match &kv.value {
+            Value::Bool(b) => PackedValue::Bool(*b),
+            Value::I64(i) => PackedValue::I64(*i),
+            Value::F64(f) => PackedValue::F64(*f),
+            Value::String(s) => PackedValue::Str(s.as_str().as_bytes()),
+            _ => {
+                self.overflow.push(kv);
+                return;
+            }
         };
-        let mark = self.len;
-        let mut w = self.writer();
-        let packed = match &kv.value {
-            Value::Bool(b) => key_bytes(&mut w).and_then(|_| w.put(&[TAG_BOOL, *b as u8])),
-            Value::I64(i) => key_bytes(&mut w)
-                .and_then(|_| w.put(&[TAG_I64]))
-                .and_then(|_| w.put(&i.to_le_bytes())),
-            Value::F64(f) => key_bytes(&mut w)
-                .and_then(|_| w.put(&[TAG_F64]))
-                .and_then(|_| w.put(&f.to_le_bytes())),
-            Value::String(s) => key_bytes(&mut w)
-                .and_then(|_| w.put(&[TAG_STRING]))
-                .and_then(|_| w.str(s.as_str())),
-            _ => None,
-        };
-        if packed.is_none() {
-            self.len = mark;
-            self.overflow.push(kv);
-        }
+        self.append(index, name, value, || kv.clone());
+    }
+
+    /// The protobuf size of the packed attributes as OTLP span attributes (field 9), kept as
+    /// they are written so that the exporter need not read them twice.
+    pub fn encoded_attributes_len(&self) -> usize {
+        self.encoded_attributes as usize
     }
 
     pub fn set_ok(&mut self, ok: bool) {
@@ -339,15 +345,15 @@ impl PackedSpan {
         }
     }
 
-    /// The name, and the packed attributes and those kept aside, read in place.
-    pub fn read(&self) -> (&str, PackedAttributes<'_>, &[KeyValue]) {
+    /// The name (UTF-8), and the packed attributes and those kept aside, read in place.
+    pub fn read(&self) -> (&[u8], PackedAttributes<'_>, &[KeyValue]) {
         let mut r = Reader(&self.bytes[..self.len as usize]);
         let (name, aside) = match self.overflow.first() {
             Some(kv) if kv.key.as_str() == NAME_KEY => match &kv.value {
-                Value::String(s) => (s.as_str(), &self.overflow[1..]),
-                _ => ("", &self.overflow[1..]),
+                Value::String(s) => (s.as_str().as_bytes(), &self.overflow[1..]),
+                _ => (&b""[..], &self.overflow[1..]),
             },
-            _ => (r.str().unwrap_or_default(), &self.overflow[..]),
+            _ => (r.bytes().unwrap_or_default(), &self.overflow[..]),
         };
         (name, PackedAttributes(r), aside)
     }
@@ -363,7 +369,7 @@ impl PackedSpan {
             parent_span_id: self.parent_span_id,
             parent_span_is_remote: self.parent_span_is_remote,
             span_kind: self.kind.clone(),
-            name: name.to_owned().into(),
+            name: owned(name).into(),
             start_time: self.start_time,
             end_time: self.end_time,
             attributes,
@@ -376,11 +382,27 @@ impl PackedSpan {
     }
 }
 
-/// A packed attribute, borrowed from the span's bytes.
+/// A packed attribute, borrowed from the span's bytes. Strings stay bytes (UTF-8 when they
+/// were written): the protobuf encoder copies them as they are, without validating them again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PackedAttribute<'a> {
-    pub key: &'a str,
+    pub key: Key<'a>,
     pub value: PackedValue<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Key<'a> {
+    Known(&'static str),
+    Literal(&'a [u8]),
+}
+
+impl Key<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Known(k) => k.as_bytes(),
+            Key::Literal(k) => k,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -388,20 +410,24 @@ pub enum PackedValue<'a> {
     Bool(bool),
     I64(i64),
     F64(f64),
-    Str(&'a str),
+    Str(&'a [u8]),
+}
+
+fn owned(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl PackedAttribute<'_> {
     fn to_key_value(self) -> KeyValue {
-        let key = match known_key(self.key) {
-            Some(i) => Key::from_static_str(SPAN_ATTRIBUTES[i as usize]),
-            None => Key::from(self.key.to_owned()),
+        let key = match self.key {
+            Key::Known(k) => opentelemetry::Key::from_static_str(k),
+            Key::Literal(k) => opentelemetry::Key::from(owned(k)),
         };
         let value = match self.value {
             PackedValue::Bool(b) => Value::Bool(b),
             PackedValue::I64(i) => Value::I64(i),
             PackedValue::F64(f) => Value::F64(f),
-            PackedValue::Str(s) => Value::from(s.to_owned()),
+            PackedValue::Str(s) => Value::from(owned(s)),
         };
         KeyValue::new(key, value)
     }
@@ -530,9 +556,9 @@ impl Writer<'_> {
         *self.at = end as u16;
         Some(())
     }
-    fn str(&mut self, s: &str) -> Option<()> {
-        self.put(&(u16::try_from(s.len()).ok()?).to_le_bytes())?;
-        self.put(s.as_bytes())
+    fn bytes(&mut self, b: &[u8]) -> Option<()> {
+        self.put(&(u16::try_from(b.len()).ok()?).to_le_bytes())?;
+        self.put(b)
     }
 }
 
@@ -553,23 +579,24 @@ impl<'a> Reader<'a> {
     fn word(&mut self) -> Option<[u8; 8]> {
         self.take(8).map(|b| b.try_into().expect("8 bytes"))
     }
-    fn str(&mut self) -> Option<&'a str> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
-        std::str::from_utf8(self.take(len)?).ok()
+        self.take(len)
     }
+
     fn attribute(&mut self) -> Option<PackedAttribute<'a>> {
         if self.0.is_empty() {
             return None;
         }
         let key = match self.u8()? {
-            LITERAL_KEY => self.str()?,
-            i => SPAN_ATTRIBUTES.get(i as usize)?,
+            LITERAL_KEY => Key::Literal(self.bytes()?),
+            i => Key::Known(SPAN_ATTRIBUTES.get(i as usize)?),
         };
         let value = match self.u8()? {
             TAG_BOOL => PackedValue::Bool(self.u8()? != 0),
             TAG_I64 => PackedValue::I64(i64::from_le_bytes(self.word()?)),
             TAG_F64 => PackedValue::F64(f64::from_le_bytes(self.word()?)),
-            TAG_STRING => PackedValue::Str(self.str()?),
+            TAG_STRING => PackedValue::Str(self.bytes()?),
             _ => return None,
         };
         Some(PackedAttribute { key, value })

@@ -10,14 +10,12 @@ pub use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SpanData,
-};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData};
 use opentelemetry_sdk::Resource;
 use std::time::SystemTime;
 
-use super::names::*;
 use super::export::{Export, SpanBatcher};
+use super::names::*;
 use super::otlp::{encode_resource, OtlpHttpSender};
 use super::tail::{PackedSpan, Selector, Waiting};
 use crate::config::{parse_duration, ConfigError, Deployment};
