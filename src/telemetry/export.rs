@@ -2,8 +2,8 @@
 //! them over OTLP/HTTP ([`SpanBatcher`]), or, for gRPC, the SDK's batch processor and
 //! `opentelemetry-otlp`'s exporter.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,8 +48,11 @@ impl Export {
     }
 }
 
-enum Message {
-    Span(Waiting),
+/// What wakes the exporting thread (spans themselves do not: a wake-up per span would cost
+/// a context switch per span).
+enum Control {
+    /// A batch's worth of spans is waiting.
+    Export,
     /// Export what is queued, stop, and say so.
     Shutdown(SyncSender<()>),
 }
@@ -58,7 +61,10 @@ enum Message {
 /// `interval`, or as soon as [`EXPORT_BATCH_SPANS`] are waiting.
 #[derive(Debug)]
 pub struct SpanBatcher {
-    queue: SyncSender<Message>,
+    spans: SyncSender<Waiting>,
+    control: SyncSender<Control>,
+    /// Spans queued since the thread last drained the queue.
+    queued: Arc<AtomicUsize>,
     worker: Mutex<Option<JoinHandle<()>>>,
     dropped: Arc<AtomicU64>,
 }
@@ -70,7 +76,10 @@ struct Worker {
     resource_schema_url: String,
     scope: InstrumentationScope,
     interval: Duration,
+    queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
+    /// Drops already logged.
+    reported: u64,
     /// Whether the last export failed (failures are logged when they start and end).
     failing: bool,
 }
@@ -83,7 +92,10 @@ impl SpanBatcher {
         scope: InstrumentationScope,
         interval: Duration,
     ) -> Result<SpanBatcher, String> {
-        let (queue, rx) = mpsc::sync_channel(EXPORT_QUEUE_SPANS);
+        let (spans, span_rx) = mpsc::sync_channel(EXPORT_QUEUE_SPANS);
+        // Room for the one pending Export and a Shutdown.
+        let (control, control_rx) = mpsc::sync_channel(2);
+        let queued = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             sender,
@@ -91,31 +103,37 @@ impl SpanBatcher {
             resource_schema_url,
             scope,
             interval,
+            queued: queued.clone(),
             dropped: dropped.clone(),
+            reported: 0,
             failing: false,
         };
         let handle = std::thread::Builder::new()
             .name("busgate-otlp".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || worker.run(span_rx, control_rx))
             .map_err(|e| format!("cannot start the span export thread: {e}"))?;
         Ok(SpanBatcher {
-            queue,
+            spans,
+            control,
+            queued,
             worker: Mutex::new(Some(handle)),
             dropped,
         })
     }
 
     pub fn push(&self, span: Waiting) {
-        match self.queue.try_send(Message::Span(span)) {
-            Ok(()) => {}
-            // The collector is not keeping up (or export stopped): drop, count, report.
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.spans.try_send(span).is_err() {
+            // Full (the collector is not keeping up) or stopped: drop, count, report.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Wake the thread once per batch: the push that completes it sends the signal.
+        if self.queued.fetch_add(1, Ordering::AcqRel) + 1 == EXPORT_BATCH_SPANS {
+            let _ = self.control.try_send(Control::Export);
         }
     }
 
-    /// Spans dropped because the queue was full, so far.
+    /// Spans dropped because the queue was full, since the start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -125,9 +143,8 @@ impl SpanBatcher {
             return Ok(());
         };
         let (done, wait) = mpsc::sync_channel(1);
-        // Blocks while the queue is full: shutdown waits its turn behind queued spans.
-        self.queue
-            .send(Message::Shutdown(done))
+        self.control
+            .send(Control::Shutdown(done))
             .map_err(|_| "the span export thread is gone".to_owned())?;
         let _ = wait.recv();
         handle
@@ -137,49 +154,47 @@ impl SpanBatcher {
 }
 
 impl Worker {
-    fn run(mut self, rx: mpsc::Receiver<Message>) {
+    fn run(mut self, spans: Receiver<Waiting>, control: Receiver<Control>) {
         let mut batch: Vec<Waiting> = Vec::with_capacity(EXPORT_BATCH_SPANS);
         let mut next = Instant::now() + self.interval;
         loop {
-            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(Message::Span(span)) => {
-                    batch.push(span);
-                    if batch.len() >= EXPORT_BATCH_SPANS {
-                        self.export(&mut batch);
-                    }
-                }
-                Ok(Message::Shutdown(done)) => {
-                    // Whatever else was queued before the request is already in `batch` or
-                    // behind it in the channel; spans sent later are not waited for.
-                    while let Ok(Message::Span(span)) = rx.try_recv() {
-                        batch.push(span);
-                        if batch.len() >= EXPORT_BATCH_SPANS {
-                            self.export(&mut batch);
-                        }
-                    }
-                    self.export(&mut batch);
+            let woken = control.recv_timeout(next.saturating_duration_since(Instant::now()));
+            if matches!(woken, Err(RecvTimeoutError::Timeout)) {
+                next = Instant::now() + self.interval;
+            }
+            self.drain(&spans, &mut batch);
+            match woken {
+                Ok(Control::Export) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Control::Shutdown(done)) => {
                     let _ = done.send(());
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.export(&mut batch);
-                    next = Instant::now() + self.interval;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.export(&mut batch);
-                    return;
-                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
+    /// Export everything queued, a batch at a time.
+    fn drain(&mut self, spans: &Receiver<Waiting>, batch: &mut Vec<Waiting>) {
+        // Taken before draining: spans queued meanwhile count towards the next signal.
+        self.queued.store(0, Ordering::Release);
+        while let Ok(span) = spans.try_recv() {
+            batch.push(span);
+            if batch.len() >= EXPORT_BATCH_SPANS {
+                self.export(batch);
+            }
+        }
+        self.export(batch);
+    }
+
     fn export(&mut self, batch: &mut Vec<Waiting>) {
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
+        let total = self.dropped.load(Ordering::Relaxed);
+        if total > self.reported {
             tracing::warn!(
-                dropped,
+                dropped = total - self.reported,
                 "Span export queue full: spans dropped (the collector is not keeping up)"
             );
+            self.reported = total;
         }
         if batch.is_empty() {
             return;
@@ -204,5 +219,65 @@ impl Worker {
             }
             Err(error) => tracing::debug!(%error, spans, "Span export failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::tail::PackedSpan;
+    use opentelemetry::trace::{SpanContext, SpanKind};
+    use std::time::SystemTime;
+
+    fn span() -> Waiting {
+        Waiting::Packed(PackedSpan::new(
+            &SpanContext::NONE,
+            SpanKind::Server,
+            ":443/x",
+            SystemTime::now(),
+        ))
+    }
+
+    /// A collector that accepts connections and never answers: the queue fills, newer spans
+    /// are dropped and counted, and shutdown still returns once the exports time out.
+    #[test]
+    fn a_stalled_collector_costs_spans_not_memory_or_shutdown() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        let sender = OtlpHttpSender::new(
+            &format!("http://{addr}/v1/traces"),
+            Vec::new(),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let batcher = SpanBatcher::new(
+            sender,
+            Vec::new(),
+            String::new(),
+            InstrumentationScope::builder("busgate").build(),
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        let pushed = EXPORT_QUEUE_SPANS + 2 * EXPORT_BATCH_SPANS + 100;
+        for _ in 0..pushed {
+            batcher.push(span());
+        }
+        // At most the queue and the batch being exported are held.
+        let dropped = batcher.dropped() as usize;
+        assert!(
+            dropped >= pushed - EXPORT_QUEUE_SPANS - EXPORT_BATCH_SPANS,
+            "{dropped}"
+        );
+        assert!(dropped < pushed, "{dropped}");
+        // Returns once the queued exports have timed out.
+        batcher.shutdown().unwrap();
+        // A second shutdown is a no-op; spans after it are dropped, not queued forever.
+        batcher.shutdown().unwrap();
+        batcher.push(span());
+        assert_eq!(batcher.dropped() as usize, dropped + 1);
     }
 }
