@@ -27,8 +27,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Alternating rounds per configuration and seconds per round (`BENCH_ROUNDS`, `BENCH_SECONDS`
 /// shorten a quick look; the figures in RESULTS.md use the defaults).
-const ROUNDS: usize = 7;
-const SECONDS: u32 = 6;
+// Many short rounds: the shared machine's load drifts, and a cost paired within a round and
+// taken as the median over many rounds resists that drift best.
+const ROUNDS: usize = 15;
+const SECONDS: u32 = 4;
 const CONNECTIONS: u32 = 64;
 const COLLECT_INSTANCES: usize = 20;
 const COLLECT_RUNS: usize = 10;
@@ -213,6 +215,13 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// First quartile, median, third quartile.
+fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.5), at(0.75))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -290,7 +299,8 @@ async fn main() {
         }
         println!("round {round}:{} (off | prod | export all)", cells.concat());
     }
-    // Costs paired within each round (the machine's load drifts between rounds), then the median.
+    // Costs paired within each round (the machine's load drifts between rounds), then the
+    // median and quartiles over rounds.
     let paired = |i: usize| {
         let tp: Vec<f64> = (0..rounds)
             .map(|r| (1.0 - runs[i].0[r] / runs[0].0[r]) * 100.0)
@@ -298,10 +308,12 @@ async fn main() {
         let cpu: Vec<f64> = (0..rounds)
             .map(|r| (cpu_per_request[i][r] / cpu_per_request[0][r] - 1.0) * 100.0)
             .collect();
-        (median(tp), median(cpu))
+        (quartiles(tp), quartiles(cpu))
     };
-    let ((prod_paired_tp, prod_paired_cpu), (all_paired_tp, all_paired_cpu)) =
-        (paired(1), paired(2));
+    let (prod_tp, prod_cpu_q) = paired(1);
+    let (all_tp, all_cpu_q) = paired(2);
+    let (prod_paired_tp, prod_paired_cpu) = (prod_tp.1, prod_cpu_q.1);
+    let (all_paired_tp, all_paired_cpu) = (all_tp.1, all_cpu_q.1);
     println!(
         "paired medians: prod {prod_paired_tp:.1}% throughput, {prod_paired_cpu:.1}% CPU | all {all_paired_tp:.1}% throughput, {all_paired_cpu:.1}% CPU"
     );
@@ -356,9 +368,11 @@ so absolute figures are low and noisy; the ratios come from one run, {rounds} al
 | off (`BUSGATE_TELEMETRY=off`) | {off_rps:.0} | | {off_p99:.2} ms | {off_cpu:.1} µs | |\n\
 | on, PROD: every span recorded, exported when its trace holds an error or a slow span; metrics | {prod_rps:.0} | {prod_cost:.1}% | {prod_p99:.2} ms | {prod_cpu:.1} µs | {prod_cpu_cost:.1}% |\n\
 | on, LAB/LOCAL: every span exported over OTLP/HTTP; metrics | {all_rps:.0} | {all_cost:.1}% | {all_p99:.2} ms | {all_cpu:.1} µs | {all_cpu_cost:.1}% |\n\n\
-Paired within rounds (each round's cost against the same round's off run, then the median over \
-rounds; less exposed to the machine's drifting load): PROD costs **{prod_paired_tp:.1}%** of throughput \
-and **{prod_paired_cpu:.1}%** CPU per request; export-all {all_paired_tp:.1}% and {all_paired_cpu:.1}%.\n\n\
+Paired within rounds (each round's cost against the same round's off run; median over rounds, \
+quartiles in brackets; less exposed to the machine's drifting load than the medians above):\n\n\
+| telemetry | throughput cost | CPU per request |\n|---|---|---|\n\
+| on, PROD | **{prod_paired_tp:.1}%** [{pq1:.1}%, {pq3:.1}%] | **{prod_paired_cpu:.1}%** [{pc1:.1}%, {pc3:.1}%] |\n\
+| on, export every span | **{all_paired_tp:.1}%** [{aq1:.1}%, {aq3:.1}%] | **{all_paired_cpu:.1}%** [{ac1:.1}%, {ac3:.1}%] |\n\n\
 Gateway CPU per request is the user + system time of the bench process (ingress, the example services, \
 and for export-all also the in-process OTLP sink that receives the spans) divided by the requests wrk completed: \
 less noisy than req/s on a shared machine. Instructions per request, counted by callgrind and so repeatable \
@@ -374,6 +388,14 @@ Most of it is the two multicast ack windows (ping, then metrics) of 250 ms each.
         errs = if errors { "wrk reported errors or non-2xx answers. " } else { "No errors. " },
         kb = exported.load(Ordering::Relaxed) / 1024,
         tail = base.tail_buffer_spans,
+        pq1 = prod_tp.0,
+        pq3 = prod_tp.2,
+        pc1 = prod_cpu_q.0,
+        pc3 = prod_cpu_q.2,
+        aq1 = all_tp.0,
+        aq3 = all_tp.2,
+        ac1 = all_cpu_q.0,
+        ac3 = all_cpu_q.2,
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS.md");
     std::fs::write(path, report).unwrap();
