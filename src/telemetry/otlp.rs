@@ -297,13 +297,26 @@ fn packed_key_value_len(a: PackedAttribute<'_>) -> usize {
 }
 
 /// The size of one packed attribute as a span's `attributes` field (9): a `KeyValue`.
+/// Runs for every recorded attribute, exported or not: keep it to a few instructions.
+#[inline]
 pub fn attribute_field_len(key_len: usize, value: PackedValue<'_>) -> usize {
-    let key = if key_len == 0 {
-        0
-    } else {
-        field_len(1, key_len)
+    #[inline(always)]
+    fn delimited(len: usize) -> usize {
+        // One tag byte (fields below 16) and the length's varint.
+        1 + if len < 0x80 {
+            1
+        } else {
+            varint_len(len as u64)
+        } + len
+    }
+    let key = if key_len == 0 { 0 } else { delimited(key_len) };
+    let value = match value {
+        PackedValue::Bool(_) => 2,
+        PackedValue::I64(i) => 1 + varint_len(i as u64),
+        PackedValue::F64(_) => 9,
+        PackedValue::Str(s) => delimited(s.len()),
     };
-    field_len(9, key + field_len(2, packed_value_len(value)))
+    delimited(key + delimited(value))
 }
 
 /// A bytes field, omitted when empty (proto3).

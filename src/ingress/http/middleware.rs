@@ -100,6 +100,52 @@ pub fn client_ip(shared: &Shared, req: &Request) -> IpAddr {
         .unwrap_or(peer)
 }
 
+/// An IP address as text, IPv4 without the formatting machinery (every request's span has one).
+fn ip_text(ip: IpAddr) -> IpText {
+    let mut out = IpText {
+        bytes: [0; IP_TEXT_MAX],
+        len: 0,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b".");
+                }
+                out.push(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut out.bytes[..]);
+            let _ = write!(cursor, "{ip}");
+            out.len = cursor.position() as usize;
+        }
+    }
+    out
+}
+
+/// The longest IPv6 text form with an embedded IPv4 address.
+const IP_TEXT_MAX: usize = 45;
+
+struct IpText {
+    bytes: [u8; IP_TEXT_MAX],
+    len: usize,
+}
+
+impl IpText {
+    fn push(&mut self, b: &[u8]) {
+        self.bytes[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+    }
+
+    fn as_str(&self) -> &str {
+        // Digits, dots, colons and hex letters only.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
 fn new_trace_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -143,7 +189,7 @@ pub async fn telemetry(
             a.str(A_URL_PATH, &path);
             a.str(A_URL_SCHEME, if info.tls { "https" } else { "http" });
             a.int(A_SERVER_PORT, info.listen_port as i64);
-            a.str(A_CLIENT_ADDRESS, &client_ip(&shared, &req).to_string());
+            a.str(A_CLIENT_ADDRESS, ip_text(client_ip(&shared, &req)).as_str());
             a.str(A_HTTP_ROUTE, &route);
             if let Some(q) = req.uri().query() {
                 a.str(A_URL_QUERY, q);
@@ -508,4 +554,26 @@ pub async fn default_favicon(req: Request, next: Next) -> Response {
         return icon;
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.168.100.200",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip).as_str(), ip.to_string());
+        }
+    }
 }
