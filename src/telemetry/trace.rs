@@ -33,18 +33,18 @@ pub const ENV_TELEMETRY: &str = "BUSGATE_TELEMETRY";
 pub const ENV_SLOW_TRACE_THRESHOLD: &str = "BUSGATE_TRACE_SLOW_THRESHOLD";
 pub const DEFAULT_SLOW_TRACE_THRESHOLD: Duration = Duration::from_secs(1);
 
-/// How often the batch processor ships spans: soon enough to find a request in Jaeger while
-/// looking at it, rarely enough to batch.
+/// How often spans are shipped: soon enough to find a request in Jaeger while looking at it,
+/// rarely enough to batch.
 pub const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest one export may take before it is abandoned.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ended spans PROD holds per service while it waits to learn whether their trace is worth
 /// keeping. Errors and `:888/trace` selections arrive within milliseconds, so a small buffer
 /// keeps error traces whole; a slow trace's early fast spans need a window as long as the slow
-/// threshold (1024 spans are ~1 s at 1k req/s per instance, 60 ms at 16k). Larger buffers cost
-/// throughput even packed (`cargo bench --bench telemetry` with `BUSGATE_TRACE_TAIL_BUFFER`,
-/// measured on the allocated buffer before the ring: 64 spans ≈ 6%, 1024 ≈ 12%, 8192 ≈ 17%
-/// more CPU per request than telemetry off).
+/// threshold (1024 spans are ~1 s at 1k req/s per instance, 60 ms at 16k). Each waiting span
+/// holds ~600 bytes, and a larger buffer touches more memory per request (an earlier design
+/// measured 64 spans ≈ 6%, 1024 ≈ 12%, 8192 ≈ 17% more CPU per request than telemetry off;
+/// measure with `BUSGATE_TRACE_TAIL_BUFFER=<n> cargo bench --bench telemetry`).
 pub const DEFAULT_TAIL_BUFFER_SPANS: usize = 1024;
 pub const ENV_TAIL_BUFFER_SPANS: &str = "BUSGATE_TRACE_TAIL_BUFFER";
 
