@@ -21,6 +21,13 @@ pub const EXPORT_QUEUE_SPANS: usize = 4 * EXPORT_BATCH_SPANS;
 /// Spans per request to the collector: large enough to amortise a request, small enough to
 /// stay far below collectors' default 4 MiB body limit (~0.5 KB per span).
 pub const EXPORT_BATCH_SPANS: usize = 512;
+/// How long shutdown waits for the queue to reach the collector. A healthy collector takes
+/// milliseconds; a stalled one would otherwise hold every service's shutdown for several export
+/// timeouts (the SDK's batch processor bounds its shutdown the same way).
+pub const EXPORT_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Control messages that can wait: two `Export`s can be pending (one from a full batch before
+/// the thread resets the count, one after), and a `Shutdown` must never block behind them.
+const CONTROL_CAPACITY: usize = 4;
 
 /// The export of one service's spans.
 #[derive(Debug)]
@@ -93,8 +100,7 @@ impl SpanBatcher {
         interval: Duration,
     ) -> Result<SpanBatcher, String> {
         let (spans, span_rx) = mpsc::sync_channel(EXPORT_QUEUE_SPANS);
-        // Room for the one pending Export and a Shutdown.
-        let (control, control_rx) = mpsc::sync_channel(2);
+        let (control, control_rx) = mpsc::sync_channel(CONTROL_CAPACITY);
         let queued = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let worker = Worker {
@@ -146,10 +152,18 @@ impl SpanBatcher {
         self.control
             .send(Control::Shutdown(done))
             .map_err(|_| "the span export thread is gone".to_owned())?;
-        let _ = wait.recv();
-        handle
-            .join()
-            .map_err(|_| "the span export thread panicked".to_owned())
+        match wait.recv_timeout(EXPORT_SHUTDOWN_WAIT) {
+            Ok(()) => handle
+                .join()
+                .map_err(|_| "the span export thread panicked".to_owned()),
+            // Left to finish (or time out) on its own; the process may exit before it does.
+            Err(RecvTimeoutError::Timeout) => Err(format!(
+                "spans still queued after {EXPORT_SHUTDOWN_WAIT:?}: the collector is not answering"
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err("the span export thread stopped before flushing".to_owned())
+            }
+        }
     }
 }
 
@@ -166,6 +180,14 @@ impl Worker {
             match woken {
                 Ok(Control::Export) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(Control::Shutdown(done)) => {
+                    // Serving has stopped: what is queued now is all there is.
+                    for span in spans.try_iter() {
+                        batch.push(span);
+                        if batch.len() >= EXPORT_BATCH_SPANS {
+                            self.export(&mut batch);
+                        }
+                    }
+                    self.export(&mut batch);
                     let _ = done.send(());
                     return;
                 }
@@ -174,11 +196,15 @@ impl Worker {
         }
     }
 
-    /// Export everything queued, a batch at a time.
+    /// Export what is queued, a batch at a time; at most a full queue's worth, so that a
+    /// steady stream cannot keep the thread from its control messages.
     fn drain(&mut self, spans: &Receiver<Waiting>, batch: &mut Vec<Waiting>) {
         // Taken before draining: spans queued meanwhile count towards the next signal.
         self.queued.store(0, Ordering::Release);
-        while let Ok(span) = spans.try_recv() {
+        for span in spans
+            .try_iter()
+            .take(EXPORT_QUEUE_SPANS + EXPORT_BATCH_SPANS)
+        {
             batch.push(span);
             if batch.len() >= EXPORT_BATCH_SPANS {
                 self.export(batch);

@@ -194,6 +194,8 @@ pub struct PackedSpan {
     /// `Status::Ok` rather than `Unset` (an error unpacks the span).
     ok: bool,
     len: u16,
+    /// The name did not fit: it is `overflow[0]`.
+    name_aside: bool,
     encoded_attributes: u32,
     /// Attributes that did not fit in `bytes`, and values packing does not cover (arrays).
     overflow: Vec<KeyValue>,
@@ -220,6 +222,7 @@ impl PackedSpan {
             end_time: start_time,
             ok: false,
             len: 0,
+            name_aside: false,
             encoded_attributes: 0,
             overflow: Vec::new(),
             bytes: [0; PACKED_BYTES],
@@ -227,6 +230,7 @@ impl PackedSpan {
         if p.writer().bytes(name.as_bytes()).is_none() {
             // A name longer than the block: keep it aside (unpacked first).
             p.len = 0;
+            p.name_aside = true;
             p.overflow.push(KeyValue::new(NAME_KEY, name.to_owned()));
         }
         p
@@ -348,10 +352,10 @@ impl PackedSpan {
     /// The name (UTF-8), and the packed attributes and those kept aside, read in place.
     pub fn read(&self) -> (&[u8], PackedAttributes<'_>, &[KeyValue]) {
         let mut r = Reader(&self.bytes[..self.len as usize]);
-        let (name, aside) = match self.overflow.first() {
-            Some(kv) if kv.key.as_str() == NAME_KEY => match &kv.value {
-                Value::String(s) => (s.as_str().as_bytes(), &self.overflow[1..]),
-                _ => (&b""[..], &self.overflow[1..]),
+        let (name, aside) = match (self.name_aside, self.overflow.split_first()) {
+            (true, Some((kv, rest))) => match &kv.value {
+                Value::String(s) => (s.as_str().as_bytes(), rest),
+                _ => (&b""[..], rest),
             },
             _ => (r.bytes().unwrap_or_default(), &self.overflow[..]),
         };
@@ -444,8 +448,8 @@ impl<'a> Iterator for PackedAttributes<'a> {
     }
 }
 
-/// Marks a name kept aside in `overflow` (not a valid attribute key in any convention).
-const NAME_KEY: &str = "\0name";
+/// The key under which a name too long for the block is kept aside (first in `overflow`).
+const NAME_KEY: &str = "name";
 
 /// A fixed ring of waiting spans, grown as it first fills; the oldest is replaced.
 #[derive(Debug)]
@@ -721,6 +725,18 @@ mod tests {
         );
         assert_eq!(data.attributes[0].value.as_str().len(), PACKED_BYTES - 20);
         assert_eq!(data.attributes[2].value.as_str(), "n".repeat(100));
+
+        // An attribute kept aside is never taken for the name, whatever its key.
+        let mut p = PackedSpan::new(
+            &SpanContext::NONE,
+            SpanKind::Server,
+            ":443/x",
+            SystemTime::UNIX_EPOCH,
+        );
+        p.push_str(SpanKey::custom("name"), &"v".repeat(PACKED_BYTES));
+        let data = p.unpack(&scope());
+        assert_eq!(data.name, ":443/x");
+        assert_eq!(data.attributes[0].key.as_str(), "name");
     }
 
     #[test]

@@ -620,7 +620,7 @@ impl ServiceTracer {
             Some(Sink::Selected(s)) => s.exporter(),
         };
         if let Err(e) = export.shutdown() {
-            tracing::debug!(error = %e, "tracer shutdown");
+            tracing::warn!(error = %e, "Span export did not finish at shutdown");
         }
     }
 }
