@@ -12,7 +12,7 @@ use busgate::telemetry::{OtlpProtocol, TelemetryConfig};
 use busgate::{examples, BusConfig, Connector, Ctx, Deployment, Error, Service};
 use bytes::Bytes;
 use common::http::{get, request};
-use common::otlp::{grpc_receiver, http_receiver, ReceivedSpan, Spans};
+use common::otlp::{grpc_receiver, http_receiver, https_receiver, ReceivedSpan, Spans};
 use common::{free_port, NatsServer};
 use http::{Response, StatusCode};
 
@@ -405,4 +405,53 @@ async fn handler_tracing_spans_are_children_of_their_hop() {
         spans.all().iter().all(|s| s.name != "startup"),
         "a span outside any handler is not exported"
     );
+}
+
+/// A collector over `https://` with a private CA: trusted through
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, it receives the spans; without it the handshake fails and
+/// nothing arrives; a certificate file that is not there is a clear start-up error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_https_with_a_private_ca() {
+    let nats = NatsServer::start();
+    let dir = common::TempDir::new("otlp-tls");
+    common::make_certs(&dir.0);
+    let (endpoint, spans) = https_receiver(&dir.0).await;
+    for trusted in [true, false] {
+        let mut cfg = traced(&nats, endpoint.clone(), OtlpProtocol::HttpProtobuf);
+        if trusted {
+            cfg.telemetry.ca_file = Some(dir.0.join("ca.pem"));
+        }
+        let client = Service::new("tls.test").start(&cfg).await.unwrap();
+        let root = client.tracer().start(
+            &SpanContext::NONE,
+            SpanKind::Internal,
+            || format!("trusted {trusted}"),
+            |_| {},
+        );
+        client.tracer().end(root);
+        client.shutdown().await;
+    }
+    let names: Vec<String> = spans.all().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["trusted true"]);
+
+    let map: std::collections::HashMap<&str, String> = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            dir.0.join("missing.pem").display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let err = TelemetryConfig::from_lookup(|k| map.get(k).cloned()).unwrap_err();
+    assert_eq!(err.name, "OTEL_EXPORTER_OTLP_CERTIFICATE");
+    // A file that holds no certificate fails the service's start, naming the file.
+    let mut cfg = traced(&nats, endpoint, OtlpProtocol::HttpProtobuf);
+    cfg.telemetry.ca_file = Some(dir.0.join("server.ext"));
+    let err = Service::new("tls.test")
+        .start(&cfg)
+        .await
+        .err()
+        .expect("start fails");
+    assert!(err.to_string().contains("server.ext"), "{err}");
 }

@@ -277,6 +277,7 @@ mod tests {
         let sender = OtlpHttpSender::new(
             &format!("http://{addr}/v1/traces"),
             Vec::new(),
+            None,
             Duration::from_millis(300),
         )
         .unwrap();

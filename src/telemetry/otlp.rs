@@ -9,6 +9,8 @@
 //! span is measured once and written once, and the resource is encoded once per exporter. The
 //! bytes are checked against `opentelemetry-proto`'s own conversion in the tests.
 
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -16,6 +18,9 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::tail::{PackedAttribute, PackedSpan, PackedValue, Waiting};
 
@@ -31,16 +36,20 @@ pub struct OtlpHttpSender {
 }
 
 impl OtlpHttpSender {
+    /// `ca_file`: PEM certificates trusted for an `https://` collector besides the system's.
     pub fn new(
         endpoint: &str,
         headers: Vec<(HeaderName, HeaderValue)>,
+        ca_file: Option<&Path>,
         timeout: Duration,
     ) -> Result<OtlpHttpSender, String> {
+        let tls = client_tls(ca_file)?;
         // The blocking client runs a runtime of its own, which cannot be started from within
         // the async runtime this is called on; build it on a thread of its own.
         let client = std::thread::spawn(move || {
             reqwest::blocking::Client::builder()
                 .timeout(timeout)
+                .tls_backend_preconfigured(tls)
                 .build()
         })
         .join()
@@ -76,6 +85,34 @@ impl OtlpHttpSender {
             self.endpoint
         ))
     }
+}
+
+/// TLS for the collector: the system's roots (read once per process) and `ca_file`'s, over
+/// rustls with the ring provider.
+fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    static SYSTEM_ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    let mut roots = rustls::RootCertStore::empty();
+    let system = SYSTEM_ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs);
+    roots.add_parsable_certificates(system.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The body of the `Resource` message for `resource`.

@@ -27,6 +27,9 @@ pub const ENV_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// Extra request headers (`key=value,...`, values percent-encoded), e.g. a collector's API key.
 pub const ENV_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 pub const ENV_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+/// PEM certificates to trust for an `https://` collector, besides the system's.
+pub const ENV_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+pub const ENV_OTLP_TRACES_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE";
 /// `off` turns spans and metrics off (for comparison benchmarks); anything else leaves them on.
 pub const ENV_TELEMETRY: &str = "BUSGATE_TELEMETRY";
 /// PROD also keeps traces with a span slower than this (busgate's setting).
@@ -68,6 +71,8 @@ pub struct TelemetryConfig {
     pub tail_buffer_spans: usize,
     /// Headers sent with every OTLP/HTTP export (gRPC reads the same variables itself).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra trusted certificates (PEM) for an OTLP/HTTP collector over `https://`.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for TelemetryConfig {
@@ -79,6 +84,7 @@ impl Default for TelemetryConfig {
             slow_trace_threshold: DEFAULT_SLOW_TRACE_THRESHOLD,
             tail_buffer_spans: DEFAULT_TAIL_BUFFER_SPANS,
             headers: Vec::new(),
+            ca_file: None,
         }
     }
 }
@@ -141,6 +147,21 @@ impl TelemetryConfig {
             (None, Some(v)) => parse_headers(ENV_OTLP_HEADERS, &v)?,
             (None, None) => Vec::new(),
         };
+        let ca_file = match (get(ENV_OTLP_TRACES_CERTIFICATE), get(ENV_OTLP_CERTIFICATE)) {
+            (Some(path), _) => Some((ENV_OTLP_TRACES_CERTIFICATE, path)),
+            (None, Some(path)) => Some((ENV_OTLP_CERTIFICATE, path)),
+            (None, None) => None,
+        };
+        let ca_file = match ca_file {
+            Some((name, path)) if !std::path::Path::new(&path).is_file() => {
+                return Err(ConfigError::new(
+                    name,
+                    &path,
+                    "expected a readable PEM file",
+                ));
+            }
+            other => other.map(|(_, path)| std::path::PathBuf::from(path)),
+        };
         let enabled = !get(ENV_TELEMETRY).is_some_and(|v| v.eq_ignore_ascii_case("off"));
         Ok(TelemetryConfig {
             enabled,
@@ -149,6 +170,7 @@ impl TelemetryConfig {
             slow_trace_threshold,
             tail_buffer_spans,
             headers,
+            ca_file,
         })
     }
 }
@@ -636,7 +658,12 @@ fn build_export(
     use opentelemetry_sdk::trace::SpanExporter as _;
     match config.protocol {
         OtlpProtocol::HttpProtobuf => {
-            let sender = OtlpHttpSender::new(endpoint, config.headers.clone(), EXPORT_TIMEOUT)?;
+            let sender = OtlpHttpSender::new(
+                endpoint,
+                config.headers.clone(),
+                config.ca_file.as_deref(),
+                EXPORT_TIMEOUT,
+            )?;
             Ok(Export::Http(SpanBatcher::new(
                 sender,
                 encode_resource(resource),

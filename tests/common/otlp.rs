@@ -137,13 +137,10 @@ pub async fn grpc_receiver() -> (String, Spans) {
     (format!("http://{addr}"), spans)
 }
 
-/// An OTLP/HTTP protobuf receiver on a free port: (traces endpoint URL, spans).
-pub async fn http_receiver() -> (String, Spans) {
-    let spans = Spans::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
+/// The OTLP/HTTP protobuf receiving route, collecting into `spans`.
+fn receiver_app(spans: &Spans) -> axum::Router {
     let collected = spans.clone();
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/v1/traces",
         axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
             let collected = collected.clone();
@@ -165,9 +162,70 @@ pub async fn http_receiver() -> (String, Spans) {
                 }
             }
         }),
-    );
+    )
+}
+
+/// An OTLP/HTTP protobuf receiver on a free port: (traces endpoint URL, spans).
+pub async fn http_receiver() -> (String, Spans) {
+    let spans = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let app = receiver_app(&spans);
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
     (format!("http://{addr}/v1/traces"), spans)
+}
+
+/// The same receiver over TLS with `cert_dir`'s `server-cert.pem` and `server-key.pem` (see
+/// `make_certs`): (https traces endpoint URL, spans).
+pub async fn https_receiver(cert_dir: &std::path::Path) -> (String, Spans) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert_dir.join("server-cert.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(cert_dir.join("server-key.pem")).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let spans = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let app = receiver_app(&spans);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate fails the handshake here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(app),
+                )
+                .await;
+            });
+        }
+    });
+    (
+        format!("https://127.0.0.1:{}/v1/traces", addr.port()),
+        spans,
+    )
 }
