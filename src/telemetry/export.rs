@@ -176,18 +176,12 @@ impl Worker {
             if matches!(woken, Err(RecvTimeoutError::Timeout)) {
                 next = Instant::now() + self.interval;
             }
-            self.drain(&spans, &mut batch);
+            self.drain(&spans, &mut batch, EXPORT_QUEUE_SPANS + EXPORT_BATCH_SPANS);
             match woken {
                 Ok(Control::Export) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(Control::Shutdown(done)) => {
                     // Serving has stopped: what is queued now is all there is.
-                    for span in spans.try_iter() {
-                        batch.push(span);
-                        if batch.len() >= EXPORT_BATCH_SPANS {
-                            self.export(&mut batch);
-                        }
-                    }
-                    self.export(&mut batch);
+                    self.drain(&spans, &mut batch, usize::MAX);
                     let _ = done.send(());
                     return;
                 }
@@ -196,15 +190,12 @@ impl Worker {
         }
     }
 
-    /// Export what is queued, a batch at a time; at most a full queue's worth, so that a
-    /// steady stream cannot keep the thread from its control messages.
-    fn drain(&mut self, spans: &Receiver<Waiting>, batch: &mut Vec<Waiting>) {
+    /// Export what is queued, a batch at a time, at most `limit` spans (a wake-up takes a full
+    /// queue's worth, so that a steady stream cannot keep the thread from its control messages).
+    fn drain(&mut self, spans: &Receiver<Waiting>, batch: &mut Vec<Waiting>, limit: usize) {
         // Taken before draining: spans queued meanwhile count towards the next signal.
         self.queued.store(0, Ordering::Release);
-        for span in spans
-            .try_iter()
-            .take(EXPORT_QUEUE_SPANS + EXPORT_BATCH_SPANS)
-        {
+        for span in spans.try_iter().take(limit) {
             batch.push(span);
             if batch.len() >= EXPORT_BATCH_SPANS {
                 self.export(batch);
@@ -262,6 +253,37 @@ mod tests {
             ":443/x",
             SystemTime::now(),
         ))
+    }
+
+    /// A collector that never answers within shutdown's wait: shutdown gives up after
+    /// [`EXPORT_SHUTDOWN_WAIT`] and says why, rather than holding the service's stop for as long
+    /// as the exports take.
+    #[test]
+    fn shutdown_gives_up_on_a_collector_that_does_not_answer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        let sender = OtlpHttpSender::new(
+            &format!("http://{addr}/v1/traces"),
+            Vec::new(),
+            None,
+            EXPORT_SHUTDOWN_WAIT * 6,
+        )
+        .unwrap();
+        let batcher = SpanBatcher::new(
+            sender,
+            Vec::new(),
+            String::new(),
+            InstrumentationScope::builder("busgate").build(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        batcher.push(span());
+        let err = batcher.shutdown().unwrap_err();
+        assert!(err.contains("not answering"), "{err}");
     }
 
     /// A collector that accepts connections and never answers: the queue fills, newer spans

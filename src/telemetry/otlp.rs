@@ -22,7 +22,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
-use super::tail::{PackedAttribute, PackedSpan, PackedValue, Waiting};
+use super::tail::{PackedSpan, PackedValue, Waiting};
 
 /// The media type of OTLP/HTTP protobuf bodies.
 const PROTOBUF: &str = "application/x-protobuf";
@@ -328,32 +328,22 @@ fn packed_value_len(v: PackedValue<'_>) -> usize {
     }
 }
 
+/// The body of a `KeyValue` message holding a packed attribute.
 #[inline]
-fn packed_key_value_len(a: PackedAttribute<'_>) -> usize {
-    bytes_len(1, a.key.bytes()) + field_len(2, packed_value_len(a.value))
+fn packed_key_value_len(key_len: usize, value: PackedValue<'_>) -> usize {
+    let key = if key_len == 0 {
+        0
+    } else {
+        field_len(1, key_len)
+    };
+    key + field_len(2, packed_value_len(value))
 }
 
-/// The size of one packed attribute as a span's `attributes` field (9): a `KeyValue`.
-/// Runs for every recorded attribute, exported or not: keep it to a few instructions.
+/// The size of one packed attribute as a span's `attributes` field (9). Runs for every
+/// recorded attribute, exported or not (the packed span keeps the sum).
 #[inline]
 pub fn attribute_field_len(key_len: usize, value: PackedValue<'_>) -> usize {
-    #[inline(always)]
-    fn delimited(len: usize) -> usize {
-        // One tag byte (fields below 16) and the length's varint.
-        1 + if len < 0x80 {
-            1
-        } else {
-            varint_len(len as u64)
-        } + len
-    }
-    let key = if key_len == 0 { 0 } else { delimited(key_len) };
-    let value = match value {
-        PackedValue::Bool(_) => 2,
-        PackedValue::I64(i) => 1 + varint_len(i as u64),
-        PackedValue::F64(_) => 9,
-        PackedValue::Str(s) => delimited(s.len()),
-    };
-    delimited(key + delimited(value))
+    field_len(9, packed_key_value_len(key_len, value))
 }
 
 /// A bytes field, omitted when empty (proto3).
@@ -366,28 +356,72 @@ fn bytes_len(field: u32, b: &[u8]) -> usize {
     }
 }
 
+/// The fields every span has, whichever way it was recorded: ids, trace state, parent, flags,
+/// name, kind and times (fields 1-8 and 16).
+struct SpanHead<'a> {
+    context: &'a opentelemetry::trace::SpanContext,
+    parent: opentelemetry::trace::SpanId,
+    parent_is_remote: bool,
+    name: &'a [u8],
+    kind: &'a SpanKind,
+    start: SystemTime,
+    end: SystemTime,
+}
+
+impl<'a> SpanHead<'a> {
+    fn of_packed(p: &'a PackedSpan, name: &'a [u8]) -> SpanHead<'a> {
+        SpanHead {
+            context: &p.context,
+            parent: p.parent_span_id(),
+            parent_is_remote: p.parent_span_is_remote(),
+            name,
+            kind: p.kind(),
+            start: p.start_time(),
+            end: p.end_time,
+        }
+    }
+
+    fn of_data(s: &'a SpanData) -> SpanHead<'a> {
+        SpanHead {
+            context: &s.span_context,
+            parent: s.parent_span_id,
+            parent_is_remote: s.parent_span_is_remote,
+            name: s.name.as_bytes(),
+            kind: &s.span_kind,
+            start: s.start_time,
+            end: s.end_time,
+        }
+    }
+
+    fn has_parent(&self) -> bool {
+        self.parent != opentelemetry::trace::SpanId::INVALID
+    }
+
+    fn len(&self) -> usize {
+        field_len(1, 16)
+            + field_len(2, 8)
+            + string_len(3, &self.context.trace_state().header())
+            + if self.has_parent() {
+                field_len(4, 8)
+            } else {
+                0
+            }
+            + tag_len(16)
+            + 4
+            + bytes_len(5, self.name)
+            + varint_field_len(6, kind(self.kind))
+            + fixed64_field_len(7, nanos(self.start))
+            + fixed64_field_len(8, nanos(self.end))
+    }
+}
+
 /// The body of a `Span` message for a packed span (no events or links: those unpack it).
 fn packed_span_len(p: &PackedSpan) -> usize {
     let (name, _, aside) = p.read();
-    let parent = if p.parent_span_id() == opentelemetry::trace::SpanId::INVALID {
-        0
-    } else {
-        field_len(4, 8)
-    };
-    let status = p.status();
-    field_len(1, 16)
-        + field_len(2, 8)
-        + string_len(3, &p.context.trace_state().header())
-        + parent
-        + tag_len(16)
-        + 4
-        + bytes_len(5, name)
-        + varint_field_len(6, kind(p.kind()))
-        + fixed64_field_len(7, nanos(p.start_time()))
-        + fixed64_field_len(8, nanos(p.end_time))
+    SpanHead::of_packed(p, name).len()
         + p.encoded_attributes_len()
         + attributes_len(9, aside)
-        + field_len(15, status_len(&status))
+        + field_len(15, status_len(&p.status()))
 }
 
 /// The body of a `KeyValue` message.
@@ -415,38 +449,19 @@ fn status_len(s: &Status) -> usize {
     string_len(2, status_message(s)) + varint_field_len(3, status_code(s))
 }
 
+/// The body of an `Event` message.
+fn event_len(e: &opentelemetry::trace::Event) -> usize {
+    fixed64_field_len(1, nanos(e.timestamp))
+        + string_len(2, &e.name)
+        + attributes_len(3, &e.attributes)
+        + varint_field_len(4, u64::from(e.dropped_attributes_count))
+}
+
 /// The body of a `Span` message.
 fn span_len(s: &SpanData) -> usize {
-    let cx = &s.span_context;
-    let parent = if s.parent_span_id == opentelemetry::trace::SpanId::INVALID {
-        0
-    } else {
-        field_len(4, 8)
-    };
-    let events: usize = s
-        .events
-        .iter()
-        .map(|e| {
-            field_len(
-                11,
-                fixed64_field_len(1, nanos(e.timestamp))
-                    + string_len(2, &e.name)
-                    + attributes_len(3, &e.attributes)
-                    + varint_field_len(4, u64::from(e.dropped_attributes_count)),
-            )
-        })
-        .sum();
+    let events: usize = s.events.iter().map(|e| field_len(11, event_len(e))).sum();
     let links: usize = s.links.iter().map(|l| field_len(13, link_len(l))).sum();
-    field_len(1, 16)
-        + field_len(2, 8)
-        + string_len(3, &cx.trace_state().header())
-        + parent
-        + tag_len(16)
-        + 4
-        + string_len(5, &s.name)
-        + varint_field_len(6, kind(&s.span_kind))
-        + fixed64_field_len(7, nanos(s.start_time))
-        + fixed64_field_len(8, nanos(s.end_time))
+    SpanHead::of_data(s).len()
         + attributes_len(9, &s.attributes)
         + varint_field_len(10, u64::from(s.dropped_attributes_count))
         + events
@@ -627,60 +642,46 @@ impl Proto {
         }
     }
 
-    fn packed_span(&mut self, p: &PackedSpan) {
-        let cx = &p.context;
-        let (name, packed, aside) = p.read();
+    fn span_head(&mut self, h: &SpanHead<'_>) {
+        let cx = h.context;
         self.bytes(1, &cx.trace_id().to_bytes());
         self.bytes(2, &cx.span_id().to_bytes());
         self.string(3, &cx.trace_state().header());
-        if p.parent_span_id() != opentelemetry::trace::SpanId::INVALID {
-            self.bytes(4, &p.parent_span_id().to_bytes());
+        if h.has_parent() {
+            self.bytes(4, &h.parent.to_bytes());
         }
-        self.fixed32_field(
-            16,
-            span_flags(cx.trace_flags().to_u8(), p.parent_span_is_remote()),
-        );
-        self.optional_bytes(5, name);
-        self.varint_field(6, kind(p.kind()));
-        self.fixed64_field(7, nanos(p.start_time()));
-        self.fixed64_field(8, nanos(p.end_time));
+        self.fixed32_field(16, span_flags(cx.trace_flags().to_u8(), h.parent_is_remote));
+        self.optional_bytes(5, h.name);
+        self.varint_field(6, kind(h.kind));
+        self.fixed64_field(7, nanos(h.start));
+        self.fixed64_field(8, nanos(h.end));
+    }
+
+    fn status(&mut self, s: &Status) {
+        self.message_header(15, status_len(s));
+        self.string(2, status_message(s));
+        self.varint_field(3, status_code(s));
+    }
+
+    fn packed_span(&mut self, p: &PackedSpan) {
+        let (name, packed, aside) = p.read();
+        self.span_head(&SpanHead::of_packed(p, name));
         for a in packed {
-            self.message_header(9, packed_key_value_len(a));
+            self.message_header(9, packed_key_value_len(a.key.bytes().len(), a.value));
             self.optional_bytes(1, a.key.bytes());
             self.message_header(2, packed_value_len(a.value));
             self.packed_value(a.value);
         }
         self.attributes(9, aside);
-        let status = p.status();
-        self.message_header(15, status_len(&status));
-        self.string(2, status_message(&status));
-        self.varint_field(3, status_code(&status));
+        self.status(&p.status());
     }
 
     fn span(&mut self, s: &SpanData) {
-        let cx = &s.span_context;
-        self.bytes(1, &cx.trace_id().to_bytes());
-        self.bytes(2, &cx.span_id().to_bytes());
-        self.string(3, &cx.trace_state().header());
-        if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-            self.bytes(4, &s.parent_span_id.to_bytes());
-        }
-        self.fixed32_field(
-            16,
-            span_flags(cx.trace_flags().to_u8(), s.parent_span_is_remote),
-        );
-        self.string(5, &s.name);
-        self.varint_field(6, kind(&s.span_kind));
-        self.fixed64_field(7, nanos(s.start_time));
-        self.fixed64_field(8, nanos(s.end_time));
+        self.span_head(&SpanHead::of_data(s));
         self.attributes(9, &s.attributes);
         self.varint_field(10, u64::from(s.dropped_attributes_count));
         for e in s.events.iter() {
-            let len = fixed64_field_len(1, nanos(e.timestamp))
-                + string_len(2, &e.name)
-                + attributes_len(3, &e.attributes)
-                + varint_field_len(4, u64::from(e.dropped_attributes_count));
-            self.message_header(11, len);
+            self.message_header(11, event_len(e));
             self.fixed64_field(1, nanos(e.timestamp));
             self.string(2, &e.name);
             self.attributes(3, &e.attributes);
@@ -698,9 +699,7 @@ impl Proto {
             self.fixed32_field(6, span_flags(lcx.trace_flags().to_u8(), lcx.is_remote()));
         }
         self.varint_field(14, u64::from(s.links.dropped_count));
-        self.message_header(15, status_len(&s.status));
-        self.string(2, status_message(&s.status));
-        self.varint_field(3, status_code(&s.status));
+        self.status(&s.status);
     }
 }
 
