@@ -1,18 +1,26 @@
-# busgate: multi-stage build. The runtime image holds only the binary and CA certificates and
-# runs as an unprivileged user.
+# busgate: multi-stage build. The runtime image holds only the stripped binary and CA
+# certificates and runs as an unprivileged user.
 #   docker build -t busgate .
 #   docker run -p 8080:8080 -p 9464:9464 busgate
-FROM rust:1.95-slim-bookworm AS build
+# Dependencies are cached by cargo-chef: its recipe is computed from Cargo.toml and Cargo.lock
+# (every target they declare), so the cached layer cannot drift from the manifest.
+# tests/docker_build.rs replays the planner and the dependency build of this file.
+FROM rust:1.95-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
-# Dependencies first, so that code changes do not rebuild them.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/telemetry.rs \
-    && cargo build --release --locked --bin busgate \
-    && rm -rf src benches
-COPY src ./src
-COPY benches ./benches
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin busgate
+# Release builds here are stripped and carry no debug info (the repo's profile keeps
+# debug = 1 for profiling); set for the dependency build and the final build alike.
+ENV CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin busgate
+COPY . .
+RUN cargo build --release --locked --bin busgate
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -2,9 +2,24 @@
 """Generates the Grafana dashboards in dashboards/ (run from the repo root: scripts/gen-dashboards.py).
 
 Every panel has a unit, a description and a legend; queries use only metric names from
-src/telemetry/names.rs (tests/dashboards.rs checks that they exist in busgate's exposition).
+src/telemetry/names.rs (tests/dashboards.rs checks that they exist in busgate's exposition and
+that every query returns data from a real Prometheus).
 Datasources are template variables whose defaults are the import inputs DS_PROMETHEUS and
 DS_JAEGER, so a dashboard imports through Grafana's UI and also works when provisioned.
+
+Template variables (queries match them with `=~`, so that multi-select and All work):
+- `$job`: the scrape job (single value).
+- `$service`: service names, multi-select, All = `.*` (Service and System dashboards).
+- `$instance`: multi-select, All = `.*`. On the Gateway and System dashboards it is a busgate
+  process (Prometheus's `instance` label: one per admin listener of job `busgate`); on the
+  Service dashboard it is a service instance (the `id` label).
+
+Thresholds mean something: the server error ratio (5xx) turns red at 0.1 %, the error budget
+of a 99.9 % availability SLO; the any-error ratio turns orange at 5 % and p99 latency red at
+1 s, where the alert rules in compose/prometheus/rules/busgate.yml fire.
+
+Latency and error panels link, per series, to a Jaeger search of that series' service and
+route (`${__field.labels.*}`), not to one hard-coded service.
 """
 import json
 import os
@@ -12,26 +27,108 @@ import urllib.parse
 
 PROM = {"type": "prometheus", "uid": "${datasource}"}
 R = "$__rate_interval"
+ALL = ".*"
+INGRESS = "http.ingress.core"
+
+# Thresholds. SLO: 99.9 % of requests without a server error.
+SLO_ERROR_RATIO = 0.001
+ALERT_ERROR_RATIO = 0.05  # BusgateServiceErrorRatioHigh
+ALERT_P99 = 1.0  # BusgateServiceLatencyP99High
+
+SLO_TEXT = ("Green below 0.1 %, red at or above it: 0.1 % is the error budget of a 99.9 % "
+            "availability SLO (only server errors, 5xx, count against it; 4xx are the client's).")
 
 
-def jaeger_link(service_expr):
+def thresholds(*steps, base="green"):
+    return {"mode": "absolute",
+            "steps": [{"color": base, "value": None}] + [{"color": c, "value": v} for v, c in steps]}
+
+
+SLO_THRESHOLDS = thresholds((SLO_ERROR_RATIO, "red"))
+ALERT_RATIO_THRESHOLDS = thresholds((ALERT_ERROR_RATIO, "orange"))
+LATENCY_THRESHOLDS = thresholds((ALERT_P99 / 2, "yellow"), (ALERT_P99, "red"))
+
+
+def explore_url(query):
     pane = {
         "a": {
             "datasource": "${traces}",
-            "queries": [{
-                "refId": "A",
-                "datasource": {"type": "jaeger", "uid": "${traces}"},
-                "queryType": "search",
-                "service": service_expr,
-            }],
+            "queries": [dict({"refId": "A", "datasource": {"type": "jaeger", "uid": "${traces}"},
+                              "queryType": "search", "limit": 20}, **query)],
             "range": {"from": "${__from}", "to": "${__to}"},
         }
     }
-    return {
-        "title": "Traces of " + service_expr + " in Jaeger",
-        "url": "/explore?schemaVersion=1&panes=" + urllib.parse.quote(json.dumps(pane, separators=(",", ":")), safe="${}_.:"),
-        "targetBlank": True,
-    }
+    # `${...}` stays as is for Grafana to interpolate (it URI-encodes the values it puts in).
+    return "/explore?schemaVersion=1&panes=" + urllib.parse.quote(json.dumps(pane, separators=(",", ":")), safe="${}_.:")
+
+
+def jaeger_link(title, service, operation=None, tags=None):
+    """A data link to a Jaeger search; `service`, `operation` and `tags` (logfmt) may name the
+    clicked series' labels as `${__field.labels.<label>}`."""
+    query = {"service": service}
+    if operation:
+        query["operation"] = operation
+    if tags:
+        query["tags"] = tags
+    return {"title": title, "url": explore_url(query), "targetBlank": True}
+
+
+def lbl(name):
+    return "${__field.labels." + name + "}"
+
+
+# The links of the series of a query that keeps the label(s) named.
+def ingress_route_traces(errors=False, code=False):
+    tags = f'http.route="{lbl("route")}"'
+    if code:
+        tags += f" http.response.status_code={lbl('code')}"
+    if errors:
+        tags += " error=true"
+    what = "Failed traces" if errors else "Traces"
+    suffix = f" with status {lbl('code')}" if code else ""
+    return [jaeger_link(f"{what} through {lbl('route')}{suffix} in Jaeger", lbl("service"), tags=tags)]
+
+
+def handler_traces(errors=False):
+    """Needs `service` and `operation` (see with_operation) on the series."""
+    what = "Failed traces" if errors else "Traces"
+    return [jaeger_link(f"{what} of {lbl('handler')} in Jaeger", lbl("service"), operation=lbl("operation"),
+                        tags="error=true" if errors else None)]
+
+
+def service_traces(label="service", errors=False):
+    what = "Failed traces" if errors else "Traces"
+    return [jaeger_link(f"{what} of {lbl(label)} in Jaeger", lbl(label), tags="error=true" if errors else None)]
+
+
+def service_dashboard_link():
+    return {"title": "Service dashboard of " + lbl("service"),
+            "url": "/d/busgate-service/busgate-service?var-datasource=${datasource}&var-traces=${traces}"
+                   "&var-job=${job}&var-service=" + lbl("service") + "&${__url_time_range}"}
+
+
+def with_operation(expr):
+    """Adds the label `operation`, the handler's span name in Jaeger: the handler label is
+    `<host>:<port><path>`, the service's SERVER span `:<port><path>`."""
+    return f'label_replace({expr}, "operation", "$1", "handler", "[^:]*(:.*)")'
+
+
+def with_class(expr):
+    """Adds the label `class`, the first digit of the status code (legend `{{class}}xx`)."""
+    return f'label_replace({expr}, "class", "$1", "code", "([0-9]).*")'
+
+
+def ratio(metric, sel, bad, by=None):
+    """Share of `metric` rates matching `bad`; per `by` group, 0 for the groups without any."""
+    if by is None:
+        return f"sum(rate({metric}{{{sel},{bad}}}[{R}]) or vector(0)) / sum(rate({metric}{{{sel}}}[{R}]))"
+    return (f"(sum by ({by}) (rate({metric}{{{sel},{bad}}}[{R}])) or 0 * sum by ({by}) (rate({metric}{{{sel}}}[{R}])))"
+            f" / sum by ({by}) (rate({metric}{{{sel}}}[{R}]))")
+
+
+def quantile(q, metric, sel, by=""):
+    by = ", ".join(["le"] + ([by] if by else []))
+    return f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{sel}}}[{R}])))"
 
 
 class Board:
@@ -53,7 +150,8 @@ class Board:
         if self.x:
             self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
 
-    def panel(self, kind, title, description, unit, targets, w, h, links=None, mappings=None, decimals=None):
+    def panel(self, kind, title, description, unit, targets, w, h, links=None, mappings=None, decimals=None,
+              thresholds=None, min=None):
         p = {
             "id": len(self.panels) + 1,
             "type": kind,
@@ -68,25 +166,32 @@ class Board:
             ],
             "options": {},
         }
+        defaults = p["fieldConfig"]["defaults"]
         if decimals is not None:
-            p["fieldConfig"]["defaults"]["decimals"] = decimals
+            defaults["decimals"] = decimals
+        if min is not None:
+            defaults["min"] = min
         if kind == "timeseries":
             p["options"] = {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["mean", "max", "lastNotNull"]},
                             "tooltip": {"mode": "multi", "sort": "desc"}}
-            p["fieldConfig"]["defaults"]["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+            defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+            if thresholds:
+                defaults["custom"]["thresholdsStyle"] = {"mode": "dashed"}
         else:
             p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                             "colorMode": "value", "graphMode": "area", "textMode": "auto"}
             for t in p["targets"]:
                 t["range"], t["instant"] = False, True
+        if thresholds:
+            defaults["thresholds"] = thresholds
         if mappings:
-            p["fieldConfig"]["defaults"]["mappings"] = mappings
+            defaults["mappings"] = mappings
         if links:
-            p["fieldConfig"]["defaults"]["links"] = links
+            defaults["links"] = links
         self.panels.append(p)
 
-    def stat(self, title, description, unit, expr, legend="", **kw):
-        self.panel("stat", title, description, unit, [(expr, legend)], kw.pop("w", 4), 4, **kw)
+    def stat(self, title, description, unit, expr, legend="", w=4, **kw):
+        self.panel("stat", title, description, unit, [(expr, legend)], w, 4, **kw)
 
     def series(self, title, description, unit, targets, w=12, h=8, **kw):
         self.panel("timeseries", title, description, unit, targets, w, h, **kw)
@@ -123,118 +228,231 @@ class Board:
             "timezone": "browser",
             "schemaVersion": 39,
             "version": 1,
-            "links": [{"title": "busgate dashboards", "type": "dashboards", "tags": ["busgate"], "asDropdown": True}],
+            "links": [{"title": "busgate dashboards", "type": "dashboards", "tags": ["busgate"], "asDropdown": True,
+                       "keepTime": True}],
             "templating": {"list": templating},
             "annotations": {"list": []},
             "panels": self.panels,
         }
 
 
-def query_var(name, label, query, include_all=False):
-    return {"name": name, "label": label, "type": "query", "datasource": PROM,
-            "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-            "definition": query, "refresh": 2, "sort": 1, "hide": 0, "multi": False,
-            "includeAll": include_all, "current": {}, "options": []}
+def query_var(name, label, query, description, multi=False, default=None, regex=""):
+    v = {"name": name, "label": label, "description": description, "type": "query", "datasource": PROM,
+         "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+         "definition": query, "refresh": 2, "sort": 1, "hide": 0, "regex": regex,
+         "multi": multi, "includeAll": multi, "current": {}, "options": []}
+    if multi:
+        v["allValue"] = ALL
+        v["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    elif default:
+        v["current"] = {"selected": True, "text": default, "value": default}
+    return v
 
 
-JOB = query_var("job", "Job", "label_values(microbus_uptime_duration_seconds, job)")
-ING = 'job="$job"'
+JOB = query_var("job", "Job", "label_values(microbus_uptime_duration_seconds, job)",
+                "The scrape job: `bus` is every service on the bus through metrics.core, `busgate` the admin "
+                "listener of each busgate process.")
+SERVICE = query_var("service", "Service", 'label_values(microbus_uptime_duration_seconds{job="$job"}, service)',
+                    "Services on the bus (several, or All).", multi=True)
+# A busgate process: Prometheus's `instance` of an admin listener, the only targets that export
+# process_* next to microbus_* (other exporters' processes are left out).
+PROCESS = query_var("instance", "busgate process",
+                    "query_result(count by (instance) (process_resident_memory_bytes and on (job, instance) microbus_uptime_duration_seconds))",
+                    "busgate processes (their admin listener's Prometheus instance), several or All.", multi=True,
+                    regex='/instance="([^"]+)"/')
+# On the gateway and system dashboards, busgate's own process metrics.
+PROC = 'instance=~"$instance"'
+ON_BUSGATE = "and on (job, instance) microbus_uptime_duration_seconds"
 
 
 def gateway():
+    job = query_var("job", "Job", "label_values(busgate_ingress_requests_in_flight, job)",
+                    "The scrape job: `busgate` (the admin listener of each busgate process, so that each process is "
+                    "an instance below) or `bus` (metrics.core: the ingresses of every process under one instance).",
+                    default="busgate")
+    instance = query_var("instance", "busgate process", 'label_values(busgate_ingress_requests_in_flight{job="$job"}, instance)',
+                         "busgate processes (Prometheus's instance of their admin listener), several or All.", multi=True)
     b = Board("busgate-gateway", "busgate / Gateway overview",
-              "The HTTP ingress: traffic, errors, latency per listener and route, and its bus connection.", [JOB])
+              "The HTTP ingress, as a Traefik or Kong user would watch it: traffic per route and status, errors "
+              "against the SLO, latency, connections, bytes, and the bus behind it; per busgate process.",
+              [job, instance])
+    s = 'job="$job",instance=~"$instance"'
+    bus = f'{s},service="{INGRESS}"'
     c = "busgate_ingress_request_duration_seconds"
-    b.stat("Requests/s", "HTTP requests served by the ingress per second, all listeners.", "reqps",
-           f"sum(rate({c}_count{{{ING}}}[{R}]))")
-    b.stat("5xx ratio", "Share of ingress responses with a 5xx status.", "percentunit",
-           f'sum(rate({c}_count{{{ING},code=~"5.."}}[{R}]) or vector(0)) / sum(rate({c}_count{{{ING}}}[{R}]))')
-    b.stat("4xx ratio", "Share of ingress responses with a 4xx status (bad requests, unknown hosts, timeouts).", "percentunit",
-           f'sum(rate({c}_count{{{ING},code=~"4.."}}[{R}]) or vector(0)) / sum(rate({c}_count{{{ING}}}[{R}]))')
-    b.stat("p99 latency", "99th percentile of time from request to response at the ingress.", "s",
-           f"histogram_quantile(0.99, sum by (le) (rate({c}_bucket{{{ING}}}[{R}])))")
+    cnt = f"{c}_count"
+
+    b.stat("Requests/s", "HTTP requests served by the ingress per second, all listeners and processes.", "reqps",
+           f"sum(rate({cnt}{{{s}}}[{R}]))", w=3)
+    b.stat("5xx ratio (SLO 99.9 %)", "Share of ingress responses with a 5xx status. " + SLO_TEXT, "percentunit",
+           ratio(cnt, s, 'code=~"5.."'), w=3, thresholds=SLO_THRESHOLDS, decimals=3)
+    b.stat("4xx ratio", "Share of ingress responses with a 4xx status (bad requests, unknown hosts, timeouts, blocked "
+           "paths). Not counted against the SLO; orange above 5 %: a broken client or a scan.", "percentunit",
+           ratio(cnt, s, 'code=~"4.."'), w=3, thresholds=ALERT_RATIO_THRESHOLDS, decimals=2)
+    b.stat("p99 latency", "99th percentile of time from request to response at the ingress. Yellow from 0.5 s, red "
+           "from 1 s (where the latency alert fires for services).", "s",
+           quantile(0.99, c, s), w=3, thresholds=LATENCY_THRESHOLDS)
+    b.stat("Open connections", "Client TCP connections open now, all listeners and processes.", "short",
+           f"sum(busgate_ingress_open_connections{{{s}}})", w=3, decimals=0)
     b.stat("In flight", "HTTP requests being served right now.", "short",
-           f"sum(busgate_ingress_requests_in_flight{{{ING}}})", decimals=0)
-    b.stat("NATS", "Whether the ingress is connected to NATS (1) or not (0).", "short",
-           f'min(busgate_nats_connected{{{ING},service="http.ingress.core"}})',
+           f"sum(busgate_ingress_requests_in_flight{{{s}}})", w=3, decimals=0)
+    b.stat("Processes", "busgate processes (instances) whose ingress reports.", "short",
+           f"count(count by (instance) (busgate_ingress_requests_in_flight{{{s}}}))", w=3, decimals=0)
+    b.stat("NATS", "Whether every selected ingress is connected to NATS (1) or not (0): while disconnected the "
+           "ingress answers 503.", "short",
+           f"min(busgate_nats_connected{{{bus}}})", w=3, thresholds=thresholds((1, "green"), base="red"),
            mappings=[{"type": "value", "options": {"0": {"text": "Disconnected", "color": "red"},
                                                     "1": {"text": "Connected", "color": "green"}}}])
     b.newline()
-    b.series("Requests/s by listener and route", "Ingress requests per second, by listener port and target bus host.", "reqps",
-             [(f"sum by (port, route) (rate({c}_count{{{ING}}}[{R}]))", ":{{port}} {{route}}")])
-    b.series("Responses by status", "Ingress responses per second by HTTP status code.", "reqps",
-             [(f"sum by (code) (rate({c}_count{{{ING}}}[{R}]))", "{{code}}")])
+
+    # Traffic per route and per status.
+    b.series("Requests/s by route", "Ingress requests per second by target route (`host:port` on the bus; "
+             "`_invalid` for paths that name no target, `_blocked` for refused ones). Click a point for its traces.",
+             "reqps", [(f"sum by (service, route) (rate({cnt}{{{s}}}[{R}]))", "{{route}}")],
+             links=ingress_route_traces())
+    b.series("Requests/s by status class", "Ingress responses per second by status class (2xx, 3xx, 4xx, 5xx).", "reqps",
+             [(f"sum by (class) ({with_class(f'rate({cnt}{{{s}}}[{R}])')})", "{{class}}xx")])
+    b.series("Responses by status code", "Ingress responses per second by exact HTTP status code.", "reqps",
+             [(f"sum by (code) (rate({cnt}{{{s}}}[{R}]))", "{{code}}")])
+    b.series("4xx and 5xx by route", "Ingress error responses per second by target route and status code; click a "
+             "point for the traces of that route with that status.", "reqps",
+             [(f'sum by (service, route, code) (rate({cnt}{{{s},code=~"[45].."}}[{R}]))', "{{code}} {{route}}")],
+             links=ingress_route_traces(code=True))
+    b.series("5xx ratio by route (SLO)", "Share of each route's responses with a 5xx status. " + SLO_TEXT +
+             " Click a point for the failed traces of the route.", "percentunit",
+             [(ratio(cnt, s, 'code=~"5.."', by="service, route"), "{{route}}")],
+             thresholds=SLO_THRESHOLDS, min=0, links=ingress_route_traces(errors=True))
+    b.series("Requests/s by busgate process", "Ingress requests per second per busgate process (is the load "
+             "balancer spreading the load?).", "reqps",
+             [(f"sum by (instance) (rate({cnt}{{{s}}}[{R}]))", "{{instance}}")])
+
+    # Latency per route.
+    for q in (0.5, 0.95, 0.99):
+        n = f"p{int(q * 100)}"
+        b.series(f"{n} latency by route", f"{int(q * 100)}th percentile of ingress request time per target route; "
+                 "click a point for the route's traces." + (" Yellow from 0.5 s, red from 1 s." if q == 0.99 else ""),
+                 "s", [(quantile(q, c, s, "service, route"), "{{route}}")], w=8,
+                 links=ingress_route_traces(), thresholds=LATENCY_THRESHOLDS if q == 0.99 else None)
     b.series("Latency by listener", "p50, p95 and p99 of ingress request time per listener port.", "s",
-             [(f"histogram_quantile({q}, sum by (le, port) (rate({c}_bucket{{{ING}}}[{R}])))", f"p{int(q*100)} :{{{{port}}}}")
-              for q in (0.5, 0.95, 0.99)],
-             links=[jaeger_link("http.ingress.core")])
-    b.series("p99 latency by route", "99th percentile of ingress request time per target bus host; follow the link to its traces.", "s",
-             [(f"histogram_quantile(0.99, sum by (le, route) (rate({c}_bucket{{{ING}}}[{R}])))", "{{route}}")],
-             links=[jaeger_link("http.ingress.core")])
+             [(quantile(q, c, s, "service, port"), f"p{int(q * 100)} :{{{{port}}}}") for q in (0.5, 0.95, 0.99)],
+             links=service_traces())
+    b.series("Bus latency by target", "Time from publishing a request on the bus to its response, p50 and p99 per "
+             "target host; click a point for the target service's traces.", "s",
+             [(quantile(q, "microbus_client_request_duration_seconds", bus, "host"), f"p{int(q * 100)} {{{{host}}}}")
+              for q in (0.5, 0.99)],
+             links=service_traces("host"))
+
+    # Connections and bytes.
+    b.series("Open connections by listener", "Client TCP connections open per listener port and process "
+             "(keep-alive connections stay open between requests).", "short",
+             [(f"sum by (instance, port) (busgate_ingress_open_connections{{{s}}})", ":{{port}} {{instance}}")])
+    b.series("In flight by listener", "HTTP requests being served per listener port and process.", "short",
+             [(f"sum by (instance, port) (busgate_ingress_requests_in_flight{{{s}}})", ":{{port}} {{instance}}")])
     b.series("Bytes in and out", "Request and response body bytes per second through the ingress, per listener.", "Bps",
-             [(f"sum by (port) (rate(busgate_ingress_request_body_bytes_sum{{{ING}}}[{R}]))", "in :{{port}}"),
-              (f"sum by (port) (rate(busgate_ingress_response_body_bytes_sum{{{ING}}}[{R}]))", "out :{{port}}")])
-    b.series("In flight by listener", "HTTP requests being served, per listener.", "short",
-             [(f"sum by (port) (busgate_ingress_requests_in_flight{{{ING}}})", ":{{port}}")])
-    b.series("Bus latency by target", "Time from publishing a request on the bus to its response, p50 and p99 per target host.", "s",
-             [(f'histogram_quantile({q}, sum by (le, host) (rate(microbus_client_request_duration_seconds_bucket{{{ING},service="http.ingress.core"}}[{R}])))', f"p{int(q*100)} {{{{host}}}}")
-              for q in (0.5, 0.99)])
+             [(f"sum by (port) (rate(busgate_ingress_request_body_bytes_sum{{{s}}}[{R}]))", "in :{{port}}"),
+              (f"sum by (port) (rate(busgate_ingress_response_body_bytes_sum{{{s}}}[{R}]))", "out :{{port}}")])
+    b.series("Body sizes", "95th percentile of request and response body size per listener.", "bytes",
+             [(quantile(0.95, "busgate_ingress_request_body_bytes", s, "port"), "request p95 :{{port}}"),
+              (quantile(0.95, "busgate_ingress_response_body_bytes", s, "port"), "response p95 :{{port}}")])
+
+    # The bus behind it.
     b.series("Ack latency", "Time from publishing a request to the responder's ack (the bus round trip), p50 and p99.", "s",
-             [(f'histogram_quantile({q}, sum by (le) (rate(microbus_client_ack_roundtrip_latency_seconds_bucket{{{ING},service="http.ingress.core"}}[{R}])))', f"p{int(q*100)}")
+             [(quantile(q, "microbus_client_ack_roundtrip_latency_seconds", bus), f"p{int(q * 100)}")
               for q in (0.5, 0.99)])
-    b.series("NATS connection", "1 while each instance's bus connection is up; reconnects as they happen.", "short",
-             [(f"min by (service) (busgate_nats_connected{{{ING}}})", "connected {{service}}"),
-              (f"sum(increase(busgate_nats_reconnects_total{{{ING}}}[{R}])) or vector(0)", "reconnects")])
-    b.series("Timeouts and unknown hosts", "Ingress calls that got no ack (no such service) or ran out of time, per target.", "reqps",
-             [(f'sum by (host) (rate(microbus_client_timeout_requests_total{{{ING},service="http.ingress.core"}}[{R}])) or vector(0)', "{{host}}")])
+    b.series("Timeouts and unknown hosts", "Ingress calls per second that got no ack (no such service) or ran out of "
+             "time, per target.", "reqps",
+             [(f"sum by (host) (rate(microbus_client_timeout_requests_total{{{bus}}}[{R}])) or vector(0)", "{{host}}")])
+    b.series("NATS connection by process", "1 while the ingress of each process (and instance id) is connected to "
+             "NATS; reconnects per process as they happen.", "short",
+             [(f"min by (instance, id) (busgate_nats_connected{{{bus}}})", "connected {{instance}} {{id}}"),
+              (f"sum by (instance) (increase(busgate_nats_reconnects_total{{{bus}}}[{R}])) or vector(0)",
+               "reconnects {{instance}}")],
+             decimals=0, min=0)
     return b
 
 
 def service():
-    svc = query_var("service", "Service", 'label_values(microbus_uptime_duration_seconds{job="$job"}, service)')
+    instance = query_var("instance", "Instance", 'label_values(microbus_uptime_duration_seconds{job="$job",service=~"$service"}, id)',
+                         "Instances (the `id` label) of the selected services, several or All.", multi=True)
     b = Board("busgate-service", "busgate / Service",
-              "One service on the bus: rate, errors and duration per handler, its calls to others, logs and replicas.", [JOB, svc])
-    s = 'job="$job",service="$service"'
+              "Services on the bus: rate, status codes, errors against the SLO and duration per handler, calls to "
+              "other services, logs, replicas. Pick one or several services and instances.", [JOB, SERVICE, instance])
+    s = 'job="$job",service=~"$service",id=~"$instance"'
     srv = "microbus_server_request_duration_seconds"
+    cnt = f"{srv}_count"
+    h = f'{s},port!="888"'  # the control plane (:888) left out
+
     b.stat("Requests/s", "Requests handled per second (control plane excluded).", "reqps",
-           f'sum(rate({srv}_count{{{s},port!="888"}}[{R}]))')
-    b.stat("Error ratio", "Share of handled requests that ended in an error.", "percentunit",
-           f'sum(rate({srv}_count{{{s},port!="888",error="ERROR"}}[{R}]) or vector(0)) / sum(rate({srv}_count{{{s},port!="888"}}[{R}]))')
-    b.stat("p99", "99th percentile of handling time.", "s",
-           f'histogram_quantile(0.99, sum by (le) (rate({srv}_bucket{{{s},port!="888"}}[{R}])))')
-    b.stat("Replicas", "Instances of the service reporting now.", "short",
-           f"count(microbus_uptime_duration_seconds{{{s}}})", decimals=0)
-    b.stat("Uptime", "Time since the youngest instance started.", "s",
-           f"min(microbus_uptime_duration_seconds{{{s}}})")
+           f"sum(rate({cnt}{{{h}}}[{R}]))", w=3)
+    b.stat("5xx ratio (SLO 99.9 %)", "Share of handled requests that ended in a 5xx status. " + SLO_TEXT, "percentunit",
+           ratio(cnt, h, 'code=~"5.."'), w=3, thresholds=SLO_THRESHOLDS, decimals=3)
+    b.stat("Error ratio", "Share of handled requests that ended in any error (4xx included). Orange from 5 %, where "
+           "the error ratio alert fires.", "percentunit",
+           ratio(cnt, h, 'error="ERROR"'), w=3, thresholds=ALERT_RATIO_THRESHOLDS, decimals=2)
+    b.stat("p99", "99th percentile of handling time. Yellow from 0.5 s, red from 1 s (the latency alert).", "s",
+           quantile(0.99, srv, h), w=3, thresholds=LATENCY_THRESHOLDS)
+    b.stat("Replicas", "Instances of the selected services reporting now.", "short",
+           f"count(microbus_uptime_duration_seconds{{{s}}})", w=3, decimals=0)
+    b.stat("Uptime", "Time since the youngest selected instance started.", "s",
+           f"min(microbus_uptime_duration_seconds{{{s}}})", w=3)
     b.stat("Errors logged/s", "ERROR log lines per second.", "short",
-           f'sum(rate(microbus_log_messages_total{{{s},severity="ERROR"}}[{R}])) or vector(0)')
+           f'sum(rate(microbus_log_messages_total{{{s},severity="ERROR"}}[{R}])) or vector(0)', w=3,
+           thresholds=thresholds((0.001, "orange")))
+    b.stat("NATS", "Whether every selected instance is connected to NATS (1) or not (0).", "short",
+           f"min(busgate_nats_connected{{{s}}})", w=3, thresholds=thresholds((1, "green"), base="red"),
+           mappings=[{"type": "value", "options": {"0": {"text": "Disconnected", "color": "red"},
+                                                    "1": {"text": "Connected", "color": "green"}}}])
     b.newline()
-    b.series("Rate by handler", "Requests handled per second, by handler and method.", "reqps",
-             [(f'sum by (handler, method) (rate({srv}_count{{{s},port!="888"}}[{R}]))', "{{method}} {{handler}}")],
-             links=[jaeger_link("${service}")])
-    b.series("Errors by handler", "Failed requests per second, by handler and status code.", "reqps",
-             [(f'sum by (handler, code) (rate({srv}_count{{{s},port!="888",error="ERROR"}}[{R}])) or vector(0)', "{{code}} {{handler}}")],
-             links=[jaeger_link("${service}")])
-    b.series("Duration by handler", "p50, p95 and p99 of handling time per handler; follow the link to the traces.", "s",
-             [(f'histogram_quantile({q}, sum by (le, handler) (rate({srv}_bucket{{{s},port!="888"}}[{R}])))', f"p{int(q*100)} {{{{handler}}}}")
-              for q in (0.5, 0.95, 0.99)],
-             links=[jaeger_link("${service}")])
+
+    b.series("Requests/s by handler", "Requests handled per second, by handler (`host:port/path`) and method; click "
+             "a point for the handler's traces.", "reqps",
+             [(with_operation(f"sum by (service, handler, method) (rate({cnt}{{{h}}}[{R}]))"), "{{method}} {{handler}}")],
+             links=handler_traces())
+    b.series("Requests/s by status class", "Responses per second by service and status class (2xx, 3xx, 4xx, 5xx).",
+             "reqps",
+             [(f"sum by (service, class) ({with_class(f'rate({cnt}{{{h}}}[{R}])')})", "{{class}}xx {{service}}")])
+    b.series("Responses by status code", "Responses per second by service and exact status code.", "reqps",
+             [(f"sum by (service, code) (rate({cnt}{{{h}}}[{R}]))", "{{code}} {{service}}")])
+    b.series("Errors by handler", "Failed requests per second, by handler and status code; click a point for the "
+             "handler's failed traces.", "reqps",
+             [(with_operation(f'sum by (service, handler, code) (rate({cnt}{{{h},error="ERROR"}}[{R}]))') + " or vector(0)",
+               "{{code}} {{handler}}")],
+             links=handler_traces(errors=True))
+    b.series("5xx ratio by handler (SLO)", "Share of each handler's requests that ended in a 5xx status. " + SLO_TEXT +
+             " Click a point for the handler's failed traces.", "percentunit",
+             [(with_operation(ratio(cnt, h, 'code=~"5.."', by="service, handler")), "{{handler}}")],
+             thresholds=SLO_THRESHOLDS, min=0, links=handler_traces(errors=True))
+    b.series("Error ratio by service", "Share of each service's requests that ended in any error (4xx included); "
+             "orange line at 5 %, where the error ratio alert fires. Click a point for the failed traces.", "percentunit",
+             [(ratio(cnt, h, 'error="ERROR"', by="service"), "{{service}}")],
+             thresholds=ALERT_RATIO_THRESHOLDS, min=0, links=service_traces(errors=True))
+    for q in (0.5, 0.95, 0.99):
+        n = f"p{int(q * 100)}"
+        b.series(f"{n} by handler", f"{int(q * 100)}th percentile of handling time per handler; click a point for the "
+                 "handler's traces." + (" Yellow from 0.5 s, red from 1 s." if q == 0.99 else ""), "s",
+                 [(with_operation(quantile(q, srv, h, "service, handler")), "{{handler}}")], w=8,
+                 links=handler_traces(), thresholds=LATENCY_THRESHOLDS if q == 0.99 else None)
     b.series("Response size by handler", "95th percentile of response body size per handler.", "bytes",
-             [(f'histogram_quantile(0.95, sum by (le, handler) (rate(microbus_server_response_body_bytes_bucket{{{s},port!="888"}}[{R}])))', "p95 {{handler}}")])
+             [(quantile(0.95, "microbus_server_response_body_bytes", h, "handler"), "p95 {{handler}}")])
     b.series("Calls to other services", "Outgoing bus calls per second, by target host and status.", "reqps",
-             [(f"sum by (host, code) (rate(microbus_client_request_duration_seconds_count{{{s}}}[{R}]))", "{{host}} {{code}}")])
-    b.series("Call latency by target", "99th percentile of outgoing call time per target host.", "s",
-             [(f"histogram_quantile(0.99, sum by (le, host) (rate(microbus_client_request_duration_seconds_bucket{{{s}}}[{R}])))", "p99 {{host}}")])
+             [(f"sum by (host, code) (rate(microbus_client_request_duration_seconds_count{{{s}}}[{R}]))", "{{code}} {{host}}")])
+    b.series("Call latency by target", "p50 and p99 of outgoing call time per target host; click a point for the "
+             "target's traces.", "s",
+             [(quantile(q, "microbus_client_request_duration_seconds", s, "host"), f"p{int(q * 100)} {{{{host}}}}")
+              for q in (0.5, 0.99)],
+             links=service_traces("host"))
     b.series("Timeouts", "Outgoing calls per second that got no ack or ran out of time, per target.", "reqps",
              [(f"sum by (host) (rate(microbus_client_timeout_requests_total{{{s}}}[{R}])) or vector(0)", "{{host}}")])
     b.series("Ack latency by target", "99th percentile of the ack round trip per target host.", "s",
-             [(f"histogram_quantile(0.99, sum by (le, host) (rate(microbus_client_ack_roundtrip_latency_seconds_bucket{{{s}}}[{R}])))", "p99 {{host}}")])
-    b.series("Logs by severity", "Log lines per second by severity.", "short",
-             [(f"sum by (severity) (rate(microbus_log_messages_total{{{s}}}[{R}]))", "{{severity}}")])
+             [(quantile(0.99, "microbus_client_ack_roundtrip_latency_seconds", s, "host"), "p99 {{host}}")])
+    b.series("Logs by severity", "Log lines per second by service and severity.", "short",
+             [(f"sum by (service, severity) (rate(microbus_log_messages_total{{{s}}}[{R}]))", "{{severity}} {{service}}")])
     b.series("Top log messages", "The ten most frequent log messages over the dashboard's range.", "short",
-             [(f"topk(10, sum by (severity, message) (increase(microbus_log_messages_total{{{s}}}[$__range])))", "{{severity}} {{message}}")])
+             [(f"topk(10, sum by (service, severity, message) (increase(microbus_log_messages_total{{{s}}}[$__range])))",
+               "{{severity}} {{service}}: {{message}}")])
     b.series("Replicas and uptime", "Uptime of each instance; a reset is a restart.", "s",
-             [(f"max by (id, ver) (microbus_uptime_duration_seconds{{{s}}})", "{{id}} v{{ver}}")])
+             [(f"max by (service, id, ver) (microbus_uptime_duration_seconds{{{s}}})", "{{service}} {{id}} v{{ver}}")])
+    b.series("NATS connection by instance", "1 while the instance's bus connection is up.", "short",
+             [(f"min by (service, id) (busgate_nats_connected{{{s}}})", "{{service}} {{id}}")], decimals=0, min=0)
     b.series("Startup and shutdown", "Average time of lifecycle callbacks per instance.", "s",
              [(f"sum by (handler, id) (microbus_callback_duration_seconds_sum{{{s}}}) / sum by (handler, id) (microbus_callback_duration_seconds_count{{{s}}})", "{{handler}} {{id}}")])
     return b
@@ -242,38 +460,63 @@ def service():
 
 def system():
     b = Board("busgate-system", "busgate / System",
-              "Every service on the bus at a glance: traffic, errors, latency, replicas, logs, and the busgate processes.", [JOB])
-    j = 'job="$job"'
+              "Every service on the bus at a glance: traffic, errors against the SLO, latency, replicas, logs, and the "
+              "busgate processes.", [JOB, SERVICE, PROCESS])
+    j = 'job="$job",service=~"$service"'
     srv = "microbus_server_request_duration_seconds"
-    b.stat("Requests/s", "Requests handled per second by all services (control plane excluded).", "reqps",
-           f'sum(rate({srv}_count{{{j},port!="888"}}[{R}]))', w=6)
-    b.stat("Error ratio", "Share of all handled requests that ended in an error.", "percentunit",
-           f'sum(rate({srv}_count{{{j},port!="888",error="ERROR"}}[{R}]) or vector(0)) / sum(rate({srv}_count{{{j},port!="888"}}[{R}]))', w=6)
+    cnt = f"{srv}_count"
+    h = f'{j},port!="888"'
+    b.stat("Requests/s", "Requests handled per second by the selected services (control plane excluded).", "reqps",
+           f"sum(rate({cnt}{{{h}}}[{R}]))")
+    b.stat("5xx ratio (SLO 99.9 %)", "Share of all handled requests that ended in a 5xx status. " + SLO_TEXT, "percentunit",
+           ratio(cnt, h, 'code=~"5.."'), thresholds=SLO_THRESHOLDS, decimals=3)
+    b.stat("Error ratio", "Share of all handled requests that ended in any error (4xx included). Orange from 5 %, "
+           "where the error ratio alert fires.", "percentunit",
+           ratio(cnt, h, 'error="ERROR"'), thresholds=ALERT_RATIO_THRESHOLDS, decimals=2)
+    b.stat("p99", "99th percentile of handling time over the selected services. Yellow from 0.5 s, red from 1 s.", "s",
+           quantile(0.99, srv, h), thresholds=LATENCY_THRESHOLDS)
     b.stat("Services", "Distinct services reporting.", "short",
-           f"count(count by (service) (microbus_uptime_duration_seconds{{{j}}}))", w=6, decimals=0)
+           f"count(count by (service) (microbus_uptime_duration_seconds{{{j}}}))", decimals=0)
     b.stat("Instances", "Service instances reporting.", "short",
-           f"count(microbus_uptime_duration_seconds{{{j}}})", w=6, decimals=0)
-    b.series("Requests/s by service", "Requests handled per second, per service.", "reqps",
-             [(f'sum by (service) (rate({srv}_count{{{j},port!="888"}}[{R}]))', "{{service}}")])
-    b.series("Error ratio by service", "Share of requests that ended in an error, per service.", "percentunit",
-             [(f'sum by (service) (rate({srv}_count{{{j},port!="888",error="ERROR"}}[{R}])) / sum by (service) (rate({srv}_count{{{j},port!="888"}}[{R}]))', "{{service}}")])
-    b.series("p99 by service", "99th percentile of handling time per service; follow the link to the ingress traces.", "s",
-             [(f'histogram_quantile(0.99, sum by (le, service) (rate({srv}_bucket{{{j},port!="888"}}[{R}])))', "{{service}}")],
-             links=[jaeger_link("http.ingress.core")])
+           f"count(microbus_uptime_duration_seconds{{{j}}})", decimals=0)
+    b.series("Requests/s by service", "Requests handled per second, per service; click a point for its traces or its "
+             "Service dashboard.", "reqps",
+             [(f"sum by (service) (rate({cnt}{{{h}}}[{R}]))", "{{service}}")],
+             links=service_traces() + [service_dashboard_link()])
+    b.series("5xx ratio by service (SLO)", "Share of each service's requests that ended in a 5xx status. " + SLO_TEXT +
+             " Click a point for the failed traces.", "percentunit",
+             [(ratio(cnt, h, 'code=~"5.."', by="service"), "{{service}}")],
+             thresholds=SLO_THRESHOLDS, min=0, links=service_traces(errors=True) + [service_dashboard_link()])
+    b.series("Error ratio by service", "Share of requests that ended in any error (4xx included), per service; orange "
+             "line at 5 %, where the error ratio alert fires.", "percentunit",
+             [(ratio(cnt, h, 'error="ERROR"', by="service"), "{{service}}")],
+             thresholds=ALERT_RATIO_THRESHOLDS, min=0, links=service_traces(errors=True) + [service_dashboard_link()])
+    b.series("p99 by service", "99th percentile of handling time per service (red line at 1 s, the latency alert); "
+             "click a point for the service's traces.", "s",
+             [(quantile(0.99, srv, h, "service"), "{{service}}")],
+             thresholds=LATENCY_THRESHOLDS, links=service_traces() + [service_dashboard_link()])
     b.series("Replicas by service", "Instances per service.", "short",
-             [(f"count by (service) (microbus_uptime_duration_seconds{{{j}}})", "{{service}}")])
+             [(f"count by (service) (microbus_uptime_duration_seconds{{{j}}})", "{{service}}")], decimals=0)
     b.series("Errors and warnings logged", "ERROR and WARN log lines per second, per service.", "short",
              [(f'sum by (service, severity) (rate(microbus_log_messages_total{{{j},severity=~"ERROR|WARN"}}[{R}])) or vector(0)', "{{severity}} {{service}}")])
     b.series("Timeouts by service", "Outgoing calls per second that got no ack or ran out of time, per calling service.", "reqps",
              [(f"sum by (service) (rate(microbus_client_timeout_requests_total{{{j}}}[{R}])) or vector(0)", "{{service}}")])
     b.series("NATS connection by service", "1 while every instance of the service is connected to NATS.", "short",
-             [(f"min by (service) (busgate_nats_connected{{{j}}})", "{{service}}")])
+             [(f"min by (service) (busgate_nats_connected{{{j}}})", "{{service}}")], decimals=0, min=0)
     b.series("Uptime by service", "Time since the youngest instance of each service started.", "s",
              [(f"min by (service) (microbus_uptime_duration_seconds{{{j}}})", "{{service}}")])
     b.series("busgate process memory", "Resident memory of each busgate process (from its admin listener).", "bytes",
-             [("sum by (instance) (process_resident_memory_bytes)", "{{instance}}")])
+             [(f"sum by (instance) (process_resident_memory_bytes{{{PROC}}} {ON_BUSGATE})", "{{instance}}")])
     b.series("busgate process CPU", "CPU seconds per second used by each busgate process.", "percentunit",
-             [(f"sum by (instance) (rate(process_cpu_seconds_total[{R}]))", "{{instance}}")])
+             [(f"sum by (instance) (rate(process_cpu_seconds_total{{{PROC}}}[{R}]) {ON_BUSGATE})", "{{instance}}")])
+    b.series("busgate process file descriptors", "Open file descriptors of each busgate process (every client "
+             "connection holds one) against its limit.", "short",
+             [(f"sum by (instance) (process_open_fds{{{PROC}}} {ON_BUSGATE})", "open {{instance}}"),
+              (f"sum by (instance) (process_max_fds{{{PROC}}} {ON_BUSGATE})", "limit {{instance}}")], decimals=0)
+    b.series("busgate process logs", "Log lines per second outside any service (process start, listeners, the "
+             "NATS connection), by process and severity.", "short",
+             [(f"sum by (instance, severity) (rate(busgate_process_log_messages_total{{{PROC}}}[{R}])) or vector(0)",
+               "{{severity}} {{instance}}")])
     return b
 
 

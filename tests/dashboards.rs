@@ -1,24 +1,11 @@
-//! The telemetry stack's files: dashboards checked as JSON and run query by query against a
-//! real Prometheus scraping busgate under traffic; Prometheus config and alert rules through
-//! promtool; the compose file validated and cross-checked.
-
-mod common;
+//! The telemetry stack's files: dashboards checked as JSON (their queries run against a real
+//! Prometheus in `tests/stack.rs`); Prometheus config and alert rules through promtool; the
+//! compose file validated and cross-checked.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use busgate::ingress::http::{HttpIngress, IngressConfig};
-use busgate::services::metrics_core;
-use busgate::telemetry::admin::{AdminServer, AdminTargets};
-use busgate::{examples, Ctx, Deployment, Error, Service};
-use bytes::Bytes;
-use common::http::{get, request};
-use common::{NatsServer, Prometheus};
-use http::{Response, StatusCode};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -49,19 +36,6 @@ fn dashboards() -> Vec<(String, Value)> {
 
 fn panels(d: &Value) -> Vec<&Value> {
     d["panels"].as_array().unwrap().iter().collect()
-}
-
-fn exprs(d: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for p in panels(d) {
-        for t in p["targets"].as_array().unwrap() {
-            out.push((
-                p["title"].as_str().unwrap().to_owned(),
-                t["expr"].as_str().unwrap().to_owned(),
-            ));
-        }
-    }
-    out
 }
 
 #[test]
@@ -181,194 +155,6 @@ fn dashboards_are_well_formed() {
             dashboards(),
             "dashboards/ differs from scripts/gen-dashboards.py: regenerate and commit"
         );
-    }
-}
-
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|t| {
-            ["microbus_", "busgate_", "process_"]
-                .iter()
-                .any(|p| t.starts_with(p))
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-fn family_names(exposition: &str) -> HashSet<String> {
-    exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn mixed() -> Service {
-    Service::new("mixed.test")
-        .get("/ok", |_ctx: Ctx, _req| async {
-            Ok(Response::new(Bytes::from_static(b"ok")))
-        })
-        .get("/bad", |_ctx: Ctx, _req| async {
-            Err::<Response<Bytes>, _>(Error::bad_request("bad input"))
-        })
-        .get("/boom", |_ctx: Ctx, _req| async {
-            Err::<Response<Bytes>, _>(Error::new(StatusCode::INTERNAL_SERVER_ERROR, "it broke"))
-        })
-        .get("/call", |ctx: Ctx, _req| async move {
-            let _ = ctx.get("https://nobody.example/x").await;
-            ctx.get("https://calculator.example/square?x=3").await
-        })
-        .get("/slow", |_ctx: Ctx, _req| async {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            Ok(Response::new(Bytes::from_static(b"slow")))
-        })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_panel_query_returns_data_from_a_real_prometheus() {
-    busgate::telemetry::logs::init(Deployment::Testing);
-    let nats = NatsServer::start();
-    let cfg = nats.config();
-    let mut services = examples::start_all(&cfg).await.unwrap();
-    services.push(mixed().start(&cfg).await.unwrap());
-    services.push(metrics_core::service(None).start(&cfg).await.unwrap());
-    let mut ic = IngressConfig::resolve(
-        None,
-        |_| None,
-        &[
-            ("Ports".into(), "0".into()),
-            ("TimeBudget".into(), "1s".into()),
-        ],
-    )
-    .unwrap();
-    ic.bind_ip = "127.0.0.1".parse().unwrap();
-    let ingress = HttpIngress::start(ic, &cfg).await.unwrap();
-    let addr = ingress.local_addrs()[0];
-    let targets = AdminTargets::default();
-    for s in &services {
-        targets.add(s.clone());
-    }
-    targets.add(ingress.connector().clone());
-    let admin = AdminServer::start("127.0.0.1:0".parse().unwrap(), targets)
-        .await
-        .unwrap();
-
-    // Traffic of every kind, kept flowing while Prometheus scrapes and the queries run.
-    let running = Arc::new(AtomicBool::new(true));
-    let traffic = {
-        let running = running.clone();
-        tokio::spawn(async move {
-            let paths = [
-                "/hello.example/calculator?x=2&op=*&y=3",
-                "/calculator.example/arithmetic?x=1&op=/&y=0",
-                "/mixed.test/ok",
-                "/mixed.test/bad",
-                "/mixed.test/boom",
-                "/mixed.test/call",
-                "/nobody.example/x",
-                "/mixed.test/slow",
-            ];
-            while running.load(Ordering::Relaxed) {
-                for p in paths {
-                    let _ = request(
-                        addr,
-                        "GET",
-                        p,
-                        &[("Content-Type", "text/plain")],
-                        b"payload",
-                    )
-                    .await;
-                }
-            }
-        })
-    };
-
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: busgate\n    static_configs:\n      - targets: ['{admin}']\n  - job_name: bus\n    metrics_path: /metrics.core/collect\n    scrape_interval: 2s\n    scrape_timeout: 1900ms\n    static_configs:\n      - targets: ['{addr}']\n",
-        admin = admin.local_addr(),
-    );
-    let prometheus = Prometheus::start(&config);
-    // Wait for a few scrapes of both jobs with the traffic in them.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        assert!(Instant::now() < deadline, "Prometheus never scraped enough");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if !prometheus.is_up().await {
-            continue;
-        }
-        let n = prometheus.query("count_over_time(microbus_server_request_duration_seconds_count{job=\"bus\",service=\"mixed.test\",handler=\"mixed.test:443/call\"}[1m])").await;
-        let m = prometheus
-            .query("count_over_time(busgate_ingress_requests_in_flight{job=\"busgate\"}[1m])")
-            .await;
-        let enough = |v: &Value| {
-            v["data"]["result"].as_array().is_some_and(|r| {
-                r.iter().any(|s| {
-                    s["value"][1]
-                        .as_str()
-                        .unwrap_or("0")
-                        .parse::<f64>()
-                        .unwrap_or(0.0)
-                        >= 4.0
-                })
-            })
-        };
-        if enough(&n) && enough(&m) {
-            break;
-        }
-    }
-
-    // Every metric a dashboard names exists in busgate's exposition (now that traffic made
-    // every labelled series appear).
-    let exposition = get(admin.local_addr(), "/metrics").await.text()
-        + &get(addr, "/metrics.core/collect").await.text();
-    let families = family_names(&exposition);
-    for (name, d) in dashboards() {
-        for (title, expr) in exprs(&d) {
-            for metric in metric_names(&expr) {
-                let family = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| metric.strip_suffix(s).filter(|f| families.contains(*f)))
-                    .unwrap_or(&metric);
-                assert!(
-                    families.contains(family),
-                    "{name}: {title} queries {metric}, which busgate does not export"
-                );
-            }
-        }
-    }
-
-    let mut failures = Vec::new();
-    for (name, d) in dashboards() {
-        for (title, expr) in exprs(&d) {
-            let q = expr
-                .replace("$__rate_interval", "1m")
-                .replace("$__range", "5m")
-                .replace("$job", "bus")
-                .replace("$service", "mixed.test");
-            let v = prometheus.query(&q).await;
-            let ok = v["status"] == "success"
-                && v["data"]["result"]
-                    .as_array()
-                    .is_some_and(|r| !r.is_empty());
-            if !ok {
-                failures.push(format!("{name}: {title}: {q} → {v}"));
-            }
-        }
-    }
-    running.store(false, Ordering::Relaxed);
-    let _ = tokio::time::timeout(Duration::from_secs(5), traffic).await;
-    assert!(
-        failures.is_empty(),
-        "{} queries returned nothing:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-
-    admin.shutdown().await;
-    ingress.shutdown().await;
-    for s in services {
-        s.shutdown().await;
     }
 }
 

@@ -12,7 +12,6 @@ use super::{Ctx, CONTROL_PORT};
 use crate::error::Error;
 use crate::telemetry::metrics::{accepts_gzip, exposition_response};
 use crate::telemetry::trace::parse_trace_id;
-use crate::transport::ConnectionState;
 use crate::wire::ALL_HOSTS;
 
 pub const PING: &str = "ping";
@@ -65,10 +64,7 @@ async fn config_refresh(ctx: Ctx, _req: Request<Bytes>) -> Result<Response<Bytes
 
 async fn metrics(ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
     let inner = &ctx.connector().inner;
-    inner.metrics.refresh(
-        inner.bus.state() == ConnectionState::Connected,
-        inner.bus.reconnects(),
-    );
+    inner.metrics.refresh(inner.bus.nats_connection());
     Ok(exposition_response(
         inner.metrics.encode(),
         accepts_gzip(req.headers()),

@@ -77,10 +77,7 @@ async fn metrics(State(targets): State<AdminTargets>, headers: HeaderMap) -> Res
         .into_iter()
         .map(|c| {
             let m = c.metrics().clone();
-            m.refresh(
-                c.connection_state() == ConnectionState::Connected,
-                c.bus().reconnects(),
-            );
+            m.refresh(c.bus().nats_connection());
             m
         })
         .collect();

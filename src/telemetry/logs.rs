@@ -4,7 +4,7 @@
 //! `microbus_log_messages_total` of the service it belongs to.
 
 use std::fmt::Debug;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -13,7 +13,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use super::metrics::{live_service, ServiceMetrics};
+use super::metrics::{live_service, ProcessLogs, ServiceMetrics};
 use crate::config::Deployment;
 
 /// The filter when `RUST_LOG` is not set.
@@ -43,20 +43,6 @@ pub fn init(deployment: Deployment) {
     if result.is_ok() {
         super::handler_spans::mark_installed();
     }
-}
-
-/// Metrics for log lines that belong to no service (process start, listeners).
-fn process_logs() -> &'static Arc<ServiceMetrics> {
-    static PROCESS: OnceLock<Arc<ServiceMetrics>> = OnceLock::new();
-    PROCESS.get_or_init(|| {
-        let id = crate::connector::new_instance_id();
-        ServiceMetrics::new("busgate", 0, &id)
-    })
-}
-
-/// The process-level metrics (log lines outside any service).
-pub fn process_metrics() -> Arc<ServiceMetrics> {
-    process_logs().clone()
 }
 
 /// The service a span belongs to, found from its `id` field.
@@ -122,9 +108,9 @@ where
                 .into_iter()
                 .find_map(|span| span.extensions().get::<Owner>().map(|o| o.0.clone()))
         });
-        let owner = from_span
-            .or_else(|| fields.id.as_deref().and_then(live_service))
-            .unwrap_or_else(|| process_logs().clone());
-        owner.count_log(severity, message);
+        match from_span.or_else(|| fields.id.as_deref().and_then(live_service)) {
+            Some(owner) => owner.count_log(severity, message),
+            None => ProcessLogs::get().count(severity, message),
+        }
     }
 }

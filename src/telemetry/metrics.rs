@@ -184,6 +184,9 @@ pub struct ServiceMetrics {
     uptime: Gauge,
     nats_connected: IntGauge,
     nats_reconnects: IntCounter,
+    /// The NATS series are registered on the first scrape of an instance on NATS: on the
+    /// in-process bus there is no connection to report.
+    nats_registered: std::sync::Once,
     overflows: IntCounterVec,
     server_handles: HandleCache<[usize; 4], (Histogram, Histogram)>,
     client_handles: HandleCache<[usize; 4], Histogram>,
@@ -275,6 +278,7 @@ impl ServiceMetrics {
                 "Label values replaced by _other because a label had too many distinct values.",
                 &[L_LABEL],
             ),
+            nats_registered: std::sync::Once::new(),
             seen: std::sync::RwLock::new(Vec::new()),
             server_handles: HandleCache::default(),
             client_handles: HandleCache::default(),
@@ -290,8 +294,6 @@ impl ServiceMetrics {
         register(&m.registry, m.callback_duration.clone());
         register(&m.registry, m.log_messages.clone());
         register(&m.registry, m.uptime.clone());
-        register(&m.registry, m.nats_connected.clone());
-        register(&m.registry, m.nats_reconnects.clone());
         register(&m.registry, m.overflows.clone());
         let m = Arc::new(m);
         let mut live = live().lock().expect("live lock");
@@ -459,9 +461,17 @@ impl ServiceMetrics {
             .inc();
     }
 
-    /// Refresh the gauges that are read at scrape time.
-    pub fn refresh(&self, connected: bool, reconnects: u64) {
+    /// Refresh the gauges that are read at scrape time; `nats` is the connection's state and
+    /// reconnect count ([`crate::transport::Bus::nats_connection`]), `None` on the in-process bus.
+    pub fn refresh(&self, nats: Option<(bool, u64)>) {
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        let Some((connected, reconnects)) = nats else {
+            return;
+        };
+        self.nats_registered.call_once(|| {
+            register(&self.registry, self.nats_connected.clone());
+            register(&self.registry, self.nats_reconnects.clone());
+        });
         self.nats_connected.set(connected as i64);
         let counted = self.nats_reconnects.get();
         if reconnects > counted {
@@ -487,6 +497,7 @@ fn encode_families(families: Vec<prometheus::proto::MetricFamily>) -> String {
 pub struct IngressMetrics {
     pub duration: HistogramVec,
     pub in_flight: IntGaugeVec,
+    pub open_connections: IntGaugeVec,
     pub request_body: HistogramVec,
     pub response_body: HistogramVec,
     listeners: HandleCache<u16, ListenerMetrics>,
@@ -497,6 +508,7 @@ pub struct IngressMetrics {
 #[derive(Clone)]
 pub struct ListenerMetrics {
     pub in_flight: IntGauge,
+    pub open_connections: IntGauge,
     pub request_body: Histogram,
     pub response_body: Histogram,
 }
@@ -507,6 +519,7 @@ impl IngressMetrics {
         let m = IngressMetrics {
             duration: histogram(c, INGRESS_REQUEST_DURATION, "Time from request to response at the HTTP ingress, by listener, target and status.", &[L_PORT, L_ROUTE, L_METHOD, L_CODE], LATENCY_BUCKETS),
             in_flight: IntGaugeVec::new(opts(c, INGRESS_IN_FLIGHT, "HTTP requests being served, by listener."), &[L_PORT]).expect("valid gauge"),
+            open_connections: IntGaugeVec::new(opts(c, INGRESS_OPEN_CONNECTIONS, "Client connections open, by listener (idle keep-alive ones included)."), &[L_PORT]).expect("valid gauge"),
             request_body: histogram(c, INGRESS_REQUEST_BODY, "Size of request bodies received by the HTTP ingress.", &[L_PORT], BODY_BUCKETS),
             response_body: histogram(c, INGRESS_RESPONSE_BODY, "Size of response bodies sent by the HTTP ingress.", &[L_PORT], BODY_BUCKETS),
             listeners: HandleCache::default(),
@@ -514,6 +527,7 @@ impl IngressMetrics {
         };
         register(&service.registry, m.duration.clone());
         register(&service.registry, m.in_flight.clone());
+        register(&service.registry, m.open_connections.clone());
         register(&service.registry, m.request_body.clone());
         register(&service.registry, m.response_body.clone());
         m
@@ -525,6 +539,7 @@ impl IngressMetrics {
             let port = itoa::Buffer::new().format(port).to_owned();
             ListenerMetrics {
                 in_flight: self.in_flight.with_label_values(&[&port]),
+                open_connections: self.open_connections.with_label_values(&[&port]),
                 request_body: self.request_body.with_label_values(&[&port]),
                 response_body: self.response_body.with_label_values(&[&port]),
             }
@@ -581,12 +596,54 @@ pub fn live_service(id: &str) -> Option<Arc<ServiceMetrics>> {
         .and_then(Weak::upgrade)
 }
 
+/// Log lines written outside any service (process start, listeners), in the process registry:
+/// they carry no `service` label rather than a made-up one.
+pub struct ProcessLogs {
+    lines: IntCounterVec,
+    messages: Mutex<std::collections::HashSet<String>>,
+}
+
+impl ProcessLogs {
+    pub fn get() -> &'static ProcessLogs {
+        static LOGS: OnceLock<ProcessLogs> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let lines = IntCounterVec::new(
+                prometheus::Opts::new(
+                    PROCESS_LOG_MESSAGES,
+                    "Log lines written outside any service, by severity and message.",
+                ),
+                &[L_SEVERITY, L_MESSAGE],
+            )
+            .expect("valid counter");
+            register(process_registry(), lines.clone());
+            ProcessLogs {
+                lines,
+                messages: Mutex::new(std::collections::HashSet::new()),
+            }
+        })
+    }
+
+    pub fn count(&self, severity: &str, message: &str) {
+        let message: String = message.chars().take(128).collect();
+        let label = {
+            let mut seen = self.messages.lock().expect("process log labels");
+            if seen.contains(&message) || seen.len() < MAX_LABEL_VALUES {
+                seen.insert(message.clone());
+                message
+            } else {
+                OVERFLOW_VALUE.to_owned()
+            }
+        };
+        self.lines.with_label_values(&[severity, &label]).inc();
+    }
+}
+
 /// One exposition for the process: process metrics, log lines outside services, and the
 /// given services, each family once.
 pub fn gather(services: &[Arc<ServiceMetrics>]) -> String {
+    ProcessLogs::get();
     let mut merged: Vec<prometheus::proto::MetricFamily> = process_registry().gather();
-    let process_logs = super::logs::process_metrics();
-    for svc in std::iter::once(&process_logs).chain(services) {
+    for svc in services {
         for mut family in svc.registry.gather() {
             match merged.iter_mut().find(|f| f.name() == family.name()) {
                 Some(existing) => existing.mut_metric().extend(family.take_metric()),
@@ -679,7 +736,7 @@ mod tests {
                 10,
             );
         }
-        m.refresh(true, 0);
+        m.refresh(Some((true, 0)));
         let text = m.encode();
         for (series, count) in [
             (

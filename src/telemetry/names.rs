@@ -15,6 +15,8 @@ pub const UPTIME: &str = "microbus_uptime_duration_seconds";
 pub const NATS_CONNECTED: &str = "busgate_nats_connected";
 pub const NATS_RECONNECTS: &str = "busgate_nats_reconnects_total";
 pub const LABEL_OVERFLOWS: &str = "busgate_label_overflow_total";
+/// Log lines outside any service (no `service` label).
+pub const PROCESS_LOG_MESSAGES: &str = "busgate_process_log_messages_total";
 
 // Spans and tracers.
 /// Instrumentation scope of busgate's own spans (one per hop).
@@ -29,6 +31,7 @@ pub const INGRESS_LOG_SPAN: &str = "http";
 // The HTTP ingress.
 pub const INGRESS_REQUEST_DURATION: &str = "busgate_ingress_request_duration_seconds";
 pub const INGRESS_IN_FLIGHT: &str = "busgate_ingress_requests_in_flight";
+pub const INGRESS_OPEN_CONNECTIONS: &str = "busgate_ingress_open_connections";
 pub const INGRESS_REQUEST_BODY: &str = "busgate_ingress_request_body_bytes";
 pub const INGRESS_RESPONSE_BODY: &str = "busgate_ingress_response_body_bytes";
 
@@ -45,6 +48,10 @@ pub const L_HOST: &str = "host";
 pub const L_SEVERITY: &str = "severity";
 pub const L_MESSAGE: &str = "message";
 pub const L_ROUTE: &str = "route";
+/// `route` of a request whose path names no valid bus host.
+pub const ROUTE_INVALID: &str = "_invalid";
+/// `route` of a request refused as a blocked (scanner) path.
+pub const ROUTE_BLOCKED: &str = "_blocked";
 pub const L_LABEL: &str = "label";
 
 /// `error` label values.

@@ -159,6 +159,14 @@ impl Bus {
         }
     }
 
+    /// NATS's connection counters, or `None` on the in-process bus (which has no connection).
+    pub fn nats_connection(&self) -> Option<(bool, u64)> {
+        match self {
+            Bus::Nats(b) => Some((self.state() == ConnectionState::Connected, b.reconnects())),
+            Bus::InProc(_) => None,
+        }
+    }
+
     /// How many times the connection was re-established.
     pub fn reconnects(&self) -> u64 {
         match self {

@@ -4,6 +4,7 @@
 
 pub mod http;
 use ::http as http_types;
+pub mod jaeger;
 pub mod otlp;
 
 use std::io::{BufRead, BufReader};
@@ -26,6 +27,16 @@ impl NatsServer {
     /// Start on a free port chosen by the server (`-p -1`).
     pub fn start() -> NatsServer {
         NatsServer::start_with(&[])
+    }
+
+    /// Start the given nats-server program (e.g. [`DEBIAN_NATS_SERVER`]).
+    pub fn start_program(bin: &str) -> NatsServer {
+        let (child, port) = spawn_bin(bin, -1, &[]);
+        NatsServer {
+            child: Some(child),
+            port,
+            args: Vec::new(),
+        }
     }
 
     /// Start with extra arguments (auth, TLS, config file).
@@ -75,8 +86,35 @@ impl Drop for NatsServer {
     }
 }
 
+/// The program `name` the tests run: `$env_var` when set (scripts/test sets it), else the
+/// build of `scripts/go-tools` in its cache, else `name` on the PATH.
+pub fn tool_bin(name: &str, env_var: &str) -> String {
+    if let Ok(bin) = std::env::var(env_var) {
+        return bin;
+    }
+    let cache = std::env::var_os("BUSGATE_TOOLS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("busgate/tools"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".cache/busgate/tools"))
+        });
+    match cache.map(|c| c.join(name)).filter(|p| p.exists()) {
+        Some(p) => p.display().to_string(),
+        None => name.to_owned(),
+    }
+}
+
+/// Debian's nats-server 2.9, for the test that the bus still works on it.
+pub const DEBIAN_NATS_SERVER: &str = "/usr/sbin/nats-server";
+
 fn spawn(port: i32, extra: &[String]) -> (Child, u16) {
-    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+    spawn_bin(&tool_bin("nats-server", "NATS_SERVER_BIN"), port, extra)
+}
+
+fn spawn_bin(bin: &str, port: i32, extra: &[String]) -> (Child, u16) {
+    let bin = bin.to_owned();
     let mut last_err = String::new();
     // Restarting on a port the old process just left can race its release: retry briefly.
     for _ in 0..50 {

@@ -178,7 +178,7 @@ pub async fn telemetry(
     let method = req.method().as_str().to_owned();
     let route = super::proxy::parse_target(&path)
         .map(|t| format!("{}:{}", t.host, t.port))
-        .unwrap_or_else(|| "_invalid".to_owned());
+        .unwrap_or_else(|| ROUTE_INVALID.to_owned());
     let tracer = shared.conn.tracer();
     let mut span = tracer.start(
         &parent,
@@ -246,7 +246,12 @@ pub async fn telemetry(
 
     let service_metrics = shared.conn.metrics();
     if service_metrics.enabled() {
-        let route = service_metrics.capped(L_ROUTE, &route);
+        let route = if res.extensions().get::<Blocked>().is_some() {
+            ROUTE_BLOCKED
+        } else {
+            &route
+        };
+        let route = service_metrics.capped(L_ROUTE, route);
         let method = service_metrics.capped(L_METHOD, &method);
         shared
             .metrics
@@ -314,10 +319,16 @@ pub async fn blocked_paths(
     next: Next,
 ) -> Response {
     if shared.config.blocked_paths.blocks(req.uri().path()) {
-        return error_response(Error::not_found("not found"));
+        let mut res = error_response(Error::not_found("not found"));
+        res.extensions_mut().insert(Blocked);
+        return res;
     }
     next.run(req).await
 }
+
+/// Marks the response to a blocked path, so that its metrics say `route="_blocked"`.
+#[derive(Clone, Copy)]
+struct Blocked;
 
 fn truncated(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {

@@ -301,7 +301,9 @@ async fn accept_loop(
         let (read_timeout, write_timeout) = (config.read_timeout, config.write_timeout);
         let max_head = config.max_header_bytes;
         let header_timeout = config.read_header_timeout;
+        let open = OpenConnection::new(shared.metrics.listener(listen_port).open_connections);
         tokio::spawn(async move {
+            let _open = open;
             let io = timed(stream, read_timeout, write_timeout);
             match tls {
                 None => {
@@ -325,6 +327,23 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Counts a client connection in `busgate_ingress_open_connections` while it lives, however
+/// its task ends.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: prometheus::IntGauge) -> OpenConnection {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
