@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use busgate::ingress::http::{HttpIngress, IngressConfig};
 use busgate::{examples, Connector, Ctx, Error, Service};
 use bytes::Bytes;
-use common::http::{build, get, request, send_raw, RawResponse};
+use common::http::{build, build_with_host, get, request, send_raw, RawResponse};
 use common::{free_port, NatsServer};
 use http::{Request, Response, StatusCode};
 
@@ -403,7 +403,10 @@ async fn forwarded_and_internal_headers() {
     .await;
     let t = res.text();
     // An untrusted peer's X-Forwarded-* are replaced by what the ingress saw.
-    assert!(t.contains("x-forwarded-host: localhost"), "{t}");
+    assert!(
+        t.contains(&format!("x-forwarded-host: {}\n", s.addr)),
+        "X-Forwarded-Host is the request's Host: {t}"
+    );
     assert!(t.contains("x-forwarded-for: 127.0.0.1:"), "{t}");
     assert!(t.contains("x-forwarded-proto: http"), "{t}");
     assert!(t.contains("x-forwarded-prefix: \n"), "{t}");
@@ -564,6 +567,63 @@ async fn compression_and_cache_control() {
     let res = get(s.addr, "/mirror.test/size?n=10&cache=max-age%3D60").await;
     assert_eq!(res.header("cache-control"), Some("max-age=60"));
     s.stop().await;
+}
+
+/// Go's ingress takes the external port from the request's `Host` (80, or 443 over TLS,
+/// when it has none), not from the listener: behind a load balancer that sends
+/// `Host: example.com` to `:8080`, the default `80:*->443` applies and internal ports stay
+/// closed, where the listener's `8080:*->*` would open them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_mappings_follow_the_host_header_not_the_listener() {
+    let nats = NatsServer::start();
+    let bus = nats.config();
+    let svc = mirror(Arc::new(AtomicUsize::new(0)))
+        .start(&bus)
+        .await
+        .unwrap();
+    let mut cfg = IngressConfig::resolve(
+        None,
+        |_| None,
+        &[
+            ("Ports".into(), "0".into()),
+            // The defaults, and a `*` value that the search passes over.
+            (
+                "PortMappings".into(),
+                "8080:*->*, 443:*->443, 80:*->443, 9000:444->*, 9000:*->443".into(),
+            ),
+        ],
+    )
+    .unwrap();
+    cfg.bind_ip = "127.0.0.1".parse().unwrap();
+    let ingress = HttpIngress::start(cfg, &bus).await.unwrap();
+    let addr = ingress.local_addrs()[0];
+    let with_host = |host: &'static str| async move {
+        send_raw(
+            addr,
+            &build_with_host(host, "GET", "/mirror.test:444/internal", &[], b""),
+        )
+        .await
+        .unwrap()
+    };
+    for (host, reaches_444) in [
+        ("example.com", false),      // port 80: 80:*->443
+        ("", false),                 // no Host: port 80
+        ("example.com:443", false),  // 443:*->443
+        ("example.com:8080", true),  // 8080:*->*
+        ("example.com:9000", false), // 9000:444->* passed over, then 9000:*->443
+        ("example.com:7000", true),  // no rule: the port is kept
+        ("[::1]", false),            // an IPv6 host without a port: 80
+        ("[::1]:8080", true),
+    ] {
+        let res = with_host(host).await;
+        if reaches_444 {
+            assert_eq!(res.text(), "internal", "Host {host:?}");
+        } else {
+            assert_eq!(res.status, 404, "Host {host:?}: {}", res.text());
+        }
+    }
+    ingress.shutdown().await;
+    svc.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -413,38 +413,45 @@ async fn secure_redirect_when_tls_serves_443() {
         tls_ports: [443].into_iter().collect(),
     });
     let app = router(shared);
-    let request = |method: &str, port: u16, tls: bool| {
+    // The port is the Host's (80 when it has none), as in Go; the listener's does not matter.
+    let request = |method: &str, host: &str, tls: bool| {
         let mut req = http::Request::builder()
             .method(method)
             .uri("/hello.example/hello?name=x")
-            .header("host", "www.example.com:80")
+            .header("host", host)
             .body(axum::body::Body::empty())
             .unwrap();
         req.extensions_mut().insert(ConnInfo {
-            listen_port: port,
+            listen_port: 8080,
             tls,
             peer: "198.51.100.1:5000".parse().unwrap(),
         });
         req
     };
-    let res = app
-        .clone()
-        .oneshot(request("GET", 80, false))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 307);
-    assert_eq!(
-        res.headers()["location"],
-        "https://www.example.com/hello.example/hello?name=x"
-    );
-    // Not for other methods, ports, or TLS connections.
-    for (method, port, tls) in [("POST", 80, false), ("GET", 8080, false), ("GET", 80, true)] {
+    for host in ["www.example.com:80", "www.example.com"] {
         let res = app
             .clone()
-            .oneshot(request(method, port, tls))
+            .oneshot(request("GET", host, false))
             .await
             .unwrap();
-        assert_ne!(res.status(), 307, "{method} {port} {tls}");
+        assert_eq!(res.status(), 307, "{host}");
+        assert_eq!(
+            res.headers()["location"],
+            "https://www.example.com/hello.example/hello?name=x"
+        );
+    }
+    // Not for other methods, ports, or TLS connections.
+    for (method, host, tls) in [
+        ("POST", "www.example.com:80", false),
+        ("GET", "www.example.com:8080", false),
+        ("GET", "www.example.com:80", true),
+    ] {
+        let res = app
+            .clone()
+            .oneshot(request(method, host, tls))
+            .await
+            .unwrap();
+        assert_ne!(res.status(), 307, "{method} {host} {tls}");
     }
     conn.shutdown().await;
 }

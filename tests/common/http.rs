@@ -174,9 +174,25 @@ pub async fn send_on<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response in 30 s"))?
 }
 
-/// A request with `Connection: close`, the given headers and body.
+/// A request with `Connection: close`, the given headers and body, and `Host: localhost`
+/// (so port 80 for the ingress's port mappings).
 pub fn build(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    build_with_host("localhost", method, path, headers, body)
+}
+
+/// The same with the given `Host` (none when empty).
+pub fn build_with_host(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\n");
+    if !host.is_empty() {
+        out.push_str(&format!("Host: {host}\r\n"));
+    }
+    out.push_str("Connection: close\r\n");
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -196,7 +212,9 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> RawResponse {
-    send_raw(addr, &build(method, path, headers, body))
+    // As curl does: `Host` names the address connected to.
+    let host = addr.to_string();
+    send_raw(addr, &build_with_host(&host, method, path, headers, body))
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }

@@ -173,20 +173,19 @@ impl PortMappings {
         Ok(PortMappings(rules))
     }
 
-    /// The internal port for a request to internal port `y` arriving on listener `x`: rules
-    /// `x:y`, `*:y`, `x:*`, `*:*` in that order; `*` or no rule keeps `y`.
-    pub fn map(&self, x: u16, y: u16) -> u16 {
+    /// The internal port for a request to internal port `y` whose external port is `x` (the
+    /// port of its `Host`, as Go's ingress takes it): rules `x:y`, `*:y`, `x:*`, `*:*` in that
+    /// order, the first whose value is a port wins; a `*` value is passed over and the search
+    /// goes on (Go's `resolveInternalURL`); no rule keeps `y`.
+    pub fn map(&self, x: &str, y: u16) -> u16 {
         for key in [
             format!("{x}:{y}"),
             format!("*:{y}"),
             format!("{x}:*"),
             "*:*".to_owned(),
         ] {
-            if let Some(z) = self.0.get(&key) {
-                return match z.as_str() {
-                    "*" => y,
-                    z => z.parse().unwrap_or(y),
-                };
+            if let Some(z) = self.0.get(&key).and_then(|z| z.parse().ok()) {
+                return z;
             }
         }
         y
@@ -434,19 +433,37 @@ mod tests {
 
     #[test]
     fn port_mapping_precedence() {
-        let m = PortMappings::parse(DEFAULT_PORT_MAPPINGS).unwrap();
-        assert_eq!(m.map(8080, 444), 444);
-        assert_eq!(m.map(443, 444), 443);
-        assert_eq!(m.map(80, 888), 443);
-        assert_eq!(m.map(9999, 555), 555, "no rule passes the port through");
-        let t = PortMappings::parse("4040:*->*, 4443:*->443, *:555->556, 4443:80->81").unwrap();
-        assert_eq!(t.map(4443, 555), 556, "*:y beats x:*");
-        assert_eq!(t.map(4443, 80), 81, "x:y beats everything");
-        assert_eq!(t.map(4040, 555), 556);
-        assert_eq!(t.map(4443, 1), 443);
+        let defaults = PortMappings::parse(DEFAULT_PORT_MAPPINGS).unwrap();
+        let m = |x: u16, y| defaults.map(&x.to_string(), y);
+        assert_eq!(m(8080, 444), 444);
+        assert_eq!(m(443, 444), 443);
+        assert_eq!(m(80, 888), 443);
+        assert_eq!(m(9999, 555), 555, "no rule passes the port through");
+        let rules = PortMappings::parse("4040:*->*, 4443:*->443, *:555->556, 4443:80->81").unwrap();
+        let t = |x: u16, y| rules.map(&x.to_string(), y);
+        assert_eq!(t(4443, 555), 556, "*:y beats x:*");
+        assert_eq!(t(4443, 80), 81, "x:y beats everything");
+        assert_eq!(t(4040, 555), 556);
+        assert_eq!(t(4443, 1), 443);
         for bad in ["8080", "a:*->*", "1:2->x", "70000:*->*"] {
             assert!(PortMappings::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_star_value_is_passed_over_and_the_search_goes_on() {
+        // Go's resolveInternalURL: `x:y->*` does not stop the search; `*:*->443` then applies.
+        let rules = PortMappings::parse("4040:444->*, *:*->443").unwrap();
+        assert_eq!(rules.map("4040", 444), 443);
+        let rules = PortMappings::parse("4040:*->*").unwrap();
+        assert_eq!(
+            rules.map("4040", 444),
+            444,
+            "only `*` values: the port is kept"
+        );
+        // A Host port that is no number matches only the `*:` rules.
+        let rules = PortMappings::parse("8080:*->*, *:*->443").unwrap();
+        assert_eq!(rules.map("x", 444), 443);
     }
 
     #[test]

@@ -363,15 +363,16 @@ pub async fn access_log(req: Request, next: Next) -> Response {
     res
 }
 
-/// Plain `GET` on port 80 goes to `https://` when TLS serves port 443.
+/// Plain `GET` on port 80 (the `Host`'s port, as Go takes it) goes to `https://` when TLS
+/// serves port 443.
 pub async fn secure_redirect(
     State(shared): State<Arc<Shared>>,
     req: Request,
     next: Next,
 ) -> Response {
     let info = conn_info(&req);
-    if info.listen_port == 80
-        && !info.tls
+    if !info.tls
+        && super::proxy::external_port(req.headers(), req.uri(), info.tls) == "80"
         && req.method() == Method::GET
         && shared.tls_ports.contains(&443)
     {

@@ -69,6 +69,24 @@ fn conflicting_framing(headers: &HeaderMap) -> bool {
             && headers.contains_key(header::CONTENT_LENGTH))
 }
 
+/// The request's external port as Go's ingress takes it: the port of its `Host` (the
+/// `:authority` over HTTP/2), else 443 over TLS and 80 without. Not the listener's port: behind
+/// a load balancer that sends `Host: example.com` to `:8080`, the request is a port-80 one, and
+/// `80:*->443` must apply, not `8080:*->*` (which would expose every internal port).
+pub fn external_port<'a>(headers: &'a HeaderMap, uri: &'a http::Uri, tls: bool) -> &'a str {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    // `[::1]:8080` and `example.com:8080` have a port after the last colon; `[::1]` has none.
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[i + 1..],
+        _ if tls => "443",
+        _ => "80",
+    }
+}
+
 pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if conflicting_framing(&parts.headers) {
@@ -80,15 +98,12 @@ pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response 
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return res;
     }
-    let listen_port = parts
-        .extensions
-        .get::<ConnInfo>()
-        .map(|c| c.listen_port)
-        .unwrap_or(0);
+    let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls);
     let Some(target) = parse_target(parts.uri.path()) else {
         return empty_not_found();
     };
-    let port = shared.config.port_mappings.map(listen_port, target.port);
+    let external_port = external_port(&parts.headers, &parts.uri, tls);
+    let port = shared.config.port_mappings.map(external_port, target.port);
     if port == CONTROL_PORT {
         return empty_not_found();
     }
