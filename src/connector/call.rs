@@ -32,8 +32,10 @@ pub const NETWORK_HOP: Duration = Duration::from_millis(250);
 /// Deepest call chain allowed before 508 `call depth overflow` (Microbus's `maxCallDepth`).
 pub const MAX_CALL_DEPTH: u32 = 64;
 
-/// Budget of a call whose context has no deadline. Microbus would wait forever once acked;
-/// a gateway must not hold a request for a crashed responder without bound.
+/// How long a call whose context has no deadline waits here for its response. Microbus waits
+/// forever once acked; a gateway must not hold a request for a crashed responder without
+/// bound. This cap is local only: such a call sends no `Microbus-Time-Budget` (as Go does), so
+/// the handler, Go or Rust, runs without a deadline of ours.
 pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(20);
 
 /// What the inbox hands to a waiting call.
@@ -70,7 +72,11 @@ struct Outgoing {
     method: String,
     subject: String,
     fragments: Vec<Bytes>,
+    /// When this caller stops waiting.
     deadline: Instant,
+    /// Whether the deadline is the caller's own (sent as `Microbus-Time-Budget`) rather than
+    /// the local [`DEFAULT_CALL_BUDGET`] cap.
+    budgeted: bool,
 }
 
 fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
@@ -135,6 +141,7 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
         subject,
         fragments,
         deadline,
+        budgeted: ctx.deadline.is_some(),
     })
 }
 
@@ -182,11 +189,13 @@ async fn publish_fragment(
     if budget_ms == 0 {
         return Err(Error::timeout());
     }
-    frame::set(
-        req.headers_mut(),
-        frame::TIME_BUDGET,
-        &budget_ms.to_string(),
-    );
+    if out.budgeted {
+        frame::set(
+            req.headers_mut(),
+            frame::TIME_BUDGET,
+            &budget_ms.to_string(),
+        );
+    }
     *req.body_mut() = out.fragments[index].clone();
     let payload = codec::encode_request(req).map_err(|e| Error::bad_request(e.to_string()))?;
     inner

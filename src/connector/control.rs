@@ -71,16 +71,29 @@ async fn metrics(ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error
     ))
 }
 
-/// `?id=<32 hex>`: keep that trace (PROD's tail selection).
+/// Keep trace `id` (PROD's tail selection): `?id=<32 hex>`, or a JSON body `{"id": ...}` as
+/// Go's control client sends it. Like Go, it answers `{}` whatever it was given: a missing or
+/// malformed id selects nothing.
 async fn trace(ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
-    let id = req
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        id: String,
+    }
+    let from_query = req
         .uri()
         .query()
         .unwrap_or("")
         .split('&')
         .find_map(|kv| kv.strip_prefix("id="))
-        .and_then(parse_trace_id)
-        .ok_or_else(|| Error::bad_request("expected ?id=<32 hex digits>"))?;
-    ctx.connector().inner.tracer.select(id);
+        .and_then(parse_trace_id);
+    let id = from_query.or_else(|| {
+        serde_json::from_slice::<Body>(req.body())
+            .ok()
+            .and_then(|b| parse_trace_id(&b.id))
+    });
+    if let Some(id) = id {
+        ctx.connector().inner.tracer.select(id);
+    }
     Ok(json("{}"))
 }

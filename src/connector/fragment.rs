@@ -10,9 +10,9 @@ use http::{Request, Response};
 
 use crate::wire::frame::{self, Fragment};
 
-/// A reassembly with no new fragment for this long is dropped. Microbus uses one network hop
-/// (250 ms); we allow more so that a loaded host's scheduling stalls do not lose large bodies.
-pub const DEFRAG_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A reassembly with no new fragment for this long is dropped: one network hop (250 ms), as
+/// Go Microbus does, so that both sides give up on a half-sent body at the same time.
+pub const DEFRAG_IDLE_TIMEOUT: Duration = super::call::NETWORK_HOP;
 
 /// How often stale reassemblies are swept.
 pub const DEFRAG_SWEEP_INTERVAL: Duration = Duration::from_millis(125);
@@ -231,5 +231,25 @@ mod tests {
         ));
         assert_eq!(d.in_progress(), 0);
         assert!(d.sweep().is_empty());
+    }
+
+    #[test]
+    fn an_idle_reassembly_is_dropped_after_one_network_hop() {
+        assert_eq!(
+            DEFRAG_IDLE_TIMEOUT,
+            Duration::from_millis(250),
+            "Go's networkHop"
+        );
+        let d = Defragmenter::new();
+        let f = |i, n| Fragment { index: i, total: n };
+        d.add("k".into(), f(1, 2), frag(1, 2, "x"));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(d.sweep().is_empty(), "still within the hop");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(d.sweep(), ["k"]);
+        assert!(matches!(
+            d.add("k".into(), f(2, 2), frag(2, 2, "y")),
+            DefragOutcome::Orphan
+        ));
     }
 }

@@ -13,9 +13,11 @@ pub struct StackFrame {
     pub line: u32,
 }
 
-/// `{"error": "...", "stack": [...], "statusCode": N}`; stack and status omitted when empty.
+/// `{"error": "...", "stack": [...], "statusCode": N}`; each omitted when empty (Go's
+/// `omitempty`: a Go error with an empty message has no `error` field).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stack: Vec<StackFrame>,
@@ -47,6 +49,35 @@ impl ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `Err` frame recorded from a Go Microbus v1.7 service: `errors.Newc(409, "")`.
+    const GO_ERR_EMPTY_MESSAGE: &[u8] =
+        include_bytes!("../../tests/fixtures/fabric-v1.7/s04-err-empty-message_03-Err.payload");
+    const GO_ERR_418: &[u8] =
+        include_bytes!("../../tests/fixtures/fabric-v1.7/s03-err-418_03-Err.payload");
+
+    fn body_of(frame: &[u8]) -> &[u8] {
+        let at = frame.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        &frame[at + 4..]
+    }
+
+    #[test]
+    fn go_errors_without_a_message_keep_their_status() {
+        let b = ErrorBody::from_json(body_of(GO_ERR_EMPTY_MESSAGE)).expect("Go's body parses");
+        assert_eq!(b.error, "");
+        assert_eq!(b.status_code, 409);
+        assert!(!b.stack.is_empty());
+        // And we write it the same way: no `error` field when there is no message.
+        let ours = ErrorBody {
+            error: String::new(),
+            stack: Vec::new(),
+            status_code: 409,
+        };
+        assert_eq!(ours.to_json(), b"{\n\t\"statusCode\": 409\n}");
+        let b = ErrorBody::from_json(body_of(GO_ERR_418)).unwrap();
+        assert_eq!(b.status_code, 418);
+        assert!(!b.error.is_empty());
+    }
 
     #[test]
     fn golden_error_body() {
