@@ -569,12 +569,11 @@ async fn compression_and_cache_control() {
     s.stop().await;
 }
 
-/// Go's ingress takes the external port from the request's `Host` (80, or 443 over TLS,
-/// when it has none), not from the listener: behind a load balancer that sends
-/// `Host: example.com` to `:8080`, the default `80:*->443` applies and internal ports stay
-/// closed, where the listener's `8080:*->*` would open them all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_mappings_follow_the_host_header_not_the_listener() {
+/// The mirror service on a fresh NATS behind an ingress with these `Ports` and `PortMappings`.
+async fn mirror_behind_ingress(
+    ports: &str,
+    mappings: &str,
+) -> (NatsServer, busgate::Connector, HttpIngress) {
     let nats = NatsServer::start();
     let bus = nats.config();
     let svc = mirror(Arc::new(AtomicUsize::new(0)))
@@ -585,17 +584,28 @@ async fn port_mappings_follow_the_host_header_not_the_listener() {
         None,
         |_| None,
         &[
-            ("Ports".into(), "0".into()),
-            // The defaults, and a `*` value that the search passes over.
-            (
-                "PortMappings".into(),
-                "8080:*->*, 443:*->443, 80:*->443, 9000:444->*, 9000:*->443".into(),
-            ),
+            ("Ports".into(), ports.into()),
+            ("PortMappings".into(), mappings.into()),
         ],
     )
     .unwrap();
     cfg.bind_ip = "127.0.0.1".parse().unwrap();
     let ingress = HttpIngress::start(cfg, &bus).await.unwrap();
+    (nats, svc, ingress)
+}
+
+/// Go's ingress takes the external port from the request's `Host` (80, or 443 over TLS,
+/// when it has none), not from the listener: behind a load balancer that sends
+/// `Host: example.com` to `:8080`, the default `80:*->443` applies and internal ports stay
+/// closed, where the listener's `8080:*->*` would open them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_mappings_follow_the_host_header_not_the_listener() {
+    // The defaults, and a `*` value that the search passes over.
+    let (_nats, svc, ingress) = mirror_behind_ingress(
+        "0",
+        "8080:*->*, 443:*->443, 80:*->443, 9000:444->*, 9000:*->443",
+    )
+    .await;
     let addr = ingress.local_addrs()[0];
     let with_host = |host: &'static str| async move {
         send_raw(
@@ -629,26 +639,11 @@ async fn port_mappings_follow_the_host_header_not_the_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_mappings_with_two_listeners() {
     let (trusted, public) = (free_port(), free_port());
-    let nats = NatsServer::start();
-    let bus = nats.config();
-    let svc = mirror(Arc::new(AtomicUsize::new(0)))
-        .start(&bus)
-        .await
-        .unwrap();
-    let mut cfg = IngressConfig::resolve(
-        None,
-        |_| None,
-        &[
-            ("Ports".into(), format!("{trusted},{public}")),
-            (
-                "PortMappings".into(),
-                format!("{trusted}:*->*, {public}:*->443"),
-            ),
-        ],
+    let (nats, svc, ingress) = mirror_behind_ingress(
+        &format!("{trusted},{public}"),
+        &format!("{trusted}:*->*, {public}:*->443"),
     )
-    .unwrap();
-    cfg.bind_ip = "127.0.0.1".parse().unwrap();
-    let ingress = HttpIngress::start(cfg, &bus).await.unwrap();
+    .await;
     let t: SocketAddr = format!("127.0.0.1:{trusted}").parse().unwrap();
     let p: SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
     assert_eq!(get(t, "/mirror.test:444/internal").await.text(), "internal");
