@@ -455,3 +455,85 @@ async fn otlp_over_https_with_a_private_ca() {
         .expect("start fails");
     assert!(err.to_string().contains("server.ext"), "{err}");
 }
+
+/// The same trace into a real Jaeger (v2, built from the Go module proxy), over OTLP/HTTP and
+/// OTLP/gRPC, read back from its query API: services, span names, kinds, parents, attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_a_real_jaeger_over_otlp_http_and_grpc() {
+    use common::jaeger::{spans as jaeger_spans, Jaeger};
+    use serde_json::Value;
+
+    let jaeger = Jaeger::start().await;
+    for (protocol, endpoint) in [
+        (
+            OtlpProtocol::HttpProtobuf,
+            format!("{}/v1/traces", jaeger.otlp_http_endpoint()),
+        ),
+        (OtlpProtocol::Grpc, jaeger.otlp_grpc_endpoint()),
+    ] {
+        let nats = NatsServer::start();
+        let cfg = traced(&nats, endpoint, protocol);
+        let c = chain(&cfg).await;
+        let res = get(c.trusted, "/hello.example/calculator?x=1&op=/&y=0").await;
+        assert_eq!(res.status, 400, "{protocol:?}");
+        let trace_id = res
+            .text()
+            .rsplit("{trace/")
+            .next()
+            .unwrap()
+            .trim_end_matches('}')
+            .to_owned();
+        let port = c.trusted.port();
+        c.stop().await; // flushes the exporters
+
+        let trace = jaeger
+            .trace(&trace_id, 5, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{protocol:?}: trace {trace_id} is in Jaeger"));
+        let all = jaeger_spans(&trace);
+        assert_eq!(all.len(), 5, "{protocol:?}");
+        let find = |service: &str, name: &str| {
+            all.iter()
+                .find(|s| s.service == service && s.name() == name)
+                .unwrap_or_else(|| panic!("{protocol:?}: {service} {name}"))
+        };
+        let root = find(
+            "http.ingress.core",
+            &format!(":{port}/hello.example/calculator"),
+        );
+        let to_hello = find("http.ingress.core", "GET hello.example:443/calculator");
+        let hello = find("hello.example", ":443/calculator");
+        let to_calc = find("hello.example", "GET calculator.example:443/arithmetic");
+        let calc = find("calculator.example", ":443/arithmetic");
+        assert_eq!(root.parent(), None);
+        assert_eq!(to_hello.parent(), Some(root.id()));
+        assert_eq!(hello.parent(), Some(to_hello.id()));
+        assert_eq!(to_calc.parent(), Some(hello.id()));
+        assert_eq!(calc.parent(), Some(to_calc.id()));
+        for (span, kind) in [
+            (root, "server"),
+            (to_hello, "client"),
+            (hello, "server"),
+            (to_calc, "client"),
+            (calc, "server"),
+        ] {
+            assert_eq!(span.tag("span.kind"), Some(&Value::from(kind)));
+        }
+        assert_eq!(
+            calc.tag("http.response.status_code"),
+            Some(&Value::from(400))
+        );
+        assert_eq!(calc.tag("error"), Some(&Value::from(true)));
+        assert_eq!(calc.tag("http.route"), Some(&Value::from("/arithmetic")));
+        assert_eq!(to_calc.tag("messaging.system"), Some(&Value::from("nats")));
+        assert_eq!(root.tag("http.request.method"), Some(&Value::from("GET")));
+        let process = &trace["processes"][calc.span["processID"].as_str().unwrap()];
+        let namespace = process["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == "service.namespace")
+            .map(|t| t["value"].clone());
+        assert_eq!(namespace, Some(Value::from(cfg.plane.clone())));
+    }
+}
