@@ -1,7 +1,7 @@
 //! Calling: unicast with ack-or-fail, multicast with the ack window, and the response inbox.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,16 +38,87 @@ pub const MAX_CALL_DEPTH: u32 = 64;
 /// the handler, Go or Rust, runs without a deadline of ours.
 pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(20);
 
-/// What the inbox hands to a waiting call.
+/// What the inbox hands to a waiting call; `queue` is the responder's `Microbus-Queue`.
 pub(crate) enum Delivery {
     Ack {
         from_id: String,
+        queue: Option<String>,
         proceed: bool,
     },
     Response {
         from_id: String,
+        queue: Option<String>,
         res: Response<Bytes>,
     },
+}
+
+/// How long a multicast's set of responders is remembered (Go: 24 h).
+pub const KNOWN_RESPONDERS_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Subjects whose responders are remembered at most (Go bounds its cache at 16 KB).
+pub const KNOWN_RESPONDERS_MAX: usize = 1024;
+
+/// Go's known-responders optimisation: per multicast subject, the set of `Microbus-Queue`s
+/// that answered last time. When the same set has acknowledged and every acknowledging
+/// instance has answered, a multicast returns without waiting out the ack window. Cleared
+/// when a multicast times out, hears nobody, or gets a response after it returned.
+#[derive(Default)]
+pub(crate) struct KnownResponders {
+    by_subject: Mutex<HashMap<String, (HashSet<String>, Instant)>>,
+    /// Multicasts that returned recently, by message id: a late response clears their subject.
+    finished: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl KnownResponders {
+    fn expected(&self, subject: &str) -> Option<HashSet<String>> {
+        let map = self.by_subject.lock().expect("known responders lock");
+        map.get(subject)
+            .filter(|(_, at)| at.elapsed() < KNOWN_RESPONDERS_TTL)
+            .map(|(set, _)| set.clone())
+    }
+
+    fn remember(&self, subject: &str, queues: HashSet<String>) {
+        let mut map = self.by_subject.lock().expect("known responders lock");
+        if map.len() >= KNOWN_RESPONDERS_MAX && !map.contains_key(subject) {
+            // Forget the oldest: a full cache must not grow.
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(subject.to_owned(), (queues, Instant::now()));
+    }
+
+    fn forget(&self, subject: &str) {
+        self.by_subject
+            .lock()
+            .expect("known responders lock")
+            .remove(subject);
+    }
+
+    fn finished(&self, msg_id: &str, subject: &str) {
+        let mut f = self.finished.lock().expect("known responders lock");
+        // Late responses arrive within a budget; older entries are of no use.
+        f.retain(|_, (_, at)| at.elapsed() < DEFAULT_CALL_BUDGET);
+        if f.len() < 4 * KNOWN_RESPONDERS_MAX {
+            f.insert(msg_id.to_owned(), (subject.to_owned(), Instant::now()));
+        }
+    }
+
+    /// A response for `msg_id` came after its multicast returned.
+    pub(crate) fn late_response(&self, msg_id: &str) {
+        let subject = self
+            .finished
+            .lock()
+            .expect("known responders lock")
+            .remove(msg_id);
+        if let Some((subject, _)) = subject {
+            self.forget(&subject);
+        }
+    }
 }
 
 /// Removes the waiter when the call ends, however it ends.
@@ -365,7 +436,7 @@ async fn unicast_exchange(
     loop {
         tokio::select! {
             delivery = rx.recv() => match delivery {
-                Some(Delivery::Ack { from_id, proceed }) => {
+                Some(Delivery::Ack { from_id, proceed, .. }) => {
                     observed.ack(inner, &out.url.host);
                     if !acked && proceed && out.fragments.len() > 1 {
                         publish_rest(inner, req, out, &from_id).await?;
@@ -398,7 +469,15 @@ pub(crate) async fn multicast(
     let (waiter, mut rx) = register(inner);
     frame::set(req.headers_mut(), frame::MSG_ID, &waiter.msg_id);
     let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
-    let results = multicast_exchange(inner, &mut req, &out, &mut rx, &mut observed).await;
+    let results = multicast_exchange(
+        inner,
+        &mut req,
+        &out,
+        &waiter.msg_id,
+        &mut rx,
+        &mut observed,
+    )
+    .await;
     match results.iter().find_map(|r| r.as_ref().err()) {
         Some(e) if results.len() == 1 => observed.finish(inner, &out, Err(e)),
         _ => observed.finish(inner, &out, Ok((StatusCode::OK, results.len()))),
@@ -410,44 +489,76 @@ async fn multicast_exchange(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
+    msg_id: &str,
     rx: &mut mpsc::UnboundedReceiver<Delivery>,
     observed: &mut Observed,
 ) -> Vec<Result<Response<Bytes>, Error>> {
     if let Err(e) = publish_fragment(inner, req, out, 0, out.subject.clone()).await {
         return vec![Err(e)];
     }
+    let known = &inner.known_responders;
+    let expected = known.expected(&out.subject);
     let window_end = Instant::now() + ACK_TIMEOUT;
     let mut window_passed = false;
     let mut acked: HashSet<String> = HashSet::new();
     let mut responded: HashSet<String> = HashSet::new();
+    let mut queues: HashSet<String> = HashSet::new();
     let mut results = Vec::new();
     loop {
         if window_passed && acked.is_subset(&responded) {
+            if acked.is_empty() {
+                known.forget(&out.subject);
+            } else {
+                known.remember(&out.subject, queues);
+                known.finished(msg_id, &out.subject);
+            }
             return results;
         }
-        tokio::select! {
-            delivery = rx.recv() => match delivery {
-                Some(Delivery::Ack { from_id, proceed }) => {
-                    observed.ack(inner, &out.url.host);
-                    if proceed && out.fragments.len() > 1 && !acked.contains(&from_id) {
-                        if let Err(e) = publish_rest(inner, req, out, &from_id).await {
-                            results.push(Err(e));
-                        }
-                    }
-                    acked.insert(from_id);
-                }
-                Some(Delivery::Response { from_id, res }) => {
-                    acked.insert(from_id.clone());
-                    responded.insert(from_id);
-                    results.push(outcome(res));
-                }
-                None => return results,
-            },
-            _ = tokio::time::sleep_until(window_end), if !window_passed => window_passed = true,
+        let delivery = tokio::select! {
+            delivery = rx.recv() => delivery,
+            _ = tokio::time::sleep_until(window_end), if !window_passed => {
+                window_passed = true;
+                continue;
+            }
             _ = tokio::time::sleep_until(out.deadline) => {
+                known.forget(&out.subject);
                 results.push(Err(Error::timeout()));
                 return results;
             }
+        };
+        let queue = match delivery {
+            Some(Delivery::Ack {
+                from_id,
+                queue,
+                proceed,
+            }) => {
+                observed.ack(inner, &out.url.host);
+                if proceed && out.fragments.len() > 1 && !acked.contains(&from_id) {
+                    if let Err(e) = publish_rest(inner, req, out, &from_id).await {
+                        results.push(Err(e));
+                    }
+                }
+                acked.insert(from_id);
+                queue
+            }
+            Some(Delivery::Response {
+                from_id,
+                queue,
+                res,
+            }) => {
+                acked.insert(from_id.clone());
+                responded.insert(from_id);
+                results.push(outcome(res));
+                queue
+            }
+            None => return results,
+        };
+        if let Some(q) = queue {
+            queues.insert(q);
+        }
+        // The responders of last time have all acknowledged: no one else is expected.
+        if !window_passed && expected.as_ref().is_some_and(|e| *e == queues) {
+            window_passed = true;
         }
     }
 }
@@ -472,17 +583,27 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             continue;
         };
         let (msg_id, from_id) = (msg_id.to_owned(), from_id.to_owned());
+        let queue = f.queue().map(str::to_owned);
         let delivery = match f.op_code() {
             Some(OpCode::Ack) => Delivery::Ack {
                 proceed: res.status() == StatusCode::CONTINUE,
                 from_id,
+                queue,
             },
             _ => match f.fragment().filter(|fr| fr.total > 1) {
-                None => Delivery::Response { from_id, res },
+                None => Delivery::Response {
+                    from_id,
+                    queue,
+                    res,
+                },
                 Some(fr) => {
                     let key = format!("{from_id}|{msg_id}");
                     match inner.response_defrag.add(key, fr, res) {
-                        DefragOutcome::Complete(res) => Delivery::Response { from_id, res },
+                        DefragOutcome::Complete(res) => Delivery::Response {
+                            from_id,
+                            queue,
+                            res,
+                        },
                         DefragOutcome::Pending => continue,
                         DefragOutcome::Orphan | DefragOutcome::Rejected(_) => {
                             tracing::warn!(host = %inner.hostname, %msg_id, "dropping response fragment");
@@ -504,6 +625,7 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             }
             None => {
                 if matches!(delivery, Delivery::Response { .. }) {
+                    inner.known_responders.late_response(&msg_id);
                     tracing::info!(host = %inner.hostname, %msg_id, "Response received after timeout");
                 }
             }

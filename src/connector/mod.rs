@@ -224,6 +224,7 @@ impl Service {
             pending: Mutex::new(HashMap::new()),
             request_defrag: Defragmenter::new(),
             response_defrag: Defragmenter::new(),
+            known_responders: call::KnownResponders::default(),
             tasks: TaskTracker::new(),
             stop_serving: CancellationToken::new(),
             lifetime: CancellationToken::new(),
@@ -269,6 +270,7 @@ pub(crate) struct Inner {
     pub pending: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Delivery>>>,
     pub request_defrag: Defragmenter<Request<Bytes>>,
     pub response_defrag: Defragmenter<Response<Bytes>>,
+    pub(crate) known_responders: call::KnownResponders,
     /// Endpoint subscription loops and in-flight handlers.
     pub tasks: TaskTracker,
     /// Cancelled to drain the endpoint subscriptions.
