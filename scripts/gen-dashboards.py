@@ -2,8 +2,12 @@
 """Generates the Grafana dashboards in dashboards/ (run from the repo root: scripts/gen-dashboards.py).
 
 Every panel has a unit, a description and a legend; queries use only metric names from
-src/telemetry/names.rs (tests/dashboards.rs checks that they exist in busgate's exposition and
-that every query returns data from a real Prometheus).
+src/telemetry/names.rs (tests/stack.rs checks that they exist in busgate's exposition and
+that every query returns data from a real Prometheus; tests/dashboards.rs checks the structure).
+Service metrics carry the exact names of Microbus fabric v1.7 ("Gen 1", the wire generation
+busgate speaks), so Go v1.7 services and busgate services share these panels. Their handling
+latency buckets are v1.7's, from 5 ms; the gateway's own latency (busgate_ingress_*) and
+busgate's outgoing call latency (busgate_client_*) are finer, from 50 µs.
 Datasources are template variables whose defaults are the import inputs DS_PROMETHEUS and
 DS_JAEGER, so a dashboard imports through Grafana's UI and also works when provisioned.
 
@@ -29,6 +33,30 @@ PROM = {"type": "prometheus", "uid": "${datasource}"}
 R = "$__rate_interval"
 ALL = ".*"
 INGRESS = "http.ingress.core"
+
+# Service metrics: the exact names of Microbus fabric v1.7, the wire generation busgate speaks
+# (src/telemetry/names.rs, GEN1_METRICS), so that Go v1.7 services and busgate services fill
+# the same panels. Labels `service`, `ver`, `id` on every series.
+RESPONSE_DURATION = "microbus_response_duration_seconds"  # handler, port, method, code, error
+RESPONSE_SIZE = "microbus_response_size_bytes"  # same labels
+REQUEST_COUNT = "microbus_request_count_total"  # outgoing calls: method, host, port, code, error
+ACK_DURATION = "microbus_ack_duration_seconds"  # host
+CALLBACK_DURATION = "microbus_callback_duration_seconds"  # handler, error
+LOG_MESSAGES = "microbus_log_messages_total"  # message, severity
+UPTIME = "microbus_uptime_duration_seconds_total"  # a gauge despite `_total`, as in v1.7
+CACHE_HITS = "microbus_cache_hits_total"  # gauges (cumulative counts set at each scrape)
+CACHE_MISSES = "microbus_cache_misses_total"
+CACHE_WEIGHT = "microbus_cache_weight_total"
+CACHE_LEN = "microbus_cache_len_total"
+# busgate's own, finer than v1.7 (which has neither): outgoing call latency from 50 µs, and
+# the calls that ended in an ack timeout or a deadline.
+CLIENT_DURATION = "busgate_client_request_duration_seconds"  # host, port, method, code, error
+CLIENT_TIMEOUTS = "busgate_client_timeout_requests_total"  # host, port, method
+
+# v1.7's handling-latency buckets start at 5 ms: said wherever a panel shows them.
+V17_BUCKETS_TEXT = ("Service handling latency has v1.7's buckets (5 ms, 10 ms, 25 ms, 50 ms, 100 ms, 250 ms, "
+                    "500 ms, 1 s, 5 s, 15 s, 30 s, 60 s): quantiles below 5 ms or between 1 s and 5 s are "
+                    "interpolated, so read them as coarse.")
 
 # Thresholds. SLO: 99.9 % of requests without a server error.
 SLO_ERROR_RATIO = 0.001
@@ -249,20 +277,20 @@ def query_var(name, label, query, description, multi=False, default=None, regex=
     return v
 
 
-JOB = query_var("job", "Job", "label_values(microbus_uptime_duration_seconds, job)",
+JOB = query_var("job", "Job", f"label_values({UPTIME}, job)",
                 "The scrape job: `bus` is every service on the bus through metrics.core, `busgate` the admin "
                 "listener of each busgate process.")
-SERVICE = query_var("service", "Service", 'label_values(microbus_uptime_duration_seconds{job="$job"}, service)',
+SERVICE = query_var("service", "Service", f'label_values({UPTIME}{{job="$job"}}, service)',
                     "Services on the bus (several, or All).", multi=True)
 # A busgate process: Prometheus's `instance` of an admin listener, the only targets that export
 # process_* next to microbus_* (other exporters' processes are left out).
 PROCESS = query_var("instance", "busgate process",
-                    "query_result(count by (instance) (process_resident_memory_bytes and on (job, instance) microbus_uptime_duration_seconds))",
+                    f"query_result(count by (instance) (process_resident_memory_bytes and on (job, instance) {UPTIME}))",
                     "busgate processes (their admin listener's Prometheus instance), several or All.", multi=True,
                     regex='/instance="([^"]+)"/')
 # On the gateway and system dashboards, busgate's own process metrics.
 PROC = 'instance=~"$instance"'
-ON_BUSGATE = "and on (job, instance) microbus_uptime_duration_seconds"
+ON_BUSGATE = f"and on (job, instance) {UPTIME}"
 
 
 def gateway():
@@ -274,7 +302,10 @@ def gateway():
                          "busgate processes (Prometheus's instance of their admin listener), several or All.", multi=True)
     b = Board("busgate-gateway", "busgate / Gateway overview",
               "The HTTP ingress, as a Traefik or Kong user would watch it: traffic per route and status, errors "
-              "against the SLO, latency, connections, bytes, and the bus behind it; per busgate process.",
+              "against the SLO, latency, connections, bytes, and the bus behind it; per busgate process. The "
+              "gateway's own latency (busgate_ingress_*) and its bus call latency (busgate_client_*) have fine "
+              "buckets from 50 µs, finer than the services' handling latency, whose buckets are Microbus "
+              "v1.7's from 5 ms (Service and System dashboards).",
               [job, instance])
     s = 'job="$job",instance=~"$instance"'
     bus = f'{s},service="{INGRESS}"'
@@ -288,8 +319,8 @@ def gateway():
     b.stat("4xx ratio", "Share of ingress responses with a 4xx status (bad requests, unknown hosts, timeouts, blocked "
            "paths). Not counted against the SLO; orange above 5 %: a broken client or a scan.", "percentunit",
            ratio(cnt, s, 'code=~"4.."'), w=3, thresholds=ALERT_RATIO_THRESHOLDS, decimals=2)
-    b.stat("p99 latency", "99th percentile of time from request to response at the ingress. Yellow from 0.5 s, red "
-           "from 1 s (where the latency alert fires for services).", "s",
+    b.stat("p99 latency", "99th percentile of time from request to response at the ingress (busgate_ingress_*, "
+           "buckets from 50 µs). Yellow from 0.5 s, red from 1 s (where the latency alert fires for services).", "s",
            quantile(0.99, c, s), w=3, thresholds=LATENCY_THRESHOLDS)
     b.stat("Open connections", "Client TCP connections open now, all listeners and processes.", "short",
            f"sum(busgate_ingress_open_connections{{{s}}})", w=3, decimals=0)
@@ -336,8 +367,9 @@ def gateway():
              [(quantile(q, c, s, "service, port"), f"p{int(q * 100)} :{{{{port}}}}") for q in (0.5, 0.95, 0.99)],
              links=service_traces())
     b.series("Bus latency by target", "Time from publishing a request on the bus to its response, p50 and p99 per "
-             "target host; click a point for the target service's traces.", "s",
-             [(quantile(q, "microbus_client_request_duration_seconds", bus, "host"), f"p{int(q * 100)} {{{{host}}}}")
+             "target host (busgate's own busgate_client_request_duration_seconds, buckets from 50 µs); click a "
+             "point for the target service's traces.", "s",
+             [(quantile(q, CLIENT_DURATION, bus, "host"), f"p{int(q * 100)} {{{{host}}}}")
               for q in (0.5, 0.99)],
              links=service_traces("host"))
 
@@ -355,12 +387,18 @@ def gateway():
               (quantile(0.95, "busgate_ingress_response_body_bytes", s, "port"), "response p95 :{{port}}")])
 
     # The bus behind it.
-    b.series("Ack latency", "Time from publishing a request to the responder's ack (the bus round trip), p50 and p99.", "s",
-             [(quantile(q, "microbus_client_ack_roundtrip_latency_seconds", bus), f"p{int(q * 100)}")
+    b.series("Ack latency", "Time from publishing a request to the responder's ack (the bus round trip), p50 and p99 "
+             "(v1.7's buckets, 5 ms to 1 s).", "s",
+             [(quantile(q, ACK_DURATION, bus), f"p{int(q * 100)}")
               for q in (0.5, 0.99)])
+    b.series("Bus calls by target and result", "Ingress calls on the bus per second, by target host, status code "
+             "and error, counted as Go v1.7 counts them: an ack timeout is 404 and a deadline 408, both with "
+             "error=\"OK\"; an error response is error=\"ERROR\" except a 404.", "reqps",
+             [(f"sum by (host, code, error) (rate({REQUEST_COUNT}{{{bus}}}[{R}]))", "{{code}} {{error}} {{host}}")])
     b.series("Timeouts and unknown hosts", "Ingress calls per second that got no ack (no such service) or ran out of "
-             "time, per target.", "reqps",
-             [(f"sum by (host) (rate(microbus_client_timeout_requests_total{{{bus}}}[{R}])) or vector(0)", "{{host}}")])
+             "time, per target (busgate's own counter; in the v1.7 counter beside it these are 404 and 408 with "
+             "error=\"OK\", not told apart from a service's own 404).", "reqps",
+             [(f"sum by (host) (rate({CLIENT_TIMEOUTS}{{{bus}}}[{R}])) or vector(0)", "{{host}}")])
     b.series("NATS connection by process", "1 while the ingress of each process (and instance id) is connected to "
              "NATS; reconnects per process as they happen.", "short",
              [(f"min by (instance, id) (busgate_nats_connected{{{bus}}})", "connected {{instance}} {{id}}"),
@@ -371,13 +409,16 @@ def gateway():
 
 
 def service():
-    instance = query_var("instance", "Instance", 'label_values(microbus_uptime_duration_seconds{job="$job",service=~"$service"}, id)',
+    instance = query_var("instance", "Instance", f'label_values({UPTIME}{{job="$job",service=~"$service"}}, id)',
                          "Instances (the `id` label) of the selected services, several or All.", multi=True)
     b = Board("busgate-service", "busgate / Service",
-              "Services on the bus: rate, status codes, errors against the SLO and duration per handler, calls to "
-              "other services, logs, replicas. Pick one or several services and instances.", [JOB, SERVICE, instance])
+              "Services on the bus, busgate's and Go Microbus v1.7's alike (same metric names): rate, status codes, "
+              "errors against the SLO and duration per handler, calls to other services, logs, replicas, the "
+              "distributed cache. Pick one or several services and instances. " + V17_BUCKETS_TEXT +
+              " The gateway's own latency (busgate_ingress_*, Gateway overview) and busgate's outgoing call "
+              "latency (busgate_client_*) are finer, from 50 µs.", [JOB, SERVICE, instance])
     s = 'job="$job",service=~"$service",id=~"$instance"'
-    srv = "microbus_server_request_duration_seconds"
+    srv = RESPONSE_DURATION
     cnt = f"{srv}_count"
     h = f'{s},port!="888"'  # the control plane (:888) left out
 
@@ -388,14 +429,15 @@ def service():
     b.stat("Error ratio", "Share of handled requests that ended in any error (4xx included). Orange from 5 %, where "
            "the error ratio alert fires.", "percentunit",
            ratio(cnt, h, 'error="ERROR"'), w=3, thresholds=ALERT_RATIO_THRESHOLDS, decimals=2)
-    b.stat("p99", "99th percentile of handling time. Yellow from 0.5 s, red from 1 s (the latency alert).", "s",
+    b.stat("p99", "99th percentile of handling time (v1.7 buckets from 5 ms). Yellow from 0.5 s, red from 1 s (the "
+           "latency alert).", "s",
            quantile(0.99, srv, h), w=3, thresholds=LATENCY_THRESHOLDS)
     b.stat("Replicas", "Instances of the selected services reporting now.", "short",
-           f"count(microbus_uptime_duration_seconds{{{s}}})", w=3, decimals=0)
+           f"count({UPTIME}{{{s}}})", w=3, decimals=0)
     b.stat("Uptime", "Time since the youngest selected instance started.", "s",
-           f"min(microbus_uptime_duration_seconds{{{s}}})", w=3)
+           f"min({UPTIME}{{{s}}})", w=3)
     b.stat("Errors logged/s", "ERROR log lines per second.", "short",
-           f'sum(rate(microbus_log_messages_total{{{s},severity="ERROR"}}[{R}])) or vector(0)', w=3,
+           f'sum(rate({LOG_MESSAGES}{{{s},severity="ERROR"}}[{R}])) or vector(0)', w=3,
            thresholds=thresholds((0.001, "orange")))
     b.stat("NATS", "Whether every selected instance is connected to NATS (1) or not (0).", "short",
            f"min(busgate_nats_connected{{{s}}})", w=3, thresholds=thresholds((1, "green"), base="red"),
@@ -427,43 +469,62 @@ def service():
              thresholds=ALERT_RATIO_THRESHOLDS, min=0, links=service_traces(errors=True))
     for q in (0.5, 0.95, 0.99):
         n = f"p{int(q * 100)}"
-        b.series(f"{n} by handler", f"{int(q * 100)}th percentile of handling time per handler; click a point for the "
-                 "handler's traces." + (" Yellow from 0.5 s, red from 1 s." if q == 0.99 else ""), "s",
+        b.series(f"{n} by handler", f"{int(q * 100)}th percentile of handling time per handler (v1.7 buckets from "
+                 "5 ms); click a point for the handler's traces." + (" Yellow from 0.5 s, red from 1 s." if q == 0.99 else ""), "s",
                  [(with_operation(quantile(q, srv, h, "service, handler")), "{{handler}}")], w=8,
                  links=handler_traces(), thresholds=LATENCY_THRESHOLDS if q == 0.99 else None)
-    b.series("Response size by handler", "95th percentile of response body size per handler.", "bytes",
-             [(quantile(0.95, "microbus_server_response_body_bytes", h, "handler"), "p95 {{handler}}")])
-    b.series("Calls to other services", "Outgoing bus calls per second, by target host and status.", "reqps",
-             [(f"sum by (host, code) (rate(microbus_client_request_duration_seconds_count{{{s}}}[{R}]))", "{{code}} {{host}}")])
-    b.series("Call latency by target", "p50 and p99 of outgoing call time per target host; click a point for the "
-             "target's traces.", "s",
-             [(quantile(q, "microbus_client_request_duration_seconds", s, "host"), f"p{int(q * 100)} {{{{host}}}}")
+    b.series("Response size by handler", "95th percentile of response body size per handler (v1.7 buckets: 16 KiB, "
+             "64 KiB, 256 KiB, 1 MiB, 4 MiB).", "bytes",
+             [(quantile(0.95, RESPONSE_SIZE, h, "handler"), "p95 {{handler}}")])
+    b.series("Calls to other services", "Outgoing bus calls per second, by target host and status, as Go v1.7 counts "
+             "them (microbus_request_count_total): an ack timeout counts as 404 and a deadline as 408.", "reqps",
+             [(f"sum by (host, code) (rate({REQUEST_COUNT}{{{s}}}[{R}]))", "{{code}} {{host}}")])
+    b.series("Call errors by target", "Outgoing calls per second that ended in an error response (error=\"ERROR\" in "
+             "Go v1.7's counting: not a 404, an ack timeout or a deadline, see Timeouts), by target host and status; "
+             "click a point for the target's failed traces.", "reqps",
+             [(f'sum by (host, code) (rate({REQUEST_COUNT}{{{s},error="ERROR"}}[{R}])) or vector(0)', "{{code}} {{host}}")],
+             links=service_traces("host", errors=True))
+    b.series("Call latency by target", "p50 and p99 of outgoing call time per target host (busgate's own "
+             "busgate_client_request_duration_seconds, buckets from 50 µs: busgate services only, Go v1.7 has no "
+             "such histogram); click a point for the target's traces.", "s",
+             [(quantile(q, CLIENT_DURATION, s, "host"), f"p{int(q * 100)} {{{{host}}}}")
               for q in (0.5, 0.99)],
              links=service_traces("host"))
-    b.series("Timeouts", "Outgoing calls per second that got no ack or ran out of time, per target.", "reqps",
-             [(f"sum by (host) (rate(microbus_client_timeout_requests_total{{{s}}}[{R}])) or vector(0)", "{{host}}")])
-    b.series("Ack latency by target", "99th percentile of the ack round trip per target host.", "s",
-             [(quantile(0.99, "microbus_client_ack_roundtrip_latency_seconds", s, "host"), "p99 {{host}}")])
+    b.series("Timeouts", "Outgoing calls per second that got no ack or ran out of time, per target (busgate's own "
+             "counter, busgate services only).", "reqps",
+             [(f"sum by (host) (rate({CLIENT_TIMEOUTS}{{{s}}}[{R}])) or vector(0)", "{{host}}")])
+    b.series("Ack latency by target", "99th percentile of the ack round trip per target host (v1.7 buckets, 5 ms to "
+             "1 s).", "s",
+             [(quantile(0.99, ACK_DURATION, s, "host"), "p99 {{host}}")])
     b.series("Logs by severity", "Log lines per second by service and severity.", "short",
-             [(f"sum by (service, severity) (rate(microbus_log_messages_total{{{s}}}[{R}]))", "{{severity}} {{service}}")])
+             [(f"sum by (service, severity) (rate({LOG_MESSAGES}{{{s}}}[{R}]))", "{{severity}} {{service}}")])
     b.series("Top log messages", "The ten most frequent log messages over the dashboard's range.", "short",
-             [(f"topk(10, sum by (service, severity, message) (increase(microbus_log_messages_total{{{s}}}[$__range])))",
+             [(f"topk(10, sum by (service, severity, message) (increase({LOG_MESSAGES}{{{s}}}[$__range])))",
                "{{severity}} {{service}}: {{message}}")])
     b.series("Replicas and uptime", "Uptime of each instance; a reset is a restart.", "s",
-             [(f"max by (service, id, ver) (microbus_uptime_duration_seconds{{{s}}})", "{{service}} {{id}} v{{ver}}")])
+             [(f"max by (service, id, ver) ({UPTIME}{{{s}}})", "{{service}} {{id}} v{{ver}}")])
     b.series("NATS connection by instance", "1 while the instance's bus connection is up.", "short",
              [(f"min by (service, id) (busgate_nats_connected{{{s}}})", "{{service}} {{id}}")], decimals=0, min=0)
     b.series("Startup and shutdown", "Average time of lifecycle callbacks per instance.", "s",
-             [(f"sum by (handler, id) (microbus_callback_duration_seconds_sum{{{s}}}) / sum by (handler, id) (microbus_callback_duration_seconds_count{{{s}}})", "{{handler}} {{id}}")])
+             [(f"sum by (handler, id) ({CALLBACK_DURATION}_sum{{{s}}}) / sum by (handler, id) ({CALLBACK_DURATION}_count{{{s}}})", "{{handler}} {{id}}")])
+    b.series("Distributed cache", "The local shard of each instance's distributed cache: load hits and misses per "
+             "second, elements and total weight. Go v1.7 services fill it; busgate services have no distributed "
+             "cache and report 0.", "short",
+             [(f"sum by (service, id) (rate({CACHE_HITS}{{{s}}}[{R}]))", "hits/s {{service}} {{id}}"),
+              (f"sum by (service, id) (rate({CACHE_MISSES}{{{s}}}[{R}]))", "misses/s {{service}} {{id}}"),
+              (f"sum by (service, id) ({CACHE_LEN}{{{s}}})", "elements {{service}} {{id}}"),
+              (f"sum by (service, id) ({CACHE_WEIGHT}{{{s}}})", "weight {{service}} {{id}}")], min=0)
     return b
 
 
 def system():
     b = Board("busgate-system", "busgate / System",
-              "Every service on the bus at a glance: traffic, errors against the SLO, latency, replicas, logs, and the "
-              "busgate processes.", [JOB, SERVICE, PROCESS])
+              "Every service on the bus at a glance, busgate's and Go Microbus v1.7's alike (same metric names): "
+              "traffic, errors against the SLO, latency, replicas, logs, and the busgate processes. " + V17_BUCKETS_TEXT +
+              " The gateway's own latency (busgate_ingress_*, Gateway overview) is finer, from 50 µs.",
+              [JOB, SERVICE, PROCESS])
     j = 'job="$job",service=~"$service"'
-    srv = "microbus_server_request_duration_seconds"
+    srv = RESPONSE_DURATION
     cnt = f"{srv}_count"
     h = f'{j},port!="888"'
     b.stat("Requests/s", "Requests handled per second by the selected services (control plane excluded).", "reqps",
@@ -473,12 +534,13 @@ def system():
     b.stat("Error ratio", "Share of all handled requests that ended in any error (4xx included). Orange from 5 %, "
            "where the error ratio alert fires.", "percentunit",
            ratio(cnt, h, 'error="ERROR"'), thresholds=ALERT_RATIO_THRESHOLDS, decimals=2)
-    b.stat("p99", "99th percentile of handling time over the selected services. Yellow from 0.5 s, red from 1 s.", "s",
+    b.stat("p99", "99th percentile of handling time over the selected services (v1.7 buckets from 5 ms). Yellow "
+           "from 0.5 s, red from 1 s.", "s",
            quantile(0.99, srv, h), thresholds=LATENCY_THRESHOLDS)
     b.stat("Services", "Distinct services reporting.", "short",
-           f"count(count by (service) (microbus_uptime_duration_seconds{{{j}}}))", decimals=0)
+           f"count(count by (service) ({UPTIME}{{{j}}}))", decimals=0)
     b.stat("Instances", "Service instances reporting.", "short",
-           f"count(microbus_uptime_duration_seconds{{{j}}})", decimals=0)
+           f"count({UPTIME}{{{j}}})", decimals=0)
     b.series("Requests/s by service", "Requests handled per second, per service; click a point for its traces or its "
              "Service dashboard.", "reqps",
              [(f"sum by (service) (rate({cnt}{{{h}}}[{R}]))", "{{service}}")],
@@ -491,20 +553,21 @@ def system():
              "line at 5 %, where the error ratio alert fires.", "percentunit",
              [(ratio(cnt, h, 'error="ERROR"', by="service"), "{{service}}")],
              thresholds=ALERT_RATIO_THRESHOLDS, min=0, links=service_traces(errors=True) + [service_dashboard_link()])
-    b.series("p99 by service", "99th percentile of handling time per service (red line at 1 s, the latency alert); "
-             "click a point for the service's traces.", "s",
+    b.series("p99 by service", "99th percentile of handling time per service (v1.7 buckets from 5 ms; red line at "
+             "1 s, the latency alert); click a point for the service's traces.", "s",
              [(quantile(0.99, srv, h, "service"), "{{service}}")],
              thresholds=LATENCY_THRESHOLDS, links=service_traces() + [service_dashboard_link()])
     b.series("Replicas by service", "Instances per service.", "short",
-             [(f"count by (service) (microbus_uptime_duration_seconds{{{j}}})", "{{service}}")], decimals=0)
+             [(f"count by (service) ({UPTIME}{{{j}}})", "{{service}}")], decimals=0)
     b.series("Errors and warnings logged", "ERROR and WARN log lines per second, per service.", "short",
-             [(f'sum by (service, severity) (rate(microbus_log_messages_total{{{j},severity=~"ERROR|WARN"}}[{R}])) or vector(0)', "{{severity}} {{service}}")])
-    b.series("Timeouts by service", "Outgoing calls per second that got no ack or ran out of time, per calling service.", "reqps",
-             [(f"sum by (service) (rate(microbus_client_timeout_requests_total{{{j}}}[{R}])) or vector(0)", "{{service}}")])
+             [(f'sum by (service, severity) (rate({LOG_MESSAGES}{{{j},severity=~"ERROR|WARN"}}[{R}])) or vector(0)', "{{severity}} {{service}}")])
+    b.series("Timeouts by service", "Outgoing calls per second that got no ack or ran out of time, per calling service "
+             "(busgate's own counter, busgate services only).", "reqps",
+             [(f"sum by (service) (rate({CLIENT_TIMEOUTS}{{{j}}}[{R}])) or vector(0)", "{{service}}")])
     b.series("NATS connection by service", "1 while every instance of the service is connected to NATS.", "short",
              [(f"min by (service) (busgate_nats_connected{{{j}}})", "{{service}}")], decimals=0, min=0)
     b.series("Uptime by service", "Time since the youngest instance of each service started.", "s",
-             [(f"min by (service) (microbus_uptime_duration_seconds{{{j}}})", "{{service}}")])
+             [(f"min by (service) ({UPTIME}{{{j}}})", "{{service}}")])
     b.series("busgate process memory", "Resident memory of each busgate process (from its admin listener).", "bytes",
              [(f"sum by (instance) (process_resident_memory_bytes{{{PROC}}} {ON_BUSGATE})", "{{instance}}")])
     b.series("busgate process CPU", "CPU seconds per second used by each busgate process.", "percentunit",

@@ -621,7 +621,7 @@ async fn control_plane_answers_on_own_host_and_all(bus: TestBus) {
         .unwrap();
     let text = String::from_utf8(res.body().to_vec()).unwrap();
     let uptime = format!(
-        "microbus_uptime_duration_seconds{{id=\"{}\",service=\"who.test\",ver=\"0\"}}",
+        "microbus_uptime_duration_seconds_total{{id=\"{}\",service=\"who.test\",ver=\"0\"}}",
         a.id()
     );
     assert!(text.contains(&uptime), "{text}");

@@ -191,3 +191,108 @@ async fn a_call_without_a_deadline_sends_no_time_budget(bus: TestBus) {
     client.shutdown().await;
     svc.shutdown().await;
 }
+
+/// The families of a Prometheus text exposition: name → (type, label names, bucket bounds).
+fn families(
+    text: &str,
+) -> std::collections::BTreeMap<String, (String, std::collections::BTreeSet<String>, Vec<String>)> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut out: BTreeMap<String, (String, BTreeSet<String>, Vec<String>)> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut w = rest.split_whitespace();
+            let (name, kind) = (w.next().unwrap(), w.next().unwrap());
+            out.entry(name.to_owned()).or_default().0 = kind.to_owned();
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name, labels) = line.split_once('{').unwrap_or((line, ""));
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| out.contains_key(*f)))
+            .unwrap_or(name);
+        let Some(entry) = out.get_mut(family) else {
+            continue;
+        };
+        let labels = labels.rsplit_once('}').map_or("", |(l, _)| l);
+        for pair in labels.split("\",") {
+            if let Some((k, v)) = pair.split_once("=\"") {
+                if k == "le" {
+                    let v = v.trim_end_matches('"').to_owned();
+                    if !entry.2.contains(&v) {
+                        entry.2.push(v);
+                    }
+                } else {
+                    entry.1.insert(k.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// busgate's expositions carry exactly the families of Go v1.7 services, with the same type,
+/// labels and buckets (recorded from a Go service and a Go caller), so that one dashboard
+/// panel and one alert cover Go and Rust services alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_metrics_are_the_families_of_go_v1_7() {
+    // Log lines are counted (Go counts its "Startup" line; busgate its "started").
+    busgate::telemetry::logs::init(busgate::Deployment::Testing);
+    let bus = TestBus::nats();
+    let svc = Service::new("beta.example")
+        .get("/x", |_ctx: Ctx, _req| async {
+            Ok(Response::new(Bytes::from_static(b"x")))
+        })
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let caller = common::client(&bus).await;
+    caller.ctx().get("https://beta.example/x").await.unwrap();
+    let _ = caller.ctx().get("https://nobody.example/x").await;
+    let ours = |conn: &busgate::Connector| {
+        let url = format!("https://{}:888/metrics", conn.hostname());
+        let conn = conn.clone();
+        async move {
+            let res = conn.ctx().get(&url).await.unwrap();
+            families(std::str::from_utf8(res.body()).unwrap())
+        }
+    };
+    // A first scrape, so that each has handled a request (the scrape itself) like Go's had.
+    ours(&svc).await;
+    ours(&caller).await;
+    let body = |name: &str| {
+        let frame = fixture(name);
+        let at = frame.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        String::from_utf8(frame[at + 4..].to_vec()).unwrap()
+    };
+    let go_service = families(&body("s15-control-metrics_03-Res.payload"));
+    let go_caller = families(&body("s22-metrics-of-a-caller_06-Res.payload"));
+    for (go, rust) in [
+        (&go_service, ours(&svc).await),
+        (&go_caller, ours(&caller).await),
+    ] {
+        for (name, (kind, labels, buckets)) in go {
+            let Some((our_kind, our_labels, our_buckets)) = rust.get(name) else {
+                panic!("busgate lacks Go's {name}");
+            };
+            assert_eq!(our_kind, kind, "{name}");
+            assert_eq!(our_labels, labels, "{name}: labels");
+            if !buckets.is_empty() && !our_buckets.is_empty() {
+                assert_eq!(our_buckets, buckets, "{name}: buckets, as text");
+            }
+        }
+        // Whatever else busgate writes is Go's too, or busgate's own under busgate_.
+        for name in rust.keys() {
+            assert!(
+                go_service.contains_key(name)
+                    || go_caller.contains_key(name)
+                    || name.starts_with("busgate_"),
+                "{name} is neither Go's nor busgate's own"
+            );
+        }
+    }
+    caller.shutdown().await;
+    svc.shutdown().await;
+}

@@ -144,7 +144,8 @@ impl Stack {
 
     /// Prometheus with the stack's configuration: scrape targets moved to this stack, the
     /// rules from the repo, intervals shortened so that a test sees several scrapes.
-    fn prometheus(&self) -> Prometheus {
+    /// `extra_bus_targets`: more targets of the `bus` job (a Go service's exposition).
+    fn prometheus(&self, extra_bus_targets: &[String]) -> Prometheus {
         let mut config = yaml("compose/prometheus/prometheus.yml");
         config["global"]["scrape_interval"] = Yaml::from("1s");
         config["global"]["scrape_timeout"] = Yaml::from("900ms");
@@ -180,10 +181,43 @@ impl Stack {
                     };
                     *t = Yaml::from(moved);
                 }
+                if name == "bus" {
+                    let targets = sc["targets"].as_sequence_mut().unwrap();
+                    targets.extend(extra_bus_targets.iter().map(|t| Yaml::from(t.clone())));
+                }
             }
         }
         Prometheus::start(&serde_yaml_ng::to_string(&config).unwrap())
     }
+}
+
+/// Serves the `:888/metrics` answer of a Go v1.7 service (`beta.example`), recorded, at the
+/// `bus` job's path.
+async fn go_service_exposition() -> std::net::SocketAddr {
+    let frame =
+        std::fs::read(repo().join("tests/fixtures/fabric-v1.7/s15-control-metrics_03-Res.payload"))
+            .unwrap();
+    let at = frame.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let body = Bytes::from(frame[at + 4..].to_vec());
+    let app = axum::Router::new().route(
+        "/metrics.core/collect",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 /// A user's service beside the examples, with every outcome a dashboard shows.
@@ -408,13 +442,16 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_runs_for_real_alerts_stay_quiet_dashboards_fill_and_traces_reach_jaeger() {
     let stack = Stack::start().await;
-    let prometheus = stack.prometheus();
+    // A Go Microbus v1.7 service beside busgate's: its exposition as recorded
+    // (tests/fixtures/fabric-v1.7), served where Prometheus's `bus` job scrapes.
+    let go = go_service_exposition().await;
+    let prometheus = stack.prometheus(&[go.to_string()]);
 
     // 1. Healthy traffic only: nothing fires, nor is pending.
     let healthy = traffic(stack.ingress, &HEALTHY, false);
     wait_for(
         &prometheus,
-        "sum(count_over_time(microbus_server_request_duration_seconds_count{job=\"bus\",service=\"calculator.example\"}[1m]))",
+        "sum(count_over_time(microbus_response_duration_seconds_count{job=\"bus\",service=\"calculator.example\"}[1m]))",
         4.0,
     )
     .await;
@@ -437,7 +474,7 @@ async fn the_stack_runs_for_real_alerts_stay_quiet_dashboards_fill_and_traces_re
     let alerts = prometheus.query("ALERTS").await;
     if !results(&alerts).is_empty() {
         let errors = prometheus
-            .query("microbus_server_request_duration_seconds_count{error=\"ERROR\"}")
+            .query("microbus_response_duration_seconds_count{error=\"ERROR\"}")
             .await;
         panic!(
             "a healthy stack has no alert firing or pending: {alerts}\nerror series: {errors}\n{}",
@@ -522,7 +559,7 @@ async fn the_stack_runs_for_real_alerts_stay_quiet_dashboards_fill_and_traces_re
     let mixed_traffic = traffic(stack.ingress, &MIXED, true);
     wait_for(
         &prometheus,
-        "count_over_time(microbus_server_request_duration_seconds_count{job=\"bus\",service=\"mixed.test\",handler=\"mixed.test:443/call\"}[1m])",
+        "count_over_time(microbus_response_duration_seconds_count{job=\"bus\",service=\"mixed.test\",handler=\"mixed.test:443/call\"}[1m])",
         4.0,
     )
     .await;
@@ -583,6 +620,26 @@ async fn the_stack_runs_for_real_alerts_stay_quiet_dashboards_fill_and_traces_re
         "{} dashboard queries returned nothing:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+
+    // One panel holds the Go service and busgate's side by side: the System dashboard's
+    // requests per service.
+    let (_, _, per_service) = dashboard_queries()
+        .into_iter()
+        .find(|(name, title, _)| {
+            name == "system.json" && title.starts_with("Requests/s by service")
+        })
+        .expect("the System dashboard has a requests-per-service panel");
+    let side_by_side = prometheus
+        .query(&substitute(&per_service).replace("mixed.test", ".*"))
+        .await;
+    let shown: BTreeSet<String> = results(&side_by_side)
+        .iter()
+        .filter_map(|s| s["metric"]["service"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        shown.contains("beta.example") && shown.contains("hello.example"),
+        "the Go service (beta.example) and busgate's (hello.example) on one panel: {shown:?}"
     );
 
     // 3. Traces in Jaeger. An error page names its trace: the ingress's root span is there.

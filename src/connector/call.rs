@@ -358,23 +358,29 @@ impl Observed {
         result: Result<(StatusCode, usize), &Error>,
     ) {
         let span = &mut self.span;
-        let (code, failed) = match result {
+        // `gen1_error`: the `error` label Go v1.7 gives this result in its request counter.
+        let (code, failed, gen1_error) = match result {
             Ok((status, responders)) => {
                 span.set_int(A_HTTP_STATUS, status.as_u16() as i64);
                 span.set_int(A_RESPONDERS, responders as i64);
                 span.set_status(Status::Ok);
-                (status.as_u16(), false)
+                (status.as_u16(), false, false)
             }
             Err(e) => {
                 span.record_error(e);
-                if matches!(e.kind(), ErrorKind::AckTimeout | ErrorKind::Timeout) {
+                let timed_out = matches!(e.kind(), ErrorKind::AckTimeout | ErrorKind::Timeout);
+                if timed_out {
                     inner
                         .metrics
                         .count_timeout(&out.url.host, out.url.port, &out.method);
                 }
-                (e.status().as_u16(), true)
+                let code = e.status().as_u16();
+                (code, true, !timed_out && code != 404)
             }
         };
+        inner
+            .metrics
+            .count_request(&out.url.host, out.url.port, &out.method, code, gen1_error);
         inner.tracer.end(self.span);
         inner.metrics.observe_client(
             &out.url.host,

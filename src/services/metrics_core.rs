@@ -27,6 +27,12 @@ pub const ENV_SECRET_KEY: &str = "BUSGATE_METRICS_SECRET_KEY";
 pub const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
 pub const SCRAPE_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
 
+/// The budget for a scrape that Prometheus waits `secs` for.
+fn scrape_budget(secs: f64) -> Duration {
+    let wait = Duration::from_secs_f64(secs.min(3600.0));
+    wait.saturating_sub((wait / 10).min(SCRAPE_TIMEOUT_MARGIN))
+}
+
 pub fn service(secret_key: Option<String>) -> Service {
     let secret = secret_key.filter(|k| !k.is_empty());
     Service::new(HOSTNAME)
@@ -73,9 +79,7 @@ async fn collect(
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s > 0.0)
     {
-        let budget =
-            Duration::from_secs_f64(secs.min(3600.0)).saturating_sub(SCRAPE_TIMEOUT_MARGIN);
-        ctx = ctx.with_timeout(budget);
+        ctx = ctx.with_timeout(scrape_budget(secs));
     }
 
     let ping = build_request(
@@ -109,20 +113,45 @@ async fn collect(
         }
     });
     let mut texts = Vec::new();
+    let mut failures = 0usize;
     for pulled in join_all(pulls).await {
         for res in pulled?.into_iter() {
             match res.and_then(|r| body_text(&r)) {
                 Ok(text) => texts.push(text),
                 Err(e) => {
+                    failures += 1;
                     tracing::warn!(error = %e, "an instance's metrics could not be collected")
                 }
             }
         }
     }
+    // An empty 200 would make Prometheus drop every series while `up` stays 1: say instead
+    // that nothing arrived in time. What did arrive is served, even if some instances missed.
+    if texts.is_empty() {
+        return Err(Error::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "no instance's metrics were collected in time ({} found, {failures} failed)",
+                hosts.len()
+            ),
+        ));
+    }
     Ok(exposition_response(
         exposition::merge(&texts),
         accepts_gzip(req.headers()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_leaves_a_tenth_at_most_half_a_second() {
+        assert_eq!(scrape_budget(10.0), Duration::from_millis(9500));
+        assert_eq!(scrape_budget(1.0), Duration::from_millis(900));
+        assert_eq!(scrape_budget(0.5), Duration::from_millis(450));
+    }
 }
 
 fn body_text(res: &Response<Bytes>) -> Result<String, Error> {

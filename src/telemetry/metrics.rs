@@ -177,11 +177,15 @@ pub struct ServiceMetrics {
     pub server_duration: HistogramVec,
     pub server_body: HistogramVec,
     pub client_duration: HistogramVec,
+    /// The generation's count of outgoing calls by result.
+    pub client_requests: IntCounterVec,
     pub client_ack: HistogramVec,
     pub client_timeouts: IntCounterVec,
     pub callback_duration: HistogramVec,
     pub log_messages: IntCounterVec,
     uptime: Gauge,
+    /// The generation's distributed-cache gauges: registered, always 0 (no such cache here).
+    _cache: Vec<Gauge>,
     nats_connected: IntGauge,
     nats_reconnects: IntCounter,
     /// The NATS series are registered on the first scrape of an instance on NATS: on the
@@ -190,6 +194,7 @@ pub struct ServiceMetrics {
     overflows: IntCounterVec,
     server_handles: HandleCache<[usize; 4], (Histogram, Histogram)>,
     client_handles: HandleCache<[usize; 4], Histogram>,
+    request_count_handles: HandleCache<[usize; 4], IntCounter>,
     ack_handles: HandleCache<usize, Histogram>,
     /// Values seen per capped label (a handful of labels: a list beats a map).
     seen: std::sync::RwLock<Vec<(&'static str, InternedValues)>>,
@@ -207,23 +212,36 @@ impl ServiceMetrics {
         let registry = Registry::new();
         let server_labels = [L_HANDLER, L_PORT, L_METHOD, L_CODE, L_ERROR];
         let client_labels = [L_HOST, L_PORT, L_METHOD, L_CODE, L_ERROR];
+        let names = SERVICE_METRICS;
+        let cache: Vec<Gauge> = names
+            .cache_gauges
+            .iter()
+            .map(|name| {
+                Gauge::with_opts(opts(
+                    c,
+                    name,
+                    "Distributed cache (none in busgate: always 0).",
+                ))
+                .expect("valid gauge")
+            })
+            .collect();
         let m = ServiceMetrics {
             enabled: std::sync::atomic::AtomicBool::new(true),
             instance_id: id.to_owned(),
             started: Instant::now(),
             server_duration: histogram(
                 c,
-                SERVER_REQUEST_DURATION,
+                names.response_duration,
                 "Time to handle a bus request, by route and outcome.",
                 &server_labels,
-                LATENCY_BUCKETS,
+                names.latency_buckets,
             ),
             server_body: histogram(
                 c,
-                SERVER_RESPONSE_BODY,
+                names.response_size,
                 "Size of response bodies sent on the bus.",
                 &server_labels,
-                BODY_BUCKETS,
+                names.size_buckets,
             ),
             client_duration: histogram(
                 c,
@@ -232,12 +250,18 @@ impl ServiceMetrics {
                 &client_labels,
                 LATENCY_BUCKETS,
             ),
+            client_requests: counter(
+                c,
+                names.request_count,
+                "Outgoing bus calls by target and result.",
+                &client_labels,
+            ),
             client_ack: histogram(
                 c,
-                CLIENT_ACK_LATENCY,
+                names.ack_duration,
                 "Time from publishing a request to its first ack.",
                 &[L_HOST],
-                ACK_BUCKETS,
+                names.ack_buckets,
             ),
             client_timeouts: counter(
                 c,
@@ -247,19 +271,20 @@ impl ServiceMetrics {
             ),
             callback_duration: histogram(
                 c,
-                CALLBACK_DURATION,
+                names.callback_duration,
                 "Time of lifecycle callbacks (startup, shutdown).",
                 &[L_HANDLER, L_ERROR],
-                LATENCY_BUCKETS,
+                names.latency_buckets,
             ),
             log_messages: counter(
                 c,
-                LOG_MESSAGES,
+                names.log_messages,
                 "Log lines, by severity and message.",
                 &[L_SEVERITY, L_MESSAGE],
             ),
-            uptime: Gauge::with_opts(opts(c, UPTIME, "Seconds since the instance started."))
+            uptime: Gauge::with_opts(opts(c, names.uptime, "Seconds since the instance started."))
                 .expect("valid gauge"),
+            _cache: cache.clone(),
             nats_connected: IntGauge::with_opts(opts(
                 c,
                 NATS_CONNECTED,
@@ -282,6 +307,7 @@ impl ServiceMetrics {
             seen: std::sync::RwLock::new(Vec::new()),
             server_handles: HandleCache::default(),
             client_handles: HandleCache::default(),
+            request_count_handles: HandleCache::default(),
             ack_handles: HandleCache::default(),
             const_labels: labels.clone(),
             registry,
@@ -289,7 +315,11 @@ impl ServiceMetrics {
         register(&m.registry, m.server_duration.clone());
         register(&m.registry, m.server_body.clone());
         register(&m.registry, m.client_duration.clone());
+        register(&m.registry, m.client_requests.clone());
         register(&m.registry, m.client_ack.clone());
+        for g in cache {
+            register(&m.registry, g);
+        }
         register(&m.registry, m.client_timeouts.clone());
         register(&m.registry, m.callback_duration.clone());
         register(&m.registry, m.log_messages.clone());
@@ -418,6 +448,42 @@ impl ServiceMetrics {
             .observe(outcome.elapsed.as_secs_f64());
     }
 
+    /// One outgoing call in the generation's request counter. Go v1.7 counts an ack timeout
+    /// as `404`, a deadline as `408` and an `Err` 404 all with `error="OK"`: `counted_as_error`
+    /// says what Go would say.
+    pub fn count_request(
+        &self,
+        host: &str,
+        port: u16,
+        method: &str,
+        code: u16,
+        counted_as_error: bool,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let host = self.capped(L_HOST, host);
+        let method = self.capped(L_METHOD, method);
+        let key = [
+            label_id(&host),
+            port as usize,
+            label_id(&method),
+            (code as usize) << 1 | counted_as_error as usize,
+        ];
+        self.request_count_handles
+            .get(key, || {
+                let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
+                self.client_requests.with_label_values(&[
+                    &*host,
+                    port_buf.format(port),
+                    &method,
+                    code_buf.format(code),
+                    if counted_as_error { ERROR } else { OK },
+                ])
+            })
+            .inc();
+    }
+
     pub fn observe_ack(&self, host: &str, elapsed: Duration) {
         if !self.enabled() {
             return;
@@ -490,7 +556,49 @@ fn encode_families(families: Vec<prometheus::proto::MetricFamily>) -> String {
     TextEncoder::new()
         .encode(&families, &mut out)
         .expect("text encoding of gathered metrics");
-    String::from_utf8(out).expect("the text format is UTF-8")
+    go_bucket_bounds(String::from_utf8(out).expect("the text format is UTF-8"))
+}
+
+/// Bucket bounds (`le`) written as Go's client writes them (`1.048576e+06`, `5e-05`): `le`
+/// is a label, so Go and Rust series of one histogram add up in `sum by (le)` only when the
+/// text is the same.
+fn go_bucket_bounds(text: String) -> String {
+    const LE: &str = "le=\"";
+    if !text.contains(LE) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + text.len() / 64);
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(LE) {
+        let (head, tail) = rest.split_at(at + LE.len());
+        out.push_str(head);
+        let end = tail.find('"').unwrap_or(tail.len());
+        let bound = &tail[..end];
+        match bound.parse::<f64>() {
+            Ok(v) if v.is_finite() => out.push_str(&go_float(v)),
+            _ => out.push_str(bound),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Go's `strconv.FormatFloat(v, 'g', -1, 64)`: the shortest digits, in exponent form when the
+/// exponent is below -4 or at least 6 (two exponent digits at least, with a sign).
+fn go_float(v: f64) -> String {
+    if v == 0.0 {
+        return "0".to_owned();
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("exponent form");
+    let exp: i32 = exp.parse().expect("an integer exponent");
+    if (-4..6).contains(&exp) {
+        format!("{v}")
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
 }
 
 /// Metrics of the HTTP ingress, in the ingress connector's registry.
@@ -706,6 +814,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bucket_bounds_are_written_as_go_writes_them() {
+        for (v, go) in [
+            (0.005, "0.005"),
+            (0.00005, "5e-05"),
+            (0.0001, "0.0001"),
+            (1.0, "1"),
+            (60.0, "60"),
+            (262144.0, "262144"),
+            (1048576.0, "1.048576e+06"),
+            (4194304.0, "4.194304e+06"),
+            (16777216.0, "1.6777216e+07"),
+            (1e6, "1e+06"),
+        ] {
+            assert_eq!(go_float(v), go, "{v}");
+        }
+        let text = "x_bucket{a=\"1\",le=\"1048576\"} 3\nx_bucket{le=\"+Inf\"} 4\n".to_owned();
+        assert_eq!(
+            go_bucket_bounds(text),
+            "x_bucket{a=\"1\",le=\"1.048576e+06\"} 3\nx_bucket{le=\"+Inf\"} 4\n"
+        );
+    }
+
+    #[test]
     fn every_series_carries_service_labels() {
         let m = ServiceMetrics::new("unit.test", 3, "abc123");
         let ok = Outcome {
@@ -756,11 +887,11 @@ mod tests {
                 1,
             ),
         ] {
-            let line = format!("microbus_server_request_duration_seconds_count{{{series},service=\"unit.test\",ver=\"3\"}} {count}");
+            let line = format!("microbus_response_duration_seconds_count{{{series},service=\"unit.test\",ver=\"3\"}} {count}");
             assert!(text.contains(&line), "{line}\n{text}");
         }
         assert!(text.contains(
-            r#"microbus_server_request_duration_seconds_bucket{code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443",service="unit.test",ver="3",le="0.00005"} 2"#
+            r#"microbus_response_duration_seconds_bucket{code="200",error="OK",handler="unit.test:443/x",id="abc123",method="GET",port="443",service="unit.test",ver="3",le="0.005"} 2"#
         ), "{text}");
         assert!(
             text.contains(r#"busgate_nats_connected{id="abc123",service="unit.test",ver="3"} 1"#)

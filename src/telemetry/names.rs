@@ -1,15 +1,64 @@
 //! Every metric name, label and span attribute key, fixed in one place so that code,
 //! dashboards and alert rules cannot drift apart.
 
-// Metrics of every service (Microbus Gen 2 names; they pass `promtool check metrics`).
-pub const SERVER_REQUEST_DURATION: &str = "microbus_server_request_duration_seconds";
-pub const SERVER_RESPONSE_BODY: &str = "microbus_server_response_body_bytes";
-pub const CLIENT_REQUEST_DURATION: &str = "microbus_client_request_duration_seconds";
-pub const CLIENT_ACK_LATENCY: &str = "microbus_client_ack_roundtrip_latency_seconds";
-pub const CLIENT_TIMEOUTS: &str = "microbus_client_timeout_requests_total";
-pub const CALLBACK_DURATION: &str = "microbus_callback_duration_seconds";
-pub const LOG_MESSAGES: &str = "microbus_log_messages_total";
-pub const UPTIME: &str = "microbus_uptime_duration_seconds";
+// Metrics of every service: the families, labels and buckets of the wire generation busgate
+// speaks, so that Go Microbus services of that generation and busgate services share
+// dashboards and alerts. A later generation swaps this one table.
+
+/// The standard metrics of every service instance, as one Microbus generation names them.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceMetricNames {
+    /// Handled bus requests: histogram by `handler`, `port`, `method`, `code`, `error`.
+    pub response_duration: &'static str,
+    /// Response body sizes, same labels.
+    pub response_size: &'static str,
+    /// Outgoing calls by result: counter by `method`, `host`, `port`, `code`, `error`.
+    pub request_count: &'static str,
+    /// Publish to first ack: histogram by `host`.
+    pub ack_duration: &'static str,
+    /// Lifecycle callbacks: histogram by `handler`, `error`.
+    pub callback_duration: &'static str,
+    /// Log lines: counter by `severity`, `message`.
+    pub log_messages: &'static str,
+    /// Seconds since start, a gauge set at each scrape.
+    pub uptime: &'static str,
+    /// Distributed-cache gauges (busgate has no such cache: they stay 0).
+    pub cache_gauges: &'static [&'static str],
+    pub latency_buckets: &'static [f64],
+    pub size_buckets: &'static [f64],
+    pub ack_buckets: &'static [f64],
+}
+
+/// Microbus fabric v1.7 (`connector/metrics.go`), reference §6.1. Some names do not pass
+/// `promtool check metrics` (a gauge ending in `_total`): they are Go's, kept as they are.
+pub const GEN1_METRICS: ServiceMetricNames = ServiceMetricNames {
+    response_duration: "microbus_response_duration_seconds",
+    response_size: "microbus_response_size_bytes",
+    request_count: "microbus_request_count_total",
+    ack_duration: "microbus_ack_duration_seconds",
+    callback_duration: "microbus_callback_duration_seconds",
+    log_messages: "microbus_log_messages_total",
+    uptime: "microbus_uptime_duration_seconds_total",
+    cache_gauges: &[
+        "microbus_cache_hits_total",
+        "microbus_cache_misses_total",
+        "microbus_cache_weight_total",
+        "microbus_cache_len_total",
+    ],
+    latency_buckets: &[
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0,
+    ],
+    size_buckets: &[16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0],
+    ack_buckets: &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+};
+
+/// The generation on busgate's wire, and so in its expositions.
+pub const SERVICE_METRICS: &ServiceMetricNames = &GEN1_METRICS;
+
+// busgate's own, finer than the generation's: outgoing call latency from 50 µs (Gen 1 has
+// none), and the calls that ended in an ack timeout or a deadline.
+pub const CLIENT_REQUEST_DURATION: &str = "busgate_client_request_duration_seconds";
+pub const CLIENT_TIMEOUTS: &str = "busgate_client_timeout_requests_total";
 
 // busgate's own, per connection and per process.
 pub const NATS_CONNECTED: &str = "busgate_nats_connected";
