@@ -142,18 +142,6 @@ async fn collect(
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_leaves_a_tenth_at_most_half_a_second() {
-        assert_eq!(scrape_budget(10.0), Duration::from_millis(9500));
-        assert_eq!(scrape_budget(1.0), Duration::from_millis(900));
-        assert_eq!(scrape_budget(0.5), Duration::from_millis(450));
-    }
-}
-
 fn body_text(res: &Response<Bytes>) -> Result<String, Error> {
     let gzipped = res
         .headers()
@@ -168,4 +156,16 @@ fn body_text(res: &Response<Bytes>) -> Result<String, Error> {
         .read_to_string(&mut text)
         .map_err(|e| Error::internal(format!("cannot gunzip metrics: {e}")))?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_leaves_a_tenth_at_most_half_a_second() {
+        assert_eq!(scrape_budget(10.0), Duration::from_millis(9500));
+        assert_eq!(scrape_budget(1.0), Duration::from_millis(900));
+        assert_eq!(scrape_budget(0.5), Duration::from_millis(450));
+    }
 }
