@@ -275,6 +275,47 @@ mod tests {
 #[derive(Debug, Clone, Default)]
 pub struct ConfigFile {
     hosts: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+    /// Property names as written, per host (lower-cased keys above), for messages.
+    spelled: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// A property under one of busgate's own hosts that no setting of that host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownProperty {
+    pub host: String,
+    /// As written in the file.
+    pub name: String,
+    /// The known property nearest to it, when one is close (a likely misspelling).
+    pub nearest: Option<&'static str>,
+}
+
+impl fmt::Display for UnknownProperty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown property {} under {}", self.name, self.host)?;
+        match self.nearest {
+            Some(n) => write!(f, " (did you mean {n}?); it is ignored"),
+            None => write!(f, "; it is ignored"),
+        }
+    }
+}
+
+/// Levenshtein distance, ignoring ASCII case.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (
+        a.to_ascii_lowercase().chars().collect(),
+        b.to_ascii_lowercase().chars().collect(),
+    );
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 impl ConfigFile {
@@ -283,6 +324,7 @@ impl ConfigFile {
         let root: Value = serde_yaml_ng::from_str(yaml)
             .map_err(|e| ConfigError::new("config.yaml", "", &e.to_string()))?;
         let mut hosts = std::collections::HashMap::new();
+        let mut spelled = std::collections::HashMap::new();
         let Value::Mapping(map) = root else {
             if root.is_null() {
                 return Ok(ConfigFile::default());
@@ -297,6 +339,7 @@ impl ConfigFile {
             let host = scalar(&host)
                 .ok_or_else(|| ConfigError::new("config.yaml", "", "hostnames must be strings"))?;
             let mut values = std::collections::HashMap::new();
+            let mut names = Vec::new();
             if let Value::Mapping(props) = props {
                 for (name, value) in props {
                     let name = scalar(&name).ok_or_else(|| {
@@ -306,6 +349,7 @@ impl ConfigFile {
                         ConfigError::new(&name, "", "property values must be scalars")
                     })?;
                     values.insert(name.to_ascii_lowercase(), value);
+                    names.push(name);
                 }
             } else if !props.is_null() {
                 return Err(ConfigError::new(
@@ -315,8 +359,31 @@ impl ConfigFile {
                 ));
             }
             hosts.insert(host.to_ascii_lowercase(), values);
+            spelled.insert(host.to_ascii_lowercase(), names);
         }
-        Ok(ConfigFile { hosts })
+        Ok(ConfigFile { hosts, spelled })
+    }
+
+    /// The properties written under exactly `host` that are not in `known` (keys under other
+    /// hosts are legal: config.yaml is shared by every service).
+    pub fn unknown_properties(&self, host: &str, known: &[&'static str]) -> Vec<UnknownProperty> {
+        let Some(names) = self.spelled.get(&host.to_ascii_lowercase()) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter(|n| !known.iter().any(|k| k.eq_ignore_ascii_case(n)))
+            .map(|n| UnknownProperty {
+                host: host.to_owned(),
+                name: n.clone(),
+                nearest: known
+                    .iter()
+                    .map(|k| (edit_distance(k, n), *k))
+                    .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+                    .min()
+                    .map(|(_, k)| k),
+            })
+            .collect()
     }
 
     pub fn load(path: &std::path::Path) -> Result<ConfigFile, ConfigError> {
@@ -355,6 +422,42 @@ fn scalar(v: &serde_yaml_ng::Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         Value::Null => Some(String::new()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod unknown_property_tests {
+    use super::*;
+
+    #[test]
+    fn misspelt_properties_are_named_with_the_nearest_known_one() {
+        let file = ConfigFile::parse(
+            "http.ingress.core:\n  TimeBudjet: 5s\n  Ports: 8080\n  Colour: blue\nother.service:\n  Anything: 1\n",
+        )
+        .unwrap();
+        let known = ["Ports", "TimeBudget", "ReadTimeout"];
+        let unknown = file.unknown_properties("http.ingress.core", &known);
+        assert_eq!(
+            unknown,
+            [
+                UnknownProperty {
+                    host: "http.ingress.core".into(),
+                    name: "TimeBudjet".into(),
+                    nearest: Some("TimeBudget"),
+                },
+                UnknownProperty {
+                    host: "http.ingress.core".into(),
+                    name: "Colour".into(),
+                    nearest: None,
+                },
+            ]
+        );
+        assert_eq!(
+            unknown[0].to_string(),
+            "unknown property TimeBudjet under http.ingress.core (did you mean TimeBudget?); it is ignored"
+        );
+        assert!(file.unknown_properties("other.service", &known).len() == 1);
+        assert!(file.unknown_properties("nobody", &known).is_empty());
     }
 }
 

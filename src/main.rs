@@ -124,9 +124,25 @@ async fn main() -> std::process::ExitCode {
                     .and_then(|f| f.get(metrics_core::HOSTNAME, metrics_core::SECRET_KEY))
                     .map(str::to_owned)
             });
-        Ok((ingress, secret))
+        // Misspelt keys under busgate's own hosts would be ignored silently.
+        let ingress_properties: Vec<&'static str> = busgate::ingress::http::config::PROPERTIES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let unknown: Vec<_> = file
+            .iter()
+            .flat_map(|f| {
+                let mut u = f.unknown_properties(
+                    busgate::ingress::http::config::HOSTNAME,
+                    &ingress_properties,
+                );
+                u.extend(f.unknown_properties(metrics_core::HOSTNAME, &[metrics_core::SECRET_KEY]));
+                u
+            })
+            .collect();
+        Ok((ingress, secret, unknown))
     });
-    let (ingress_config, secret_key) = match resolved {
+    let (ingress_config, secret_key, unknown_properties) = match resolved {
         Ok(r) => r,
         Err(e) => {
             eprintln!("busgate: {e}");
@@ -134,6 +150,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     telemetry::logs::init(config.deployment);
+    for u in &unknown_properties {
+        tracing::warn!(host = %u.host, property = %u.name, "{u}");
+    }
     tracing::info!(
         bus = %config.transport.describe(),
         plane = %config.plane,
@@ -192,16 +211,37 @@ async fn main() -> std::process::ExitCode {
     };
 
     wait_for_signal().await;
-    // The ingress first, so that requests in flight can still reach the services.
-    if let Some(i) = &ingress {
-        i.shutdown().await;
+    // A second signal means now: an orchestrator or a person that will not wait.
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("busgate: second signal: exiting at once");
+        std::process::exit(130);
+    });
+    let shutdown = async {
+        // The ingress first, so that requests in flight can still reach the services.
+        if let Some(i) = &ingress {
+            i.shutdown().await;
+        }
+        for conn in services.iter().rev() {
+            conn.shutdown().await;
+        }
+        admin.shutdown().await;
+    };
+    match tokio::time::timeout(SHUTDOWN_LIMIT, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => {
+            tracing::error!(
+                "shutdown did not finish within {} s; exiting anyway",
+                SHUTDOWN_LIMIT.as_secs()
+            );
+            std::process::ExitCode::from(3)
+        }
     }
-    for conn in services.iter().rev() {
-        conn.shutdown().await;
-    }
-    admin.shutdown().await;
-    std::process::ExitCode::SUCCESS
 }
+
+/// The longest a graceful shutdown may take before the process exits anyway (code 3): each
+/// service drains for at most 8 + 4 s (Microbus's bounds) and gives NATS 2 s to close.
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(25);
 
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

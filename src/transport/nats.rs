@@ -224,10 +224,17 @@ impl NatsBus {
                 format!("payload of {} bytes exceeds max_payload", payload.len()),
             ));
         }
-        self.client
-            .publish(subject, payload)
-            .await
-            .map_err(|e| TransportError::new(TransportErrorKind::Disconnected, e.to_string()))
+        // A publish is an enqueue and completes at once, unless the connection died before its
+        // state said so and the client's queue is full: then it would wait for a reconnect that
+        // may never come (and hold shutdown with it). The timer only starts if it has to wait.
+        match tokio::time::timeout(PUBLISH_PATIENCE, self.client.publish(subject, payload)).await {
+            Ok(sent) => sent
+                .map_err(|e| TransportError::new(TransportErrorKind::Disconnected, e.to_string())),
+            Err(_) => Err(TransportError::new(
+                TransportErrorKind::Disconnected,
+                "NATS did not take the message within 1 s",
+            )),
+        }
     }
 
     pub async fn subscribe(
@@ -262,15 +269,31 @@ impl NatsBus {
         self.reconnects.load(Ordering::Relaxed).saturating_sub(1)
     }
 
+    /// Flush and drain, for at most [`CLOSE_PATIENCE`]: with the server gone, both would wait
+    /// for it forever.
     pub async fn close(&self) {
-        if let Err(e) = self.client.flush().await {
-            tracing::debug!(error = %e, "flush on close");
-        }
-        if let Err(e) = self.client.drain().await {
-            tracing::debug!(error = %e, "drain on close");
+        let closing = async {
+            if let Err(e) = self.client.flush().await {
+                tracing::debug!(error = %e, "flush on close");
+            }
+            if let Err(e) = self.client.drain().await {
+                tracing::debug!(error = %e, "drain on close");
+            }
+        };
+        if tokio::time::timeout(CLOSE_PATIENCE, closing).await.is_err() {
+            tracing::warn!(
+                "NATS did not answer within {} s while closing: giving up on it (unsent messages are lost)",
+                CLOSE_PATIENCE.as_secs()
+            );
         }
     }
 }
+
+/// Longest a publish may wait for room in the client's queue.
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Longest closing a connection waits for the server to take what is queued.
+pub const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
 fn reconnect_delay(attempts: usize) -> Duration {
     let exp = RECONNECT_FIRST_DELAY
