@@ -458,13 +458,16 @@ async fn session(shared: &Arc<Shared>, io: Box<dyn Io>, peer: SocketAddr) {
         let bare_lf = !line.ends_with(b"\r\n");
         if in_data {
             if bare_lf {
+                // Many clients (smtplib given bytes, scripts) end lines with a bare LF: they are
+                // taken as line endings and stored as CRLF. Only CRLF.CRLF ends DATA (RFC 5321
+                // §4.1.1.4), so a ".<LF>" cannot end a message early (SMTP smuggling): it is a
+                // line holding a dot.
                 txn.lock().expect("txn lock").bare_lf = true;
-                if line == b".\n" {
-                    line = b".\r\n".to_vec();
-                } else {
-                    line.pop();
-                    line.extend_from_slice(b"\r\n");
+                line.pop();
+                if line == b"." {
+                    line.push(b'.');
                 }
+                line.extend_from_slice(b"\r\n");
             }
             let res = sm.process(&line);
             let ended = std::mem::take(&mut txn.lock().expect("txn lock").ended);
@@ -614,12 +617,7 @@ async fn finish_message(shared: &Arc<Shared>, t: Txn, peer: SocketAddr) -> Outco
         };
     }
     if t.bare_lf {
-        m.rejected(reason::BARE_LF);
-        tracing::info!(%peer, "SMTP message refused: bare LF line endings (554)");
-        return Outcome {
-            reply: "554 5.6.0 Bare LF line endings are not allowed in a message; use CRLF\r\n"
-                .to_owned(),
-        };
+        tracing::debug!(%peer, "SMTP message with bare LF line endings (stored as CRLF)");
     }
     let Ok(_worker) = shared.workers.clone().acquire_owned().await else {
         return Outcome {
