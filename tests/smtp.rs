@@ -794,3 +794,179 @@ async fn smtp_metrics(conn: &Connector) -> HashMap<String, f64> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_runs_from_the_smtp_session_through_the_event_to_the_sink() {
+    use busgate::telemetry::TelemetryConfig;
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    const STATUS_ERROR: i32 = 2;
+    let (endpoint, spans) = common::otlp::http_receiver().await;
+    let nats = NatsServer::start();
+    let mut config = nats.config();
+    config.telemetry = TelemetryConfig {
+        endpoint: Some(endpoint),
+        protocol: busgate::telemetry::OtlpProtocol::HttpProtobuf,
+        ..TelemetryConfig::default()
+    };
+    let bus = TestBus {
+        config,
+        server: Some(nats),
+    };
+    let smtp = start_smtp(&bus, |_| {}).await;
+    let port = smtp.local_addr().port();
+    let mut c = Raw::connect(smtp.local_addr()).await;
+    assert_eq!(c.cmd("HELO client.test").await.0, 250);
+    let (code, deferred) = c.mail(SIMPLE).await;
+    assert_eq!(code, 451);
+    let inbox = Inbox::default();
+    let s = sink(&bus, "mailbox.test", &inbox).await;
+    let (code, accepted) = c.mail(SIMPLE).await;
+    assert_eq!(code, 250);
+    let trace_of = |reply: &str| {
+        reply
+            .split("trace ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches([')', '\r', '\n'])
+            .to_owned()
+    };
+    let (ok_trace, failed_trace) = (trace_of(&accepted), trace_of(&deferred));
+    smtp.shutdown().await;
+    s.shutdown().await;
+
+    let all = spans.of_trace(&ok_trace);
+    let find = |service: &str, kind: i32, name: &str| {
+        all.iter()
+            .find(|s| s.service == service && s.kind == kind && s.name == name)
+            .unwrap_or_else(|| panic!("{service} {kind} {name} in {all:#?}"))
+            .clone()
+    };
+    let root = find("smtp.ingress.core", SERVER, &format!(":{port}"));
+    let event = find(
+        "smtp.ingress.core",
+        CLIENT,
+        "POST smtp.ingress.core:417/on-incoming-email",
+    );
+    let handler = find("mailbox.test", SERVER, ":417/on-incoming-email");
+    assert_eq!(root.parent_span_id, "", "the SMTP message is a root");
+    assert_eq!(event.parent_span_id, root.span_id);
+    assert_eq!(handler.parent_span_id, event.span_id);
+    assert_eq!(root.attributes["email.subject"], "raw");
+    assert_eq!(root.attributes["client.address"], "127.0.0.1");
+    assert_eq!(root.attributes["server.port"], port.to_string());
+
+    let failed = spans.of_trace(&failed_trace);
+    let root = failed
+        .iter()
+        .find(|s| s.name == format!(":{port}"))
+        .unwrap();
+    assert_eq!(root.status, STATUS_ERROR, "a deferred mail marks its trace");
+}
+
+/// `busgate` with `args` on the in-process bus, its log in a file; killed on drop.
+fn run_busgate(args: &[&str], log: &std::path::Path) -> common::ChildGuard {
+    common::ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_busgate"))
+            .args(args)
+            .env_remove("MICROBUS_NATS")
+            .env_remove("BUSGATE_ADMIN_ADDR")
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .expect("the busgate binary runs"),
+    )
+}
+
+fn read_logs(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+        + &std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+}
+
+async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_all_in_one_receives_mail_into_eventsink_and_goes_on_without_smtp_when_the_port_is_taken(
+) {
+    let dir = common::TempDir::new("smtp-cli");
+    // A free SMTP port: the all-in-one takes mail, eventsink.example sinks it.
+    let (http, smtp) = (common::free_port(), common::free_port());
+    let log = dir.0.join("a.log");
+    let child = run_busgate(
+        &[
+            "--ports",
+            &http.to_string(),
+            "--smtp-port",
+            &smtp.to_string(),
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+        &log,
+    );
+    wait_listening(smtp).await;
+    wait_listening(http).await;
+    let mut c = Raw::connect(([127, 0, 0, 1], smtp).into()).await;
+    assert_eq!(c.cmd("HELO client.test").await.0, 250);
+    let (code, text) = c.mail(SIMPLE).await;
+    assert_eq!(code, 250, "{text}");
+    let res = common::http::get(([127, 0, 0, 1], http).into(), "/eventsink.example/inbox").await;
+    assert!(res.text().contains("\"subject\":\"raw\""), "{}", res.text());
+    drop(child);
+
+    // The SMTP port taken: an error line that says how to set Port, and HTTP still serves.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let http = common::free_port();
+    let log = dir.0.join("b.log");
+    let _child = run_busgate(
+        &[
+            "--ports",
+            &http.to_string(),
+            "--smtp-port",
+            &port,
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+        &log,
+    );
+    wait_listening(http).await;
+    let res = common::http::get(([127, 0, 0, 1], http).into(), "/hello.example/hello").await;
+    assert_eq!(res.status, 200);
+    let logs = read_logs(&log);
+    assert!(logs.contains("SMTP ingress not started"), "{logs}");
+    assert!(
+        logs.contains(&format!("cannot listen on SMTP port {port}")),
+        "{logs}"
+    );
+
+    // `busgate smtp` exists to take mail: there the same is fatal.
+    let log = dir.0.join("c.log");
+    let mut only = run_busgate(
+        &["smtp", "--smtp-port", &port, "--admin-addr", "127.0.0.1:0"],
+        &log,
+    );
+    let mut status = None;
+    for _ in 0..200 {
+        if let Some(s) = only.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = status.expect("busgate smtp exits");
+    assert!(!status.success());
+    assert!(
+        read_logs(&log).contains("cannot start the SMTP ingress"),
+        "{}",
+        read_logs(&log)
+    );
+}
