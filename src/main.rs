@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use busgate::config::{ConfigError, ConfigFile};
 use busgate::ingress::http::{HttpIngress, IngressConfig};
+use busgate::ingress::smtp::{SmtpConfig, SmtpIngress};
 use busgate::services::metrics_core;
 use busgate::telemetry::admin::{AdminServer, AdminTargets, DEFAULT_ADMIN_ADDR};
 use busgate::{examples, telemetry, BusConfig, Connector, Deployment};
@@ -30,16 +31,20 @@ struct Cli {
     admin_addr: std::net::SocketAddr,
     #[command(flatten)]
     ingress: IngressArgs,
+    #[command(flatten)]
+    smtp: SmtpArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the example services (hello.example, calculator.example).
+    /// Run the example services (hello.example, calculator.example, eventsource.example, eventsink.example).
     Examples,
     /// Run the HTTP ingress (and metrics.core) only.
     Ingress,
+    /// Run the SMTP ingress (smtp.ingress.core) only.
+    Smtp,
     /// Exit 0 when `GET <url>` answers 2xx (container health checks).
     Probe { url: String },
 }
@@ -58,6 +63,32 @@ struct IngressArgs {
     /// Any HTTP ingress property, e.g. --set AllowedOrigins=https://a.example (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", global = true)]
     set: Vec<String>,
+}
+
+#[derive(Args)]
+struct SmtpArgs {
+    /// SMTP ingress port (property Port of smtp.ingress.core; 25 by default).
+    #[arg(long, global = true)]
+    smtp_port: Option<String>,
+    /// Any SMTP ingress property, e.g. --smtp-set MaxSize=20 (repeatable).
+    #[arg(long = "smtp-set", value_name = "NAME=VALUE", global = true)]
+    smtp_set: Vec<String>,
+}
+
+impl SmtpArgs {
+    fn resolve(&self, file: Option<&ConfigFile>) -> Result<SmtpConfig, ConfigError> {
+        let mut overrides = Vec::new();
+        if let Some(p) = &self.smtp_port {
+            overrides.push(("Port".to_owned(), p.clone()));
+        }
+        for kv in &self.smtp_set {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| ConfigError::new("--smtp-set", kv, "expected NAME=VALUE"))?;
+            overrides.push((k.trim().to_owned(), v.to_owned()));
+        }
+        SmtpConfig::resolve(file, |k| std::env::var(k).ok(), &overrides)
+    }
 }
 
 impl IngressArgs {
@@ -111,8 +142,10 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let run_ingress = !matches!(cli.command, Some(Command::Examples));
-    let run_examples = !matches!(cli.command, Some(Command::Ingress));
+    let run_ingress = matches!(cli.command, None | Some(Command::Ingress));
+    let run_examples = matches!(cli.command, None | Some(Command::Examples));
+    let smtp_only = matches!(cli.command, Some(Command::Smtp));
+    let run_smtp = matches!(cli.command, None | Some(Command::Smtp));
     let resolved = cli.ingress.file().and_then(|file| {
         let ingress = run_ingress
             .then(|| cli.ingress.resolve(file.as_ref()))
@@ -124,6 +157,9 @@ async fn main() -> std::process::ExitCode {
                     .and_then(|f| f.get(metrics_core::HOSTNAME, metrics_core::SECRET_KEY))
                     .map(str::to_owned)
             });
+        let smtp = run_smtp
+            .then(|| cli.smtp.resolve(file.as_ref()))
+            .transpose()?;
         // Misspelt keys under busgate's own hosts would be ignored silently.
         let ingress_properties: Vec<&'static str> = busgate::ingress::http::config::PROPERTIES
             .iter()
@@ -140,9 +176,9 @@ async fn main() -> std::process::ExitCode {
                 u
             })
             .collect();
-        Ok((ingress, secret, unknown))
+        Ok((ingress, secret, smtp, unknown))
     });
-    let (ingress_config, secret_key, unknown_properties) = match resolved {
+    let (ingress_config, secret_key, smtp_config, unknown_properties) = match resolved {
         Ok(r) => r,
         Err(e) => {
             eprintln!("busgate: {e}");
@@ -164,6 +200,7 @@ async fn main() -> std::process::ExitCode {
     let targets = AdminTargets::default();
     let mut services: Vec<Connector> = Vec::new();
     let mut ingress = None;
+    let mut smtp = None;
     let started: Result<(), String> = async {
         if run_examples {
             services.extend(examples::start_all(&config).await.map_err(|e| format!("cannot start the example services: {e}"))?);
@@ -184,6 +221,32 @@ async fn main() -> std::process::ExitCode {
             targets.add(i.connector().clone());
             ingress = Some(i);
         }
+        match smtp_config {
+            Some(sc) if !sc.enabled => {
+                tracing::info!("SMTP ingress disabled (smtp.ingress.core Enabled=false)");
+            }
+            Some(sc) => {
+                let port = sc.port;
+                match SmtpIngress::start(sc, &config).await {
+                    Ok(s) => {
+                        targets.add(s.connector().clone());
+                        smtp = Some(s);
+                    }
+                    // `busgate smtp` exists to receive mail: there, not listening is fatal.
+                    Err(e) if smtp_only => return Err(format!("cannot start the SMTP ingress: {e}")),
+                    // The all-in-one keeps serving HTTP without it.
+                    Err(e) => {
+                        let hint = if port < 1024 {
+                            "; ports below 1024 need privileges (root or CAP_NET_BIND_SERVICE): set another one with --smtp-port 2525, BUSGATE_SMTP_INGRESS_PORT=2525 or `smtp.ingress.core: {Port: 2525}` in config.yaml".to_owned()
+                        } else {
+                            String::new()
+                        };
+                        tracing::error!(error = %e, "SMTP ingress not started; the rest runs without it{hint}");
+                    }
+                }
+            }
+            None => {}
+        }
         Ok(())
     }
     .await;
@@ -200,6 +263,9 @@ async fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
+            if let Some(s) = &smtp {
+                s.shutdown().await;
+            }
             if let Some(i) = &ingress {
                 i.shutdown().await;
             }
@@ -218,7 +284,10 @@ async fn main() -> std::process::ExitCode {
         std::process::exit(130);
     });
     let shutdown = async {
-        // The ingress first, so that requests in flight can still reach the services.
+        // The ingresses first, so that requests in flight can still reach the services.
+        if let Some(s) = &smtp {
+            s.shutdown().await;
+        }
         if let Some(i) = &ingress {
             i.shutdown().await;
         }

@@ -533,6 +533,30 @@ impl Ctx {
             .multicast(build_request("POST", &url, body, content_type)?)
             .await)
     }
+
+    /// Fire the event `name` of this service with `input` as its JSON body; every sink's
+    /// answer, parsed as JSON (an answer that does not parse is that sink's error). No sink is
+    /// an empty list.
+    pub async fn fire_event_json<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &I,
+    ) -> Result<Vec<Result<O, Error>>, Error> {
+        let body = serde_json::to_vec(input).map_err(|e| Error::bad_request(e.to_string()))?;
+        let results = self
+            .fire_event(name, Bytes::from(body), Some("application/json"))
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.and_then(|res| {
+                    serde_json::from_slice(res.body()).map_err(|e| {
+                        Error::internal(format!("invalid JSON answer to event {name}: {e}"))
+                    })
+                })
+            })
+            .collect())
+    }
 }
 
 /// Select the trace of `cx` locally and broadcast the selection to every service.

@@ -1,3 +1,4 @@
-//! Ingresses: real protocols in, bus requests out. HTTP now; SMTP follows.
+//! Ingresses: real protocols in, bus requests out: HTTP and SMTP.
 
 pub mod http;
+pub mod smtp;

@@ -84,6 +84,30 @@ pub const INGRESS_OPEN_CONNECTIONS: &str = "busgate_ingress_open_connections";
 pub const INGRESS_REQUEST_BODY: &str = "busgate_ingress_request_body_bytes";
 pub const INGRESS_RESPONSE_BODY: &str = "busgate_ingress_response_body_bytes";
 
+// The SMTP ingress.
+/// Messages whose DATA ended (every outcome).
+pub const SMTP_MESSAGES_RECEIVED: &str = "busgate_smtp_messages_received_total";
+/// Messages answered `250` (delivered to the sinks).
+pub const SMTP_MESSAGES_ACCEPTED: &str = "busgate_smtp_messages_accepted_total";
+/// Messages answered `451` (the sender retries), by `reason`.
+pub const SMTP_MESSAGES_DEFERRED: &str = "busgate_smtp_messages_deferred_total";
+/// Messages refused for good (`552`, `554`), by `reason`.
+pub const SMTP_MESSAGES_REJECTED: &str = "busgate_smtp_messages_rejected_total";
+/// Protocol errors and refused connections (`421`, `500`, `503`, ...), by `reason`.
+pub const SMTP_ERRORS: &str = "busgate_smtp_errors_total";
+/// Size of the messages received.
+pub const SMTP_MESSAGE_BYTES: &str = "busgate_smtp_message_bytes";
+/// Time from connect to disconnect.
+pub const SMTP_SESSION_DURATION: &str = "busgate_smtp_session_duration_seconds";
+/// Sinks that answered the event of one message without error.
+pub const SMTP_SINKS_REACHED: &str = "busgate_smtp_event_sinks_reached";
+/// Client connections open.
+pub const SMTP_OPEN_CONNECTIONS: &str = "busgate_smtp_open_connections";
+/// busgate's per-session `tracing` span of the SMTP ingress.
+pub const SMTP_LOG_SPAN: &str = "smtp";
+/// `reason` label of the SMTP counters.
+pub const L_REASON: &str = "reason";
+
 // Labels. `service`, `ver` and `id` are on every series of a service.
 pub const L_SERVICE: &str = "service";
 pub const L_VERSION: &str = "ver";
@@ -180,6 +204,10 @@ span_keys! {
     A_EXCEPTION_TYPE = "exception.type",
     A_EXCEPTION_MESSAGE = "exception.message",
     A_EXCEPTION_STACKTRACE = "exception.stacktrace",
+    A_CLIENT_PORT = "client.port",
+    A_EMAIL_SUBJECT = "email.subject",
+    A_EMAIL_FROM = "email.from",
+    A_EMAIL_MESSAGE_ID = "email.message_id",
 }
 
 /// The messaging system attribute value.
