@@ -151,7 +151,7 @@ fn main() {
     };
     measure("metrics of one hop (server, client, ack)", || {
         observe_server();
-        metrics.observe_client("calculator.example", 443, "GET", outcome);
+        metrics.observe_client("calculator.example", 443, "GET", outcome, false);
         metrics.observe_ack("calculator.example", Duration::from_micros(30));
     });
 

@@ -279,6 +279,83 @@ pub struct ConfigFile {
     spelled: std::collections::HashMap<String, Vec<String>>,
 }
 
+/// The settings of one busgate component: its host in config.yaml, the prefix of its
+/// environment variables and every property with its default. One layering for all of them:
+/// defaults, then config.yaml, then the environment, then flags.
+#[derive(Debug, Clone, Copy)]
+pub struct PropertyTable {
+    pub host: &'static str,
+    /// `Ports` under prefix `BUSGATE_HTTP_INGRESS_` is `BUSGATE_HTTP_INGRESS_PORTS`.
+    pub env_prefix: &'static str,
+    /// Named in errors: "unknown HTTP ingress property".
+    pub component: &'static str,
+    pub properties: &'static [(&'static str, &'static str)],
+}
+
+impl PropertyTable {
+    /// The environment variable of a property: `MaxHeaderBytes` → `<prefix>MAX_HEADER_BYTES`.
+    pub fn env_name(&self, property: &str) -> String {
+        let mut out = String::from(self.env_prefix);
+        for (i, c) in property.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> {
+        self.properties.iter().map(|(n, _)| *n)
+    }
+
+    /// The values set by `file`, then the environment (`lookup`), then `overrides` (flags,
+    /// names case-insensitive; an unknown name is an error).
+    pub fn layer(
+        &self,
+        file: Option<&ConfigFile>,
+        lookup: impl Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+        let mut props = std::collections::BTreeMap::new();
+        for name in self.names() {
+            if let Some(v) = file.and_then(|f| f.get(self.host, name)) {
+                props.insert(name.to_owned(), v.to_owned());
+            }
+            if let Some(v) = lookup(&self.env_name(name)) {
+                props.insert(name.to_owned(), v);
+            }
+        }
+        for (name, value) in overrides {
+            let canonical = self
+                .names()
+                .find(|p| p.eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    ConfigError::new(name, value, &format!("unknown {} property", self.component))
+                })?;
+            props.insert(canonical.to_owned(), value.clone());
+        }
+        Ok(props)
+    }
+
+    /// The value of `name` in `props`, else its default.
+    pub fn get(&self, props: &std::collections::BTreeMap<String, String>, name: &str) -> String {
+        props.get(name).cloned().unwrap_or_else(|| {
+            self.properties
+                .iter()
+                .find(|(p, _)| *p == name)
+                .map(|(_, d)| d.to_string())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Properties written under this component's host that it does not have.
+    pub fn unknown_in(&self, file: &ConfigFile) -> Vec<UnknownProperty> {
+        let known: Vec<&'static str> = self.names().collect();
+        file.unknown_properties(self.host, &known)
+    }
+}
+
 /// A property under one of busgate's own hosts that no setting of that host has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownProperty {

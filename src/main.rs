@@ -75,18 +75,24 @@ struct SmtpArgs {
     smtp_set: Vec<String>,
 }
 
+/// The `NAME=VALUE` arguments of a repeatable `flag`.
+fn name_values(flag: &str, args: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    args.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                .ok_or_else(|| ConfigError::new(flag, kv, "expected NAME=VALUE"))
+        })
+        .collect()
+}
+
 impl SmtpArgs {
     fn resolve(&self, file: Option<&ConfigFile>) -> Result<SmtpConfig, ConfigError> {
         let mut overrides = Vec::new();
         if let Some(p) = &self.smtp_port {
             overrides.push(("Port".to_owned(), p.clone()));
         }
-        for kv in &self.smtp_set {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ConfigError::new("--smtp-set", kv, "expected NAME=VALUE"))?;
-            overrides.push((k.trim().to_owned(), v.to_owned()));
-        }
+        overrides.extend(name_values("--smtp-set", &self.smtp_set)?);
         SmtpConfig::resolve(file, |k| std::env::var(k).ok(), &overrides)
     }
 }
@@ -113,12 +119,7 @@ impl IngressArgs {
         if let Some(t) = &self.time_budget {
             overrides.push(("TimeBudget".to_owned(), t.clone()));
         }
-        for kv in &self.set {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ConfigError::new("--set", kv, "expected NAME=VALUE"))?;
-            overrides.push((k.trim().to_owned(), v.to_owned()));
-        }
+        overrides.extend(name_values("--set", &self.set)?);
         IngressConfig::resolve(file, |k| std::env::var(k).ok(), &overrides)
     }
 }
@@ -161,17 +162,11 @@ async fn main() -> std::process::ExitCode {
             .then(|| cli.smtp.resolve(file.as_ref()))
             .transpose()?;
         // Misspelt keys under busgate's own hosts would be ignored silently.
-        let ingress_properties: Vec<&'static str> = busgate::ingress::http::config::PROPERTIES
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
         let unknown: Vec<_> = file
             .iter()
             .flat_map(|f| {
-                let mut u = f.unknown_properties(
-                    busgate::ingress::http::config::HOSTNAME,
-                    &ingress_properties,
-                );
+                let mut u = busgate::ingress::http::config::SETTINGS.unknown_in(f);
+                u.extend(busgate::ingress::smtp::config::SETTINGS.unknown_in(f));
                 u.extend(f.unknown_properties(metrics_core::HOSTNAME, &[metrics_core::SECRET_KEY]));
                 u
             })

@@ -229,16 +229,7 @@ s.quit()
 "#,
         port = smtp.local_addr().port()
     );
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python(&script).await;
     let res = common::http::get(http.local_addrs()[0], "/eventsink.example/inbox").await;
     assert_eq!(res.status, 200, "{}", res.text());
     let inbox: serde_json::Value = serde_json::from_slice(&res.body).unwrap();

@@ -737,16 +737,7 @@ s.quit()
 "#,
         ca = ca.display().to_string()
     );
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python(&script).await;
     let mails = inbox.wait_for(1).await;
     assert_eq!(mails[0].headers.subject, "secret");
     smtp.shutdown().await;

@@ -378,9 +378,6 @@ impl Observed {
                 (code, true, !timed_out && code != 404)
             }
         };
-        inner
-            .metrics
-            .count_request(&out.url.host, out.url.port, &out.method, code, gen1_error);
         inner.tracer.end(self.span);
         inner.metrics.observe_client(
             &out.url.host,
@@ -391,6 +388,7 @@ impl Observed {
                 failed,
                 elapsed: self.started.elapsed(),
             },
+            gen1_error,
         );
     }
 }
@@ -484,6 +482,15 @@ pub(crate) async fn multicast(
         &mut observed,
     )
     .await;
+    // Responses the inbox handed over before the waiter left came too late for this call:
+    // like those that come after, they mean the responders changed (known responders).
+    let msg_id = waiter.msg_id.clone();
+    drop(waiter);
+    while let Ok(delivery) = rx.try_recv() {
+        if matches!(delivery, Delivery::Response { .. }) {
+            inner.known_responders.late_response(&msg_id);
+        }
+    }
     match results.iter().find_map(|r| r.as_ref().err()) {
         Some(e) if results.len() == 1 => observed.finish(inner, &out, Err(e)),
         _ => observed.finish(inner, &out, Ok((StatusCode::OK, results.len()))),

@@ -193,8 +193,7 @@ pub struct ServiceMetrics {
     nats_registered: std::sync::Once,
     overflows: IntCounterVec,
     server_handles: HandleCache<[usize; 4], (Histogram, Histogram)>,
-    client_handles: HandleCache<[usize; 4], Histogram>,
-    request_count_handles: HandleCache<[usize; 4], IntCounter>,
+    client_handles: HandleCache<[usize; 4], (Histogram, IntCounter)>,
     ack_handles: HandleCache<usize, Histogram>,
     /// Values seen per capped label (a handful of labels: a list beats a map).
     seen: std::sync::RwLock<Vec<(&'static str, InternedValues)>>,
@@ -307,7 +306,6 @@ impl ServiceMetrics {
             seen: std::sync::RwLock::new(Vec::new()),
             server_handles: HandleCache::default(),
             client_handles: HandleCache::default(),
-            request_count_handles: HandleCache::default(),
             ack_handles: HandleCache::default(),
             const_labels: labels.clone(),
             registry,
@@ -422,41 +420,15 @@ impl ServiceMetrics {
         body_size.observe(body as f64);
     }
 
-    pub fn observe_client(&self, host: &str, port: u16, method: &str, outcome: Outcome) {
-        if !self.enabled() {
-            return;
-        }
-        let host = self.capped(L_HOST, host);
-        let method = self.capped(L_METHOD, method);
-        let key = [
-            label_id(&host),
-            port as usize,
-            label_id(&method),
-            outcome_id(&outcome),
-        ];
-        self.client_handles
-            .get(key, || {
-                let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
-                self.client_duration.with_label_values(&[
-                    &*host,
-                    port_buf.format(port),
-                    &method,
-                    code_buf.format(outcome.code),
-                    if outcome.failed { ERROR } else { OK },
-                ])
-            })
-            .observe(outcome.elapsed.as_secs_f64());
-    }
-
-    /// One outgoing call in the generation's request counter. Go v1.7 counts an ack timeout
-    /// as `404`, a deadline as `408` and an `Err` 404 all with `error="OK"`: `counted_as_error`
-    /// says what Go would say.
-    pub fn count_request(
+    /// An outgoing call: busgate's latency histogram and the generation's request counter,
+    /// resolved together. Go v1.7 counts an ack timeout as `404`, a deadline as `408` and an
+    /// `Err` 404 all with `error="OK"`: `counted_as_error` says what Go would say.
+    pub fn observe_client(
         &self,
         host: &str,
         port: u16,
         method: &str,
-        code: u16,
+        outcome: Outcome,
         counted_as_error: bool,
     ) {
         if !self.enabled() {
@@ -468,20 +440,30 @@ impl ServiceMetrics {
             label_id(&host),
             port as usize,
             label_id(&method),
-            (code as usize) << 1 | counted_as_error as usize,
+            outcome_id(&outcome) << 1 | counted_as_error as usize,
         ];
-        self.request_count_handles
-            .get(key, || {
-                let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (duration, count) = self.client_handles.get(key, || {
+            let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let (port, code) = (port_buf.format(port), code_buf.format(outcome.code));
+            (
+                self.client_duration.with_label_values(&[
+                    &*host,
+                    port,
+                    &method,
+                    code,
+                    if outcome.failed { ERROR } else { OK },
+                ]),
                 self.client_requests.with_label_values(&[
                     &*host,
-                    port_buf.format(port),
+                    port,
                     &method,
-                    code_buf.format(code),
+                    code,
                     if counted_as_error { ERROR } else { OK },
-                ])
-            })
-            .inc();
+                ]),
+            )
+        });
+        duration.observe(outcome.elapsed.as_secs_f64());
+        count.inc();
     }
 
     pub fn observe_ack(&self, host: &str, elapsed: Duration) {

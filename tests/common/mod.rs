@@ -385,3 +385,17 @@ pub async fn client(bus: &TestBus) -> busgate::Connector {
         .await
         .unwrap()
 }
+
+/// Run a Python script (`python3 -c`, e.g. smtplib as the real SMTP client); it must succeed.
+pub async fn python(script: &str) {
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .await
+        .expect("python3 is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_duration, ConfigError, ConfigFile};
+use crate::config::{parse_duration, ConfigError, ConfigFile, PropertyTable};
 
 /// The ingress's hostname on the bus.
 pub const HOSTNAME: &str = "http.ingress.core";
@@ -140,16 +140,17 @@ pub const PROPERTIES: [(&str, &str); 12] = [
 /// `BUSGATE_HTTP_INGRESS_PORTS`, `TimeBudget` is `BUSGATE_HTTP_INGRESS_TIME_BUDGET`.
 pub const ENV_PREFIX: &str = "BUSGATE_HTTP_INGRESS_";
 
+/// This component's settings table (host, environment prefix, properties and defaults).
+pub const SETTINGS: PropertyTable = PropertyTable {
+    host: HOSTNAME,
+    env_prefix: ENV_PREFIX,
+    component: "HTTP ingress",
+    properties: &PROPERTIES,
+};
+
 /// The environment variable of a property.
 pub fn env_name(property: &str) -> String {
-    let mut out = String::from(ENV_PREFIX);
-    for (i, c) in property.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
+    SETTINGS.env_name(property)
 }
 
 /// `x:y->z` rules: listener port x, requested internal port y, forced internal port z.
@@ -295,37 +296,13 @@ impl IngressConfig {
         lookup: impl Fn(&str) -> Option<String>,
         overrides: &[(String, String)],
     ) -> Result<IngressConfig, ConfigError> {
-        let mut props: BTreeMap<String, String> = BTreeMap::new();
-        for (name, _) in PROPERTIES {
-            if let Some(v) = file.and_then(|f| f.get(HOSTNAME, name)) {
-                props.insert(name.to_owned(), v.to_owned());
-            }
-            if let Some(v) = lookup(&env_name(name)) {
-                props.insert(name.to_owned(), v);
-            }
-        }
-        for (name, value) in overrides {
-            let canonical = PROPERTIES
-                .iter()
-                .find(|(p, _)| p.eq_ignore_ascii_case(name))
-                .map(|(p, _)| *p)
-                .ok_or_else(|| ConfigError::new(name, value, "unknown HTTP ingress property"))?;
-            props.insert(canonical.to_owned(), value.clone());
-        }
+        let props = SETTINGS.layer(file, lookup, overrides)?;
         IngressConfig::from_properties(&props)
     }
 
     /// Build from property values; a missing property takes its default.
     pub fn from_properties(props: &BTreeMap<String, String>) -> Result<IngressConfig, ConfigError> {
-        let get = |name: &str| -> String {
-            props.get(name).cloned().unwrap_or_else(|| {
-                PROPERTIES
-                    .iter()
-                    .find(|(p, _)| *p == name)
-                    .map(|(_, d)| d.to_string())
-                    .unwrap_or_default()
-            })
-        };
+        let get = |name: &str| SETTINGS.get(props, name);
         let ports_value = get(PORTS);
         let mut ports = Vec::new();
         for p in ports_value

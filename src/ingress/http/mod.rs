@@ -29,7 +29,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_io_timeout::TimeoutStream;
-use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -221,29 +220,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, IngressError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let cert = dir.join(format!("httpingress-{port}-cert.pem"));
-    let key = dir.join(format!("httpingress-{port}-key.pem"));
-    if !cert.exists() && !key.exists() {
-        return Ok(None);
-    }
-    let err = |message: String| IngressError::Tls { port, message };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| err(format!("{}: {e}", cert.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("{}: {e}", cert.display())))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&key).map_err(|e| err(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| err(e.to_string()))?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
+    let tls = super::tls::server_config(dir, "httpingress", port)
+        .map_err(|message| IngressError::Tls { port, message })?;
+    Ok(tls.map(|mut tls| {
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(tls))
+    }))
 }
 
 async fn accept_loop(

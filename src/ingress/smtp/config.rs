@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_duration, ConfigError, ConfigFile};
+use crate::config::{parse_duration, ConfigError, ConfigFile, PropertyTable};
 
 /// The ingress's hostname on the bus.
 pub const HOSTNAME: &str = "smtp.ingress.core";
@@ -58,16 +58,17 @@ pub const PROPERTIES: [(&str, &str); 8] = [
 /// `BUSGATE_SMTP_INGRESS_MAX_SIZE`.
 pub const ENV_PREFIX: &str = "BUSGATE_SMTP_INGRESS_";
 
+/// This component's settings table (host, environment prefix, properties and defaults).
+pub const SETTINGS: PropertyTable = PropertyTable {
+    host: HOSTNAME,
+    env_prefix: ENV_PREFIX,
+    component: "SMTP ingress",
+    properties: &PROPERTIES,
+};
+
 /// The environment variable of a property.
 pub fn env_name(property: &str) -> String {
-    let mut out = String::from(ENV_PREFIX);
-    for (i, c) in property.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
+    SETTINGS.env_name(property)
 }
 
 /// The validated settings of the SMTP ingress.
@@ -112,37 +113,13 @@ impl SmtpConfig {
         lookup: impl Fn(&str) -> Option<String>,
         overrides: &[(String, String)],
     ) -> Result<SmtpConfig, ConfigError> {
-        let mut props: BTreeMap<String, String> = BTreeMap::new();
-        for (name, _) in PROPERTIES {
-            if let Some(v) = file.and_then(|f| f.get(HOSTNAME, name)) {
-                props.insert(name.to_owned(), v.to_owned());
-            }
-            if let Some(v) = lookup(&env_name(name)) {
-                props.insert(name.to_owned(), v);
-            }
-        }
-        for (name, value) in overrides {
-            let canonical = PROPERTIES
-                .iter()
-                .find(|(p, _)| p.eq_ignore_ascii_case(name))
-                .map(|(p, _)| *p)
-                .ok_or_else(|| ConfigError::new(name, value, "unknown SMTP ingress property"))?;
-            props.insert(canonical.to_owned(), value.clone());
-        }
+        let props = SETTINGS.layer(file, lookup, overrides)?;
         SmtpConfig::from_properties(&props)
     }
 
     /// Build from property values; a missing property takes its default.
     pub fn from_properties(props: &BTreeMap<String, String>) -> Result<SmtpConfig, ConfigError> {
-        let get = |name: &str| -> String {
-            props.get(name).cloned().unwrap_or_else(|| {
-                PROPERTIES
-                    .iter()
-                    .find(|(p, _)| *p == name)
-                    .map(|(_, d)| d.to_string())
-                    .unwrap_or_default()
-            })
-        };
+        let get = |name: &str| SETTINGS.get(props, name);
         let boolean = |name: &str| -> Result<bool, ConfigError> {
             let v = get(name);
             match v.trim().to_ascii_lowercase().as_str() {

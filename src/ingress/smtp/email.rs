@@ -238,20 +238,8 @@ pub enum ParseError {
     NoHeaders,
 }
 
-/// Go's `textproto.CanonicalMIMEHeaderKey`: `x-foo-bar` is `X-Foo-Bar`.
-pub fn canonical_header_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = true;
-    for c in name.chars() {
-        if upper {
-            out.push(c.to_ascii_uppercase());
-        } else {
-            out.push(c.to_ascii_lowercase());
-        }
-        upper = c == '-';
-    }
-    out
-}
+/// Go's `textproto.CanonicalMIMEHeaderKey` (`x-foo-bar` is `X-Foo-Bar`), as in frame headers.
+pub use crate::wire::frame::canonical_header_name;
 
 fn addresses(v: Option<&mail_parser::Address<'_>>) -> Vec<Address> {
     v.map(|a| {

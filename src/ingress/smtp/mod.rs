@@ -25,7 +25,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,28 +141,9 @@ impl SmtpIngress {
 }
 
 fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, SmtpError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let cert = dir.join(format!("smtpingress-{port}-cert.pem"));
-    let key = dir.join(format!("smtpingress-{port}-key.pem"));
-    if !cert.exists() && !key.exists() {
-        return Ok(None);
-    }
-    let err = |message: String| SmtpError::Tls { port, message };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| err(format!("{}: {e}", cert.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("{}: {e}", cert.display())))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&key).map_err(|e| err(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| err(e.to_string()))?;
-    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
+    let tls = super::tls::server_config(dir, "smtpingress", port)
+        .map_err(|message| SmtpError::Tls { port, message })?;
+    Ok(tls.map(|tls| TlsAcceptor::from(Arc::new(tls))))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
