@@ -19,8 +19,13 @@ Template variables (queries match them with `=~`, so that multi-select and All w
   Service dashboard it is a service instance (the `id` label).
 
 Thresholds mean something: the server error ratio (5xx) turns red at 0.1 %, the error budget
-of a 99.9 % availability SLO; the any-error ratio turns orange at 5 % and p99 latency red at
-1 s, where the alert rules in compose/prometheus/rules/busgate.yml fire.
+of a 99.9 % availability SLO; the any-error ratio turns orange at 5 %, p99 latency red at 1 s
+and the SMTP deferral ratio (mails answered 451) orange at 10 %, where the alert rules in
+compose/prometheus/rules/busgate.yml fire.
+
+The Gateway overview ends with a group of SMTP panels: the SMTP ingress (`smtp.ingress.core`,
+busgate_smtp_*), selected like the HTTP panels by `$job` and `$instance`. `$instance` lists the
+processes that run the HTTP ingress; with All, a `busgate smtp` process (SMTP only) shows too.
 
 Latency and error panels link, per series, to a Jaeger search of that series' service and
 route (`${__field.labels.*}`), not to one hard-coded service.
@@ -33,6 +38,7 @@ PROM = {"type": "prometheus", "uid": "${datasource}"}
 R = "$__rate_interval"
 ALL = ".*"
 INGRESS = "http.ingress.core"
+SMTP = "smtp.ingress.core"
 
 # Service metrics: the exact names of Microbus fabric v1.7, the wire generation busgate speaks
 # (src/telemetry/names.rs, GEN1_METRICS), so that Go v1.7 services and busgate services fill
@@ -53,6 +59,17 @@ CACHE_LEN = "microbus_cache_len_total"
 CLIENT_DURATION = "busgate_client_request_duration_seconds"  # host, port, method, code, error
 CLIENT_TIMEOUTS = "busgate_client_timeout_requests_total"  # host, port, method
 
+# The SMTP ingress (src/telemetry/names.rs; `reason` values in src/ingress/smtp/metrics.rs).
+SMTP_RECEIVED = "busgate_smtp_messages_received_total"  # every message whose DATA ended
+SMTP_ACCEPTED = "busgate_smtp_messages_accepted_total"  # answered 250
+SMTP_DEFERRED = "busgate_smtp_messages_deferred_total"  # answered 451, by reason (no_sink, sink_error, timeout)
+SMTP_REJECTED = "busgate_smtp_messages_rejected_total"  # 552, 554, by reason (too_large, unparseable)
+SMTP_ERRORS = "busgate_smtp_errors_total"  # protocol errors, refused and dropped connections, by reason
+SMTP_MESSAGE_BYTES = "busgate_smtp_message_bytes"  # histogram, buckets 64 B to 16 MiB
+SMTP_SESSION = "busgate_smtp_session_duration_seconds"  # histogram, 1 ms to 15 min
+SMTP_SINKS = "busgate_smtp_event_sinks_reached"  # histogram, sinks that took one message
+SMTP_OPEN = "busgate_smtp_open_connections"  # gauge
+
 # v1.7's handling-latency buckets start at 5 ms: said wherever a panel shows them.
 V17_BUCKETS_TEXT = ("Service handling latency has v1.7's buckets (5 ms, 10 ms, 25 ms, 50 ms, 100 ms, 250 ms, "
                     "500 ms, 1 s, 5 s, 15 s, 30 s, 60 s): quantiles below 5 ms or between 1 s and 5 s are "
@@ -62,6 +79,7 @@ V17_BUCKETS_TEXT = ("Service handling latency has v1.7's buckets (5 ms, 10 ms, 2
 SLO_ERROR_RATIO = 0.001
 ALERT_ERROR_RATIO = 0.05  # BusgateServiceErrorRatioHigh
 ALERT_P99 = 1.0  # BusgateServiceLatencyP99High
+ALERT_SMTP_DEFERRAL_RATIO = 0.10  # BusgateSmtpDeferralsSustained
 
 SLO_TEXT = ("Green below 0.1 %, red at or above it: 0.1 % is the error budget of a 99.9 % "
             "availability SLO (only server errors, 5xx, count against it; 4xx are the client's).")
@@ -75,6 +93,7 @@ def thresholds(*steps, base="green"):
 SLO_THRESHOLDS = thresholds((SLO_ERROR_RATIO, "red"))
 ALERT_RATIO_THRESHOLDS = thresholds((ALERT_ERROR_RATIO, "orange"))
 LATENCY_THRESHOLDS = thresholds((ALERT_P99 / 2, "yellow"), (ALERT_P99, "red"))
+SMTP_DEFERRAL_THRESHOLDS = thresholds((ALERT_SMTP_DEFERRAL_RATIO, "orange"))
 
 
 def explore_url(query):
@@ -305,7 +324,9 @@ def gateway():
               "against the SLO, latency, connections, bytes, and the bus behind it; per busgate process. The "
               "gateway's own latency (busgate_ingress_*) and its bus call latency (busgate_client_*) have fine "
               "buckets from 50 µs, finer than the services' handling latency, whose buckets are Microbus "
-              "v1.7's from 5 ms (Service and System dashboards).",
+              "v1.7's from 5 ms (Service and System dashboards). At the bottom, the SMTP ingress "
+              "(smtp.ingress.core): mails received, accepted, deferred (451) and rejected, protocol errors, "
+              "connections, message sizes, session times and the sinks each mail reached.",
               [job, instance])
     s = 'job="$job",instance=~"$instance"'
     bus = f'{s},service="{INGRESS}"'
@@ -405,6 +426,77 @@ def gateway():
               (f"sum by (instance) (increase(busgate_nats_reconnects_total{{{bus}}}[{R}])) or vector(0)",
                "reconnects {{instance}}")],
              decimals=0, min=0)
+
+    # The SMTP ingress: mail in, the on-incoming-email event out. Deferred mails (451) come
+    # back: the sender retries; rejected ones (552, 554) do not. Deferrals are rare on a
+    # healthy gateway, so their reason-labelled series may not exist yet: `or vector(0)`
+    # (`or on () vector(0)` per reason: the 0 only while no reason exists).
+    m = f'{s},service="{SMTP}"'
+    smtp_failed_traces = [jaeger_link("Failed SMTP deliveries in Jaeger", SMTP, tags="error=true")]
+    deferred = f"sum(rate({SMTP_DEFERRED}{{{m}}}[{R}])) or vector(0)"
+    b.newline()
+    b.stat("SMTP messages/s", "Mails received over SMTP per second (every message whose DATA ended, whatever "
+           "its outcome), all processes.", "mps",
+           f"sum(rate({SMTP_RECEIVED}{{{m}}}[{R}]))", w=4)
+    b.stat("SMTP deferral ratio", "Share of received mails answered 451 (no sink, a sink error or a sink timeout): "
+           "the sender keeps them and retries. Orange from 10 %, where the deferral alert fires once it lasts "
+           "15 minutes.", "percentunit",
+           f"({deferred}) / sum(rate({SMTP_RECEIVED}{{{m}}}[{R}]))", w=4,
+           thresholds=SMTP_DEFERRAL_THRESHOLDS, decimals=1, links=smtp_failed_traces)
+    b.stat("SMTP rejected/s", "Mails refused for good per second (552 over MaxSize, 554 unparseable): the sender "
+           "bounces them.", "mps",
+           f"sum(rate({SMTP_REJECTED}{{{m}}}[{R}]))", w=4)
+    b.stat("SMTP protocol errors/s", "SMTP protocol errors and refused or dropped connections per second (500, 503, "
+           "421, ...).", "cps",
+           f"sum(rate({SMTP_ERRORS}{{{m}}}[{R}]))", w=4)
+    b.stat("Open SMTP connections", "SMTP client connections open now, all processes (each process admits "
+           "MaxClients, 128 by default).", "short",
+           f"sum({SMTP_OPEN}{{{m}}})", w=4, decimals=0)
+    b.stat("SMTP sinks per mail", "Sinks that took each mail of on-incoming-email without error, on average. "
+           "Red below 1: some mails reached no sink (with RequireSink, the default, those are deferred).", "short",
+           f"sum(rate({SMTP_SINKS}_sum{{{m}}}[{R}])) / sum(rate({SMTP_SINKS}_count{{{m}}}[{R}]))", w=4,
+           thresholds=thresholds((1, "green"), base="red"), decimals=2)
+    b.newline()
+    b.series("SMTP messages/s by outcome", "Mails per second: received (DATA ended), accepted (250, a sink took "
+             "them), deferred (451, the sender retries) and rejected (552, 554, for good).", "mps",
+             [(f"sum(rate({SMTP_RECEIVED}{{{m}}}[{R}]))", "received"),
+              (f"sum(rate({SMTP_ACCEPTED}{{{m}}}[{R}]))", "accepted"),
+              (deferred, "deferred"),
+              (f"sum(rate({SMTP_REJECTED}{{{m}}}[{R}]))", "rejected")], min=0)
+    b.series("SMTP deferral ratio by process", "Share of each process's received mails answered 451; orange line at "
+             "10 %, where the deferral alert fires once it lasts 15 minutes. Click a point for the failed "
+             "deliveries' traces (a deferred mail's trace is kept in PROD).", "percentunit",
+             [(f"(sum by (instance) (rate({SMTP_DEFERRED}{{{m}}}[{R}])) or 0 * sum by (instance) "
+               f"(rate({SMTP_RECEIVED}{{{m}}}[{R}]))) / sum by (instance) (rate({SMTP_RECEIVED}{{{m}}}[{R}]))",
+               "{{instance}}")],
+             thresholds=SMTP_DEFERRAL_THRESHOLDS, min=0, links=smtp_failed_traces)
+    b.series("SMTP deferred by reason", "Mails answered 451 per second by reason: `no_sink` (no service sinks "
+             "smtp.ingress.core:417/on-incoming-email), `sink_error` (a sink answered an error), `timeout` (a "
+             "sink did not answer within TimeBudget). Click a point for the failed deliveries' traces.", "mps",
+             [(f"sum by (reason) (rate({SMTP_DEFERRED}{{{m}}}[{R}])) or on () vector(0)", "{{reason}}")],
+             min=0, links=smtp_failed_traces)
+    b.series("SMTP rejected by reason", "Mails refused for good per second by reason: `too_large` (552, over "
+             "MaxSize, declared at MAIL or found at the end of DATA), `unparseable` (554, no RFC 5322 header).",
+             "mps", [(f"sum by (reason) (rate({SMTP_REJECTED}{{{m}}}[{R}]))", "{{reason}}")], min=0)
+    b.series("SMTP protocol errors by reason", "Protocol errors and refused or dropped connections per second by "
+             "reason: `syntax`, `bad_sequence`, `line_too_long`, `bare_lf`, `refused` (5xx to a command), "
+             "`too_many_clients` (421 over MaxClients), `idle_timeout`, `disconnected_in_data`, `tls`, "
+             "`shutting_down`. A steady trickle of syntax errors is scanners.", "cps",
+             [(f"sum by (reason) (rate({SMTP_ERRORS}{{{m}}}[{R}]))", "{{reason}}")], min=0)
+    b.series("Open SMTP connections by process", "SMTP client connections open per process; one over MaxClients "
+             "(128 by default) is answered 421 and counted as too_many_clients.", "short",
+             [(f"sum by (instance) ({SMTP_OPEN}{{{m}}})", "{{instance}}")], decimals=0, min=0)
+    b.series("SMTP message size", "p50 and p95 of the size of received mails (buckets 64 B, 256 B, 1 KiB, 4 KiB, "
+             "16 KiB, 64 KiB, 256 KiB, 1 MiB, 4 MiB, 16 MiB; MaxSize is 10 MB by default).", "bytes",
+             [(quantile(q, SMTP_MESSAGE_BYTES, m), f"p{int(q * 100)}") for q in (0.5, 0.95)], w=8)
+    b.series("SMTP session duration", "p50 and p99 of the time from connect to disconnect of SMTP sessions "
+             "(buckets 1 ms to 15 min): a quick delivery takes milliseconds, a client left idle up to "
+             "IdleTimeout (5 min).", "s",
+             [(quantile(q, SMTP_SESSION, m), f"p{int(q * 100)}") for q in (0.5, 0.99)], w=8)
+    b.series("SMTP sinks reached per mail", "Sinks that took each mail of on-incoming-email without error, on "
+             "average per process. Below 1, some mails reached no sink.", "short",
+             [(f"sum by (instance) (rate({SMTP_SINKS}_sum{{{m}}}[{R}])) / sum by (instance) "
+               f"(rate({SMTP_SINKS}_count{{{m}}}[{R}]))", "{{instance}}")], w=8, min=0)
     return b
 
 

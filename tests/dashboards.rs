@@ -232,7 +232,7 @@ fn compose_file_validates_and_matches_the_repo() {
             assert!(published.insert(host), "port {host} published twice");
         }
     }
-    let expected: BTreeSet<u16> = [4222, 8222, 8080, 9090, 3000, 16686, 4317, 4318, 9464]
+    let expected: BTreeSet<u16> = [4222, 8222, 8080, 2525, 9090, 3000, 16686, 4317, 4318, 9464]
         .into_iter()
         .collect();
     assert_eq!(published, expected);
@@ -276,6 +276,15 @@ fn compose_file_validates_and_matches_the_repo() {
         .iter()
         .map(|p| p.as_str().unwrap().rsplit(':').next().unwrap().to_owned())
         .collect();
+    // The SMTP ingress listens where its environment says (not 25: the image runs as an
+    // unprivileged user), and that port is published.
+    let smtp_port = busgate["environment"]["BUSGATE_SMTP_INGRESS_PORT"]
+        .as_str()
+        .expect("compose sets BUSGATE_SMTP_INGRESS_PORT, as a string");
+    assert!(
+        container_ports.contains(&smtp_port.to_owned()),
+        "busgate does not publish its SMTP port {smtp_port}"
+    );
     for job in prom["scrape_configs"].as_sequence().unwrap() {
         for target in job["static_configs"][0]["targets"].as_sequence().unwrap() {
             let (host, port) = target.as_str().unwrap().split_once(':').unwrap();

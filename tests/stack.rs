@@ -6,7 +6,8 @@
 //! are moved to free ports on 127.0.0.1. Then, under traffic through the ingress:
 //! - a healthy stack fires no alert, in Prometheus and in promtool's unit test of the rules
 //!   over the healthy process's full exposition, held for hours;
-//! - every dashboard query returns data;
+//! - with mail through the SMTP ingress beside the HTTP traffic (accepted, deferred, rejected,
+//!   a protocol error), every dashboard query returns data;
 //! - the trace of a request is found in Jaeger, parents and services right, and Jaeger's UI
 //!   answers.
 
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use busgate::ingress::smtp::email::{self, Email};
 use busgate::{BusConfig, Ctx, Error, Service};
 use bytes::Bytes;
 use common::http::{build, get, send_raw};
@@ -45,6 +47,7 @@ struct Stack {
     _workdir: TempDir,
     ingress: std::net::SocketAddr,
     admin: std::net::SocketAddr,
+    smtp: std::net::SocketAddr,
     secret: String,
 }
 
@@ -55,7 +58,7 @@ impl Stack {
         let jaeger = Jaeger::start().await;
         let compose = yaml("compose/observability.yml");
         let service = &compose["services"]["busgate"];
-        let (ingress_port, admin_port) = (free_port(), free_port());
+        let (ingress_port, admin_port, smtp_port) = (free_port(), free_port(), free_port());
         // Host names of the compose network become this machine's ports.
         let relocate = |s: &str| {
             s.replace("nats://nats:4222", &nats.url())
@@ -75,7 +78,7 @@ impl Stack {
             .expect("compose passes --ports");
         assert_eq!(args[ports + 1], "8080", "compose's ingress port");
         args[ports + 1] = ingress_port.to_string();
-        let env: BTreeMap<String, String> = service["environment"]
+        let mut env: BTreeMap<String, String> = service["environment"]
             .as_mapping()
             .expect("the busgate service has an environment map")
             .iter()
@@ -93,6 +96,11 @@ impl Stack {
                 "{k}={v} names a compose host this test does not relocate"
             );
         }
+        let smtp_env = env
+            .get_mut("BUSGATE_SMTP_INGRESS_PORT")
+            .expect("compose sets the SMTP port");
+        assert_eq!(smtp_env.as_str(), "2525", "compose's SMTP port");
+        *smtp_env = smtp_port.to_string();
         let secret = env
             .get("BUSGATE_METRICS_SECRET_KEY")
             .cloned()
@@ -116,6 +124,7 @@ impl Stack {
             _workdir: workdir,
             ingress: format!("127.0.0.1:{ingress_port}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            smtp: format!("127.0.0.1:{smtp_port}").parse().unwrap(),
             secret,
         };
         // compose's health check: `busgate probe http://127.0.0.1:9464/readyz`.
@@ -220,9 +229,26 @@ async fn go_service_exposition() -> std::net::SocketAddr {
     addr
 }
 
-/// A user's service beside the examples, with every outcome a dashboard shows.
+/// The subject of the mails that `mixed.test`'s sink fails, so that the SMTP ingress defers
+/// them (451, `sink_error`).
+const DEFERRED_SUBJECT: &str = "defer me";
+
+/// A user's service beside the examples, with every outcome a dashboard shows; also a sink of
+/// `on-incoming-email` beside eventsink.example, which fails the mails titled
+/// [`DEFERRED_SUBJECT`].
 fn mixed() -> Service {
     Service::new("mixed.test")
+        .sink(
+            email::SOURCE,
+            email::ON_INCOMING_EMAIL,
+            email::sink(|_ctx: Ctx, mail: Email| async move {
+                if mail.headers.subject == DEFERRED_SUBJECT {
+                    Err(Error::internal("mixed.test defers this mail"))
+                } else {
+                    Ok(())
+                }
+            }),
+        )
         .get("/ok", |_ctx: Ctx, _req| async {
             Ok(Response::new(Bytes::from_static(b"ok")))
         })
@@ -261,7 +287,11 @@ const MIXED: [&str; 8] = [
 
 /// Requests to `paths`, round after round, until stopped; a GET with a body too when
 /// `with_body` (request body metrics).
-fn traffic(addr: std::net::SocketAddr, paths: &'static [&'static str], with_body: bool) -> Traffic {
+fn traffic(
+    addr: std::net::SocketAddr,
+    paths: &'static [&'static str],
+    with_body: bool,
+) -> Traffic<BTreeMap<(String, u16), u32>> {
     let running = Arc::new(AtomicBool::new(true));
     let flag = running.clone();
     let task = tokio::spawn(async move {
@@ -283,19 +313,70 @@ fn traffic(addr: std::net::SocketAddr, paths: &'static [&'static str], with_body
     Traffic { running, task }
 }
 
-struct Traffic {
+struct Traffic<T> {
     running: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<BTreeMap<(String, u16), u32>>,
+    task: tokio::task::JoinHandle<T>,
 }
 
-impl Traffic {
-    async fn stop(self) -> BTreeMap<(String, u16), u32> {
+impl<T> Traffic<T> {
+    async fn stop(self) -> T {
         self.running.store(false, Ordering::Relaxed);
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("traffic stops")
             .unwrap()
     }
+}
+
+/// One SMTP session of every outcome the SMTP panels show, with Python's smtplib as the client
+/// (as in tests/smtp.rs): a mail accepted (eventsink.example and mixed.test take it), one
+/// deferred (mixed.test's sink fails it: 451), one unparseable (554) and one declared over
+/// MaxSize (552 at MAIL), and an unknown command (500). The script asserts each reply.
+fn mail_round_script(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("{ip}", {port}, timeout=30)
+s.ehlo("stack.test")
+s.sendmail("ann@client.test", ["bob@stack.test"], b"Subject: stack\r\n\r\nHello\r\n")
+def refused(msg, code):
+    try:
+        s.sendmail("ann@client.test", ["bob@stack.test"], msg)
+    except smtplib.SMTPDataError as e:
+        assert e.smtp_code == code, (code, e.smtp_code, e.smtp_error)
+    else:
+        raise AssertionError("accepted, expected %d" % code)
+refused(b"Subject: {deferred}\r\n\r\nretry me\r\n", 451)
+refused(b"no header here, just words\r\n", 554)
+code, text = s.mail("ann@client.test", ["SIZE=999999999"])
+assert code == 552, (code, text)
+s.rset()
+code, text = s.docmd("HELLO there")
+assert code == 500, (code, text)
+s.quit()
+"#,
+        ip = addr.ip(),
+        port = addr.port(),
+        deferred = DEFERRED_SUBJECT,
+    )
+}
+
+/// SMTP sessions of [`mail_round_script`], one after another, until stopped; the number of
+/// sessions. A failed session fails the test when it is stopped.
+fn mail_traffic(addr: std::net::SocketAddr) -> Traffic<u32> {
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = running.clone();
+    let script = mail_round_script(addr);
+    let task = tokio::spawn(async move {
+        let mut sessions = 0;
+        while flag.load(Ordering::Relaxed) {
+            common::python(&script).await;
+            sessions += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        sessions
+    });
+    Traffic { running, task }
 }
 
 fn results(v: &Value) -> Vec<Value> {
@@ -557,6 +638,16 @@ async fn the_stack_runs_for_real_alerts_stay_quiet_dashboards_fill_and_traces_re
         .await
         .unwrap();
     let mixed_traffic = traffic(stack.ingress, &MIXED, true);
+    // Mail beside it: compose's SMTP port (relocated) takes it. One session first, so that a
+    // wrong reply fails here, with the script's message; then sessions until the end.
+    assert!(
+        tokio::net::TcpStream::connect(stack.smtp).await.is_ok(),
+        "the SMTP ingress listens on compose's BUSGATE_SMTP_INGRESS_PORT (moved to {}):\n{}",
+        stack.smtp,
+        stack.log()
+    );
+    common::python(&mail_round_script(stack.smtp)).await;
+    let mail = mail_traffic(stack.smtp);
     wait_for(
         &prometheus,
         "count_over_time(microbus_response_duration_seconds_count{job=\"bus\",service=\"mixed.test\",handler=\"mixed.test:443/call\"}[1m])",
@@ -567,6 +658,21 @@ async fn the_stack_runs_for_real_alerts_stay_quiet_dashboards_fill_and_traces_re
         &prometheus,
         "count_over_time(busgate_ingress_request_duration_seconds_count{job=\"busgate\",route=\"mixed.test:443\"}[1m])",
         4.0,
+    )
+    .await;
+    // Every outcome of mail, in the `bus` job the dashboard queries read here.
+    for series in [
+        "busgate_smtp_messages_deferred_total{job=\"bus\",reason=\"sink_error\"}",
+        "busgate_smtp_messages_rejected_total{job=\"bus\",reason=\"unparseable\"}",
+        "busgate_smtp_messages_rejected_total{job=\"bus\",reason=\"too_large\"}",
+        "busgate_smtp_errors_total{job=\"bus\",reason=\"syntax\"}",
+    ] {
+        wait_for(&prometheus, &format!("count_over_time({series}[1m])"), 4.0).await;
+    }
+    wait_for(
+        &prometheus,
+        "increase(busgate_smtp_messages_accepted_total{job=\"bus\",service=\"smtp.ingress.core\"}[1m])",
+        1.0,
     )
     .await;
     // Every metric a dashboard names is in busgate's exposition (traffic of every kind made
@@ -722,5 +828,7 @@ async fn the_stack_runs_for_real_alerts_stay_quiet_dashboards_fill_and_traces_re
     assert!(ui.text().to_lowercase().contains("<html"), "Jaeger's UI");
 
     let _ = mixed_traffic.stop().await;
+    let sessions = mail.stop().await;
+    assert!(sessions >= 1, "SMTP sessions ran beside the HTTP traffic");
     user.shutdown().await;
 }
