@@ -538,6 +538,15 @@ mod unknown_property_tests {
     }
 }
 
+/// A boolean property: `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+pub fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(name, value, "expected true or false")),
+    }
+}
+
 /// Parse a Go-style duration: `20s`, `5m`, `1h30m`, `250ms`, or `0`.
 pub fn parse_duration(name: &str, value: &str) -> Result<std::time::Duration, ConfigError> {
     let v = value.trim();

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use busgate::ingress::http::middleware::handle;
 use busgate::ingress::http::middleware::ConnInfo;
-use busgate::ingress::http::{router, HttpIngress, IngressConfig, Shared};
+use busgate::ingress::http::{HttpIngress, IngressConfig, Shared};
 use busgate::{examples, Connector, Ctx, Service};
 use bytes::Bytes;
 use common::http::{build, get, read_response, request, send_on, send_raw, upload, RawResponse};
@@ -400,7 +401,6 @@ async fn tls_listener_from_cert_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_redirect_when_tls_serves_443() {
-    use tower::ServiceExt;
     let conn = Service::new("redirect.test")
         .start(&busgate::BusConfig::in_process())
         .await
@@ -412,28 +412,24 @@ async fn secure_redirect_when_tls_serves_443() {
         memory: busgate::ingress::http::memory::MemoryBudget::new(1 << 20),
         tls_ports: [443].into_iter().collect(),
     });
-    let app = router(shared);
     // The port is the Host's (80 when it has none), as in Go; the listener's does not matter.
     let request = |method: &str, host: &str, tls: bool| {
-        let mut req = http::Request::builder()
+        let req = http::Request::builder()
             .method(method)
             .uri("/hello.example/hello?name=x")
             .header("host", host)
             .body(axum::body::Body::empty())
             .unwrap();
-        req.extensions_mut().insert(ConnInfo {
+        let info = ConnInfo {
             listen_port: 8080,
             tls,
             peer: "198.51.100.1:5000".parse().unwrap(),
-        });
-        req
+        };
+        (info, req)
     };
     for host in ["www.example.com:80", "www.example.com"] {
-        let res = app
-            .clone()
-            .oneshot(request("GET", host, false))
-            .await
-            .unwrap();
+        let (info, req) = request("GET", host, false);
+        let res = handle(&shared, info, req).await;
         assert_eq!(res.status(), 307, "{host}");
         assert_eq!(
             res.headers()["location"],
@@ -446,11 +442,8 @@ async fn secure_redirect_when_tls_serves_443() {
         ("GET", "www.example.com:8080", false),
         ("GET", "www.example.com:80", true),
     ] {
-        let res = app
-            .clone()
-            .oneshot(request(method, host, tls))
-            .await
-            .unwrap();
+        let (info, req) = request(method, host, tls);
+        let res = handle(&shared, info, req).await;
         assert_ne!(res.status(), 307, "{method} {host} {tls}");
     }
     conn.shutdown().await;

@@ -30,10 +30,42 @@ struct Inner {
     state: watch::Sender<ConnectionState>,
 }
 
+/// Distinct subjects whose routes are remembered; past it the memory is cleared (paths from
+/// the ingress are unbounded, the subjects in steady use are few).
+pub const ROUTE_CACHE_MAX: usize = 4096;
+
 #[derive(Default)]
 struct Registry {
     next_id: u64,
     subs: HashMap<u64, Entry>,
+    /// Where each subject published lately goes, so that a publish neither scans every
+    /// subscription nor groups queues anew. Cleared whenever a subscription comes or goes.
+    routes: HashMap<String, Arc<[Route]>>,
+}
+
+/// One destination of a subject: a plain subscription, or a queue group (one random member).
+enum Route {
+    Plain(mpsc::Sender<BusMessage>),
+    Group(Vec<mpsc::Sender<BusMessage>>),
+}
+
+impl Registry {
+    fn routes_of(&self, subject: &str) -> Arc<[Route]> {
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let mut routes = Vec::new();
+        let mut groups: HashMap<&str, Vec<mpsc::Sender<BusMessage>>> = HashMap::new();
+        for entry in self.subs.values() {
+            if !matches(&entry.pattern, &tokens) {
+                continue;
+            }
+            match &entry.queue {
+                Some(q) => groups.entry(q.as_str()).or_default().push(entry.tx.clone()),
+                None => routes.push(Route::Plain(entry.tx.clone())),
+            }
+        }
+        routes.extend(groups.into_values().map(Route::Group));
+        routes.into()
+    }
 }
 
 struct Entry {
@@ -96,21 +128,34 @@ impl InProcBus {
                 format!("invalid subject '{subject}'"),
             ));
         }
-        let tokens: Vec<&str> = subject.split('.').collect();
-        let registry = self.inner.registry.read().expect("registry lock poisoned");
-        let mut groups: HashMap<&str, Vec<&Entry>> = HashMap::new();
-        for entry in registry.subs.values() {
-            if !matches(&entry.pattern, &tokens) {
-                continue;
+        let cached = self
+            .inner
+            .registry
+            .read()
+            .expect("registry lock poisoned")
+            .routes
+            .get(subject)
+            .cloned();
+        let routes = match cached {
+            Some(routes) => routes,
+            None => {
+                let mut registry = self.inner.registry.write().expect("registry lock poisoned");
+                let routes = registry.routes_of(subject);
+                if registry.routes.len() >= ROUTE_CACHE_MAX {
+                    registry.routes.clear();
+                }
+                registry.routes.insert(subject.to_owned(), routes.clone());
+                routes
             }
-            match &entry.queue {
-                Some(q) => groups.entry(q.as_str()).or_default().push(entry),
-                None => deliver(entry, subject, &payload),
+        };
+        for route in routes.iter() {
+            match route {
+                Route::Plain(tx) => deliver(tx, subject, &payload),
+                Route::Group(members) => {
+                    let pick = rand::rng().random_range(0..members.len());
+                    deliver(&members[pick], subject, &payload);
+                }
             }
-        }
-        for members in groups.values() {
-            let pick = rand::rng().random_range(0..members.len());
-            deliver(members[pick], subject, &payload);
         }
         Ok(())
     }
@@ -119,6 +164,7 @@ impl InProcBus {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_CAPACITY);
         let mut registry = self.inner.registry.write().expect("registry lock poisoned");
         registry.next_id += 1;
+        registry.routes.clear();
         let id = registry.next_id;
         registry.subs.insert(
             id,
@@ -146,12 +192,12 @@ impl InProcBus {
     }
 }
 
-fn deliver(entry: &Entry, subject: &str, payload: &Bytes) {
+fn deliver(tx: &mpsc::Sender<BusMessage>, subject: &str, payload: &Bytes) {
     let msg = BusMessage {
         subject: subject.to_owned(),
         payload: payload.clone(),
     };
-    if entry.tx.try_send(msg).is_err() {
+    if tx.try_send(msg).is_err() {
         // Same policy as a NATS slow consumer: the message is dropped, not queued without bound.
         tracing::warn!(
             subject,
@@ -201,11 +247,10 @@ impl InProcSubscription {
     /// Remove the subscription; buffered messages are still returned, then `None`.
     pub fn drain(&mut self) {
         if let Some(bus) = self.bus.upgrade() {
-            bus.registry
-                .write()
-                .expect("registry lock poisoned")
-                .subs
-                .remove(&self.id);
+            let mut registry = bus.registry.write().expect("registry lock poisoned");
+            if registry.subs.remove(&self.id).is_some() {
+                registry.routes.clear();
+            }
         }
     }
 }
@@ -264,6 +309,31 @@ mod tests {
         assert_eq!(got.0 + got.1, 100);
         assert!(got.0 > 0 && got.1 > 0, "both queue members serve: {got:?}");
         assert_eq!(got.2, 100);
+    }
+
+    #[tokio::test]
+    async fn remembered_routes_follow_subscriptions_as_they_come_and_go() {
+        let bus = InProcBus::new();
+        let mut first = bus.subscribe("r.*", None);
+        bus.publish("r.x", Bytes::from_static(b"1")).unwrap();
+        // A route is remembered for r.x now; a new subscriber must still be reached.
+        let mut second = bus.subscribe("r.x", Some("q".into()));
+        bus.publish("r.x", Bytes::from_static(b"2")).unwrap();
+        assert_eq!(first.next().await.unwrap().payload, "1");
+        assert_eq!(first.next().await.unwrap().payload, "2");
+        assert_eq!(second.next().await.unwrap().payload, "2");
+        // And one that left is not: its channel closes once drained.
+        first.drain();
+        bus.publish("r.x", Bytes::from_static(b"3")).unwrap();
+        assert!(first.next().await.is_none());
+        assert_eq!(second.next().await.unwrap().payload, "3");
+        // Past the cap the memory starts over, and delivery goes on.
+        for i in 0..ROUTE_CACHE_MAX + 10 {
+            bus.publish(&format!("other.{i}"), Bytes::new()).unwrap();
+        }
+        assert!(bus.inner.registry.read().unwrap().routes.len() <= ROUTE_CACHE_MAX);
+        bus.publish("r.x", Bytes::from_static(b"4")).unwrap();
+        assert_eq!(second.next().await.unwrap().payload, "4");
     }
 
     #[tokio::test]

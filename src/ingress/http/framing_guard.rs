@@ -25,6 +25,9 @@ pub const CONFLICT_MARKER: &str = "x-smuggled-len";
 
 const _: () = assert!(CONFLICT_MARKER.len() == "content-length".len());
 
+/// Room made in the read buffer before each read from the socket.
+const READ_CHUNK: usize = 16 * 1024;
+
 #[derive(Debug)]
 enum State {
     /// Collecting a request head; nothing is released until it is complete.
@@ -169,9 +172,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Decide how the body after `head` is framed, renaming a conflicting `Content-Length`.
 fn examine_head(head: &mut BytesMut) -> State {
-    let mut slots = [httparse::EMPTY_HEADER; 256];
-    let mut req = httparse::Request::new(&mut slots);
-    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+    // Uninitialised slots: initialising 256 headers wrote 8 KiB per request.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; 256];
+    let mut req = httparse::Request::new(&mut []);
+    let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(head, &mut slots) else {
         return State::Passthrough;
     };
     if req.method == Some("CONNECT") {
@@ -233,10 +237,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
             } else if this.head_deadline.is_none() {
                 this.head_deadline = Some(Box::pin(tokio::time::sleep(this.header_timeout)));
             }
-            // Uninitialised: zeroing 16 KiB before every read cost more than the read.
-            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
-            let mut rb = ReadBuf::uninit(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+            // Straight into `pending`'s spare room, uninitialised: the bytes are copied once
+            // on their way to hyper (into its buffer, above), nowhere else.
+            if this.pending.capacity() - this.pending.len() < READ_CHUNK {
+                this.pending.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.pending) {
                 Poll::Pending => {
                     if let Some(deadline) = this.head_deadline.as_mut() {
                         if deadline.as_mut().poll(cx).is_ready() {
@@ -249,9 +255,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let filled = rb.filled();
-                    if filled.is_empty() {
+                Poll::Ready(Ok(read)) => {
+                    if read == 0 {
                         // EOF: release whatever was held so hyper sees the truncated head.
                         let rest = this.pending.split();
                         this.ready.unsplit(rest);
@@ -260,7 +265,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                         }
                         continue;
                     }
-                    this.pending.extend_from_slice(filled);
                     this.advance();
                 }
             }

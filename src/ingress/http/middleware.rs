@@ -1,21 +1,28 @@
-//! The ingress middleware, one named layer each, in the reference's order (§4.2) from the
-//! outside in: error printer, blocked paths, access log, secure redirect, CORS, X-Forwarded,
-//! internal headers, root path, timeout, cache control, compression, default favicon.
+//! The ingress middleware, one named stage each, in the reference's order (§4.2) from the
+//! outside in: telemetry, error printer, blocked paths, access log, secure redirect, CORS,
+//! X-Forwarded, internal headers, root path, timeout, cache control, compression, default
+//! favicon, then the proxy.
 //!
-//! Inner layers report an error by returning [`error_response`]: an empty response carrying
-//! the [`IngressError`]; the error printer, outermost, renders it once.
+//! Each stage is a plain async function that calls the next one by name ([`handle`] is the
+//! outermost): the whole chain compiles into one future, boxed once per request, instead of a
+//! boxed service and future per layer. Compression is tower-http's layer, around the last two
+//! stages.
+//!
+//! Inner stages report an error by returning [`error_response`]: an empty response carrying
+//! the [`IngressError`]; the error printer, outer, renders it once.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
 
 use super::Shared;
 use crate::error::Error;
@@ -65,6 +72,26 @@ pub fn error_response(err: Error) -> Response {
 pub fn empty_not_found() -> Response {
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::NOT_FOUND;
+    res
+}
+
+/// The whole middleware chain and the proxy, for one request that came in on `info`.
+///
+/// As axum's router did before: a response whose body size is known gets its
+/// `Content-Length`, and the response to a `HEAD` has no body.
+pub async fn handle(shared: &Shared, info: ConnInfo, mut req: Request) -> Response {
+    req.extensions_mut().insert(info);
+    let head = req.method() == Method::HEAD;
+    let mut res = telemetry(shared, req).await;
+    if !res.headers().contains_key(header::CONTENT_LENGTH) {
+        if let Some(size) = axum::body::HttpBody::size_hint(res.body()).exact() {
+            res.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+    }
+    if head {
+        *res.body_mut() = Body::empty();
+    }
     res
 }
 
@@ -153,11 +180,7 @@ fn new_trace_id() -> String {
 /// The root SERVER span of every request `:<port><path>`, continued from the client's
 /// `traceparent` only on trusted listeners; `Server-Timing` with total and bus time; the
 /// ingress metrics per listener and target.
-pub async fn telemetry(
-    State(shared): State<Arc<Shared>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     use tracing::Instrument;
 
     use crate::telemetry::names::*;
@@ -189,7 +212,7 @@ pub async fn telemetry(
             a.str(A_URL_PATH, &path);
             a.str(A_URL_SCHEME, if info.tls { "https" } else { "http" });
             a.int(A_SERVER_PORT, info.listen_port as i64);
-            a.str(A_CLIENT_ADDRESS, ip_text(client_ip(&shared, &req)).as_str());
+            a.str(A_CLIENT_ADDRESS, ip_text(client_ip(shared, &req)).as_str());
             a.str(A_HTTP_ROUTE, &route);
             if let Some(q) = req.uri().query() {
                 a.str(A_URL_QUERY, q);
@@ -218,7 +241,7 @@ pub async fn telemetry(
         id = %shared.conn.id(),
         trace_id = %trace_id,
     );
-    let mut res = next.run(req).instrument(log_span).await;
+    let mut res = error_printer(shared, req).instrument(log_span).await;
     listener.in_flight.dec();
 
     let elapsed = started.elapsed();
@@ -274,19 +297,15 @@ pub async fn telemetry(
 
 /// Renders an [`IngressError`] as `text/plain`: the full error and stack for a client on
 /// localhost, `<status text> <trace id>` for anyone else; every error page names its trace.
-pub async fn error_printer(
-    State(shared): State<Arc<Shared>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn error_printer(shared: &Shared, mut req: Request) -> Response {
     let trace_id = req
         .extensions()
         .get::<TraceId>()
         .cloned()
         .unwrap_or_else(|| TraceId(new_trace_id()));
     req.extensions_mut().insert(trace_id.clone());
-    let local = client_ip(&shared, &req).is_loopback();
-    let mut res = next.run(req).await;
+    let local = client_ip(shared, &req).is_loopback();
+    let mut res = blocked_paths(shared, req).await;
     // Left in place: the telemetry layer records it on the span.
     let Some(IngressError(err)) = res.extensions().get::<IngressError>().cloned() else {
         return res;
@@ -313,17 +332,13 @@ pub async fn error_printer(
 }
 
 /// Paths that scanners probe get a 404 without reaching the bus.
-pub async fn blocked_paths(
-    State(shared): State<Arc<Shared>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn blocked_paths(shared: &Shared, req: Request) -> Response {
     if shared.config.blocked_paths.blocks(req.uri().path()) {
         let mut res = error_response(Error::not_found("not found"));
         res.extensions_mut().insert(Blocked);
         return res;
     }
-    next.run(req).await
+    access_log(shared, req).await
 }
 
 /// Marks the response to a blocked path, so that its metrics say `route="_blocked"`.
@@ -337,27 +352,24 @@ fn truncated(s: &str, max: usize) -> &str {
     }
 }
 
-/// "Request received" for every request but metrics scrapes; "Serving" with the error when
-/// one happened: 404 at INFO, other 4xx at WARN, 5xx at ERROR.
-pub async fn access_log(req: Request, next: Next) -> Response {
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let quiet = path_and_query.starts_with("/metrics.core");
-    if !quiet {
-        tracing::info!(path = truncated(&path_and_query, 512), method = %req.method(), "Request received");
+/// "Request received" for every request but metrics scrapes when `AccessLog` is on; "Serving"
+/// with the error when one happened: 404 at INFO, other 4xx at WARN, 5xx at ERROR.
+async fn access_log(shared: &Shared, req: Request) -> Response {
+    // A clone of the URI shares its bytes: no copy unless a line is written.
+    let uri = req.uri().clone();
+    let path_and_query = || uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    if shared.config.access_log && !path_and_query().starts_with("/metrics.core") {
+        tracing::info!(path = truncated(path_and_query(), 512), method = %req.method(), "Request received");
     }
-    let res = next.run(req).await;
+    let res = secure_redirect(shared, req).await;
     if let Some(IngressError(err)) = res.extensions().get::<IngressError>() {
         let status = err.status().as_u16();
         if status == 404 {
-            tracing::info!(error = %err, path = truncated(&path_and_query, 512), status, "Serving");
+            tracing::info!(error = %err, path = truncated(path_and_query(), 512), status, "Serving");
         } else if status < 500 {
-            tracing::warn!(error = %err, path = truncated(&path_and_query, 512), status, "Serving");
+            tracing::warn!(error = %err, path = truncated(path_and_query(), 512), status, "Serving");
         } else {
-            tracing::error!(error = %err, path = truncated(&path_and_query, 2048), status, "Serving");
+            tracing::error!(error = %err, path = truncated(path_and_query(), 2048), status, "Serving");
         }
     }
     res
@@ -365,11 +377,7 @@ pub async fn access_log(req: Request, next: Next) -> Response {
 
 /// Plain `GET` on port 80 (the `Host`'s port, as Go takes it) goes to `https://` when TLS
 /// serves port 443.
-pub async fn secure_redirect(
-    State(shared): State<Arc<Shared>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn secure_redirect(shared: &Shared, req: Request) -> Response {
     let info = conn_info(&req);
     if !info.tls
         && super::proxy::external_port(req.headers(), req.uri(), info.tls) == "80"
@@ -397,15 +405,15 @@ pub async fn secure_redirect(
             return res;
         }
     }
-    next.run(req).await
+    cors(shared, req).await
 }
 
 /// Microbus's CORS: only with an `Origin`; a disallowed origin is 403, an allowed one is
 /// echoed (never `*`) with credentials; a preflight `OPTIONS` is answered 204 here.
 /// (tower-http's CorsLayer omits headers instead of refusing, so this one is ours.)
-pub async fn cors(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+async fn cors(shared: &Shared, req: Request) -> Response {
     let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-        return next.run(req).await;
+        return x_forward(shared, req).await;
     };
     let origin_str = origin.to_str().unwrap_or("");
     if !shared.config.allowed_origins.allows(origin_str) {
@@ -420,7 +428,7 @@ pub async fn cors(State(shared): State<Arc<Shared>>, req: Request, next: Next) -
         *res.status_mut() = StatusCode::NO_CONTENT;
         res
     } else {
-        next.run(req).await
+        x_forward(shared, req).await
     };
     let star = HeaderValue::from_static("*");
     let h = res.headers_mut();
@@ -443,11 +451,7 @@ const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path")
 
 /// `X-Forwarded-*` from a trusted proxy are kept; from anyone else they are replaced by what
 /// this ingress saw. `X-Forwarded-Path` is always the external path.
-pub async fn x_forward(
-    State(shared): State<Arc<Shared>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn x_forward(shared: &Shared, mut req: Request) -> Response {
     let info = conn_info(&req);
     let trusted = shared.config.trusted_proxies.contains(&info.peer.ip());
     let path = req.uri().path().to_owned();
@@ -479,7 +483,7 @@ pub async fn x_forward(
     if let Ok(v) = HeaderValue::from_str(&path) {
         headers.insert(X_FORWARDED_PATH, v);
     }
-    next.run(req).await
+    internal_headers(shared, req).await
 }
 
 fn strip_internal(headers: &mut http::HeaderMap) {
@@ -494,15 +498,15 @@ fn strip_internal(headers: &mut http::HeaderMap) {
 }
 
 /// `Microbus-*`, `Traceparent` and `Tracestate` never cross the ingress, in either direction.
-pub async fn internal_headers(mut req: Request, next: Next) -> Response {
+async fn internal_headers(shared: &Shared, mut req: Request) -> Response {
     strip_internal(req.headers_mut());
-    let mut res = next.run(req).await;
+    let mut res = root_path(shared, req).await;
     strip_internal(res.headers_mut());
     res
 }
 
 /// `/` is the service `root`.
-pub async fn root_path(mut req: Request, next: Next) -> Response {
+async fn root_path(shared: &Shared, mut req: Request) -> Response {
     if req.uri().path() == "/" {
         let pq = match req.uri().query() {
             Some(q) => format!("/root?{q}"),
@@ -512,14 +516,14 @@ pub async fn root_path(mut req: Request, next: Next) -> Response {
             *req.uri_mut() = uri;
         }
     }
-    next.run(req).await
+    timeout(shared, req).await
 }
 
 /// The header a client uses to ask for a different budget, in whole seconds.
 pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
 
 /// The deadline: `TimeBudget`, or `Request-Timeout` seconds when the client sends a positive one.
-pub async fn timeout(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+async fn timeout(shared: &Shared, mut req: Request) -> Response {
     let asked = req
         .headers()
         .get(REQUEST_TIMEOUT_HEADER)
@@ -530,24 +534,50 @@ pub async fn timeout(State(shared): State<Arc<Shared>>, mut req: Request, next: 
     let budget = asked.or(Some(shared.config.time_budget).filter(|b| !b.is_zero()));
     req.extensions_mut()
         .insert(Deadline(budget.map(|b| Instant::now() + b)));
-    next.run(req).await
+    cache_control(shared, req).await
 }
 
 /// Nothing is cached unless the service says so.
-pub async fn cache_control(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
+async fn cache_control(shared: &Shared, req: Request) -> Response {
+    let mut res = compression(shared, req).await;
     res.headers_mut()
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     res
 }
 
+/// Responses smaller than this are not worth compressing (Microbus's threshold).
+pub const COMPRESSION_MIN_BYTES: u64 = 1024;
+
+/// tower-http's compression (br, deflate, gzip) of responses over [`COMPRESSION_MIN_BYTES`],
+/// except media and event streams, around the default favicon and the proxy.
+async fn compression(shared: &Shared, req: Request) -> Response {
+    let compress_when = SizeAbove::new(COMPRESSION_MIN_BYTES)
+        .and(NotForContentType::const_new("image/"))
+        .and(NotForContentType::const_new("video/"))
+        .and(NotForContentType::const_new("audio/"))
+        .and(NotForContentType::const_new("text/event-stream"));
+    let inner = tower::service_fn(|req: Request| async move {
+        Ok::<_, std::convert::Infallible>(default_favicon(shared, req).await)
+    });
+    let compressed = CompressionLayer::new()
+        .br(true)
+        .deflate(true)
+        .gzip(true)
+        .compress_when(compress_when)
+        .layer(inner);
+    match compressed.oneshot(req).await {
+        Ok(res) => res.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
 static FAVICON: &[u8] = include_bytes!("favicon.ico");
 
 /// A service-less `/favicon.ico` gets a built-in icon instead of a 404.
-pub async fn default_favicon(req: Request, next: Next) -> Response {
+async fn default_favicon(shared: &Shared, req: Request) -> Response {
     let is_favicon = req.uri().path() == "/favicon.ico";
-    let res = next.run(req).await;
+    let res = super::proxy::proxy(shared, req).await;
     if is_favicon
         && res
             .extensions()

@@ -19,21 +19,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::middleware::from_fn;
-use axum::middleware::from_fn_with_state;
-use axum::Router;
+use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tower_http::compression::CompressionLayer;
 
 pub use config::IngressConfig;
 use framing_guard::FramingGuard;
@@ -44,8 +38,7 @@ use crate::config::BusConfig;
 use crate::connector::{Connector, Service, StartError};
 use crate::telemetry::metrics::IngressMetrics;
 
-/// Responses smaller than this are not worth compressing (Microbus's threshold).
-pub const COMPRESSION_MIN_BYTES: u64 = 1024;
+pub use middleware::COMPRESSION_MIN_BYTES;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,7 +112,6 @@ impl HttpIngress {
             conn,
             tls_ports,
         });
-        let router = router(shared.clone());
         let stop = CancellationToken::new();
         let graceful = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
         let mut addrs = Vec::new();
@@ -134,7 +126,6 @@ impl HttpIngress {
                 listener,
                 addr.port(),
                 tls,
-                router.clone(),
                 shared.clone(),
                 stop.clone(),
                 graceful.clone(),
@@ -184,39 +175,32 @@ impl HttpIngress {
     }
 }
 
-/// The middleware stack in the reference's order (outermost first) around the proxy.
-pub fn router(shared: Arc<Shared>) -> Router {
-    let compress_when = SizeAbove::new(COMPRESSION_MIN_BYTES)
-        .and(NotForContentType::const_new("image/"))
-        .and(NotForContentType::const_new("video/"))
-        .and(NotForContentType::const_new("audio/"))
-        .and(NotForContentType::const_new("text/event-stream"));
-    let s = shared.clone();
-    Router::new()
-        .fallback(proxy::proxy)
-        .layer(
-            ServiceBuilder::new()
-                .layer(from_fn_with_state(s.clone(), middleware::telemetry))
-                .layer(from_fn_with_state(s.clone(), middleware::error_printer))
-                .layer(from_fn_with_state(s.clone(), middleware::blocked_paths))
-                .layer(from_fn(middleware::access_log))
-                .layer(from_fn_with_state(s.clone(), middleware::secure_redirect))
-                .layer(from_fn_with_state(s.clone(), middleware::cors))
-                .layer(from_fn_with_state(s.clone(), middleware::x_forward))
-                .layer(from_fn(middleware::internal_headers))
-                .layer(from_fn(middleware::root_path))
-                .layer(from_fn_with_state(s.clone(), middleware::timeout))
-                .layer(from_fn(middleware::cache_control))
-                .layer(
-                    CompressionLayer::new()
-                        .br(true)
-                        .deflate(true)
-                        .gzip(true)
-                        .compress_when(compress_when),
-                )
-                .layer(from_fn(middleware::default_favicon)),
-        )
-        .with_state(shared)
+/// The ingress as hyper sees it on one connection: each request goes through the middleware
+/// chain ([`middleware::handle`]) with the connection's [`ConnInfo`], one boxed future each.
+#[derive(Clone)]
+pub struct IngressService {
+    shared: Arc<Shared>,
+    info: ConnInfo,
+}
+
+impl IngressService {
+    pub fn new(shared: Arc<Shared>, info: ConnInfo) -> IngressService {
+        IngressService { shared, info }
+    }
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for IngressService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        let info = self.info;
+        Box::pin(async move { Ok(middleware::handle(&shared, info, req.map(Body::new)).await) })
+    }
 }
 
 fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, IngressError> {
@@ -232,7 +216,6 @@ async fn accept_loop(
     listener: TcpListener,
     listen_port: u16,
     tls: Option<TlsAcceptor>,
-    router: Router,
     shared: Arc<Shared>,
     stop: CancellationToken,
     graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
@@ -268,7 +251,7 @@ async fn accept_loop(
             tls: tls.is_some(),
             peer,
         };
-        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(info)));
+        let service = IngressService::new(shared.clone(), info);
         let Some(watcher) = graceful
             .lock()
             .expect("graceful lock")

@@ -1,11 +1,10 @@
 //! The proxy itself (reference §4.3): the first path segment names the bus host (and port),
 //! the rest is the path; the body is read within the memory budget and sent as a unicast.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -87,7 +86,8 @@ pub fn external_port<'a>(headers: &'a HeaderMap, uri: &'a http::Uri, tls: bool) 
     }
 }
 
-pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+/// The innermost stage: the request to the bus, its response back.
+pub async fn proxy(shared: &Shared, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if conflicting_framing(&parts.headers) {
         // Request smuggling: the two framings could be read differently by another hop.
@@ -114,7 +114,7 @@ pub async fn proxy(State(shared): State<Arc<Shared>>, req: Request) -> Response 
     }
 
     let mut body = body;
-    let (body, _reservation) = match read_body(&shared, &parts.headers, &mut body).await {
+    let (body, _reservation) = match read_body(shared, &parts.headers, &mut body).await {
         Ok(read) => read,
         Err(e) => {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {

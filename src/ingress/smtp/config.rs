@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_duration, ConfigError, ConfigFile, PropertyTable};
+use crate::config::{parse_bool, parse_duration, ConfigError, ConfigFile, PropertyTable};
 
 /// The ingress's hostname on the bus.
 pub const HOSTNAME: &str = "smtp.ingress.core";
@@ -120,14 +120,7 @@ impl SmtpConfig {
     /// Build from property values; a missing property takes its default.
     pub fn from_properties(props: &BTreeMap<String, String>) -> Result<SmtpConfig, ConfigError> {
         let get = |name: &str| SETTINGS.get(props, name);
-        let boolean = |name: &str| -> Result<bool, ConfigError> {
-            let v = get(name);
-            match v.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(ConfigError::new(name, &v, "expected true or false")),
-            }
-        };
+        let boolean = |name: &str| parse_bool(name, &get(name));
         // Port 0 binds a free port (tests); Microbus's range is [1,65535].
         let port = int_in(PORT, &get(PORT), 0, 65535)? as u16;
         let max_mb = int_in(MAX_SIZE, &get(MAX_SIZE), 0, 1024)? as usize;
