@@ -136,6 +136,9 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    // Before anything else starts: a signal that arrives once busgate is up (ready, or half started)
+    // must reach this handler, not the default one that kills the process.
+    let mut signals = Signals::install();
     let config = match BusConfig::from_env(cli.nats.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -271,10 +274,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
 
-    wait_for_signal().await;
+    signals.recv().await;
     // A second signal means now: an orchestrator or a person that will not wait.
-    tokio::spawn(async {
-        wait_for_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         eprintln!("busgate: second signal: exiting at once");
         std::process::exit(130);
     });
@@ -307,18 +310,36 @@ async fn main() -> std::process::ExitCode {
 /// service drains for at most 8 + 4 s (Microbus's bounds) and gives NATS 2 s to close.
 const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(25);
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), their handlers installed at once.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+                interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("signal received; shutting down");
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received; shutting down");
+    }
 }

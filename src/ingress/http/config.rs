@@ -160,9 +160,10 @@ pub fn env_name(property: &str) -> String {
     SETTINGS.env_name(property)
 }
 
-/// `x:y->z` rules: listener port x, requested internal port y, forced internal port z.
+/// `x:y->z` rules: external port x, requested internal port y, forced internal port z; `None`
+/// stands for `*`. Kept as numbers so that mapping a request builds no string.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PortMappings(HashMap<String, String>);
+pub struct PortMappings(HashMap<(Option<u16>, Option<u16>), Option<u16>>);
 
 impl PortMappings {
     pub fn parse(value: &str) -> Result<PortMappings, ConfigError> {
@@ -171,12 +172,11 @@ impl PortMappings {
             let bad = || ConfigError::new(PORT_MAPPINGS, rule, "expected x:y->z, e.g. 443:*->443");
             let (from, to) = rule.split_once("->").ok_or_else(bad)?;
             let (x, y) = from.trim().split_once(':').ok_or_else(bad)?;
-            for part in [x.trim(), y.trim(), to.trim()] {
-                if part != "*" && part.parse::<u16>().is_err() {
-                    return Err(bad());
-                }
-            }
-            rules.insert(format!("{}:{}", x.trim(), y.trim()), to.trim().to_owned());
+            let port = |part: &str| match part.trim() {
+                "*" => Ok(None),
+                p => p.parse::<u16>().map(Some).map_err(|_| bad()),
+            };
+            rules.insert((port(x)?, port(y)?), port(to)?);
         }
         Ok(PortMappings(rules))
     }
@@ -184,16 +184,14 @@ impl PortMappings {
     /// The internal port for a request to internal port `y` whose external port is `x` (the
     /// port of its `Host`, as Go's ingress takes it): rules `x:y`, `*:y`, `x:*`, `*:*` in that
     /// order, the first whose value is a port wins; a `*` value is passed over and the search
-    /// goes on (Go's `resolveInternalURL`); no rule keeps `y`.
+    /// goes on (Go's `resolveInternalURL`); no rule keeps `y`. An `x` that is not a port
+    /// matches only the `*` rules.
     pub fn map(&self, x: &str, y: u16) -> u16 {
-        for key in [
-            format!("{x}:{y}"),
-            format!("*:{y}"),
-            format!("{x}:*"),
-            "*:*".to_owned(),
-        ] {
-            if let Some(z) = self.0.get(&key).and_then(|z| z.parse().ok()) {
-                return z;
+        let x = x.parse::<u16>().ok();
+        let keys = [(x, Some(y)), (None, Some(y)), (x, None), (None, None)];
+        for key in keys {
+            if let Some(Some(z)) = self.0.get(&key) {
+                return *z;
             }
         }
         y
@@ -432,6 +430,10 @@ mod tests {
         assert_eq!(t(4443, 80), 81, "x:y beats everything");
         assert_eq!(t(4040, 555), 556);
         assert_eq!(t(4443, 1), 443);
+        // A Host port that is not a number matches only the `*` rules.
+        assert_eq!(rules.map("abc", 555), 556);
+        assert_eq!(rules.map("", 80), 80);
+        assert_eq!(defaults.map("x", 444), 444);
         for bad in ["8080", "a:*->*", "1:2->x", "70000:*->*"] {
             assert!(PortMappings::parse(bad).is_err(), "{bad}");
         }
