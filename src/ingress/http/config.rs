@@ -417,6 +417,17 @@ mod tests {
     }
 
     #[test]
+    fn access_log_is_off_unless_asked_and_bad_values_are_named() {
+        assert!(!IngressConfig::default().access_log);
+        let with =
+            |v: &str| IngressConfig::resolve(None, |_| None, &[(ACCESS_LOG.into(), v.into())]);
+        assert!(with("true").unwrap().access_log);
+        assert!(!with("off").unwrap().access_log);
+        let err = with("maybe").unwrap_err().to_string();
+        assert!(err.contains(ACCESS_LOG) && err.contains("maybe"), "{err}");
+    }
+
+    #[test]
     fn port_mapping_precedence() {
         let defaults = PortMappings::parse(DEFAULT_PORT_MAPPINGS).unwrap();
         let m = |x: u16, y| defaults.map(&x.to_string(), y);
