@@ -18,6 +18,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=planner /src/recipe.json recipe.json
+# The patched async-nats is a path dependency (vendor/async-nats/PATCHED.md): the dependency
+# build compiles it from its sources.
+COPY vendor vendor
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin busgate
 COPY . .
 RUN cargo build --release --locked --bin busgate

@@ -24,6 +24,9 @@ pub enum ErrorKind {
     BadRequest,
     /// The bus is not connected (503).
     Unavailable,
+    /// NATS refused to carry the request: the connection's user may not publish to its
+    /// subject (403).
+    Refused,
     /// A remote handler answered with an `Err` response; the status is the one it sent.
     Remote,
     /// A local handler returned an error with a status of its choosing.
@@ -87,6 +90,16 @@ impl Error {
     #[track_caller]
     pub fn ack_timeout() -> Error {
         Error::with_kind(ErrorKind::AckTimeout, StatusCode::NOT_FOUND, "ack timeout")
+    }
+
+    /// NATS refused to publish to `subject` (permissions).
+    #[track_caller]
+    pub fn refused(subject: &str) -> Error {
+        Error::with_kind(
+            ErrorKind::Refused,
+            StatusCode::FORBIDDEN,
+            format!("NATS refused to publish to {subject}: permissions violation"),
+        )
     }
 
     #[track_caller]

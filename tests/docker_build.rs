@@ -253,8 +253,9 @@ fn replay(dockerfile: &str, scratch: &Path, target_dir: &Path) -> Result<Replay,
                                         PathBuf::from(p.file_name().unwrap())
                                     }
                                 } else {
-                                    PathBuf::from(src.rsplit('/').next().unwrap())
-                                        .join(p.strip_prefix(src).unwrap())
+                                    // As Docker does: a directory's contents, not the
+                                    // directory itself, go into the destination.
+                                    p.strip_prefix(src).unwrap().to_path_buf()
                                 };
                                 copy_file(&repo().join(p), &dest_path.join(relative));
                             }

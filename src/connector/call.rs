@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, Span, SpanKind, Status};
-use crate::transport::{Subscription, TransportError, TransportErrorKind};
+use crate::transport::{Refused, Subscription, TransportError, TransportErrorKind};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
@@ -454,6 +454,10 @@ async fn unicast_exchange(
                 None => return Err(Error::internal("response channel closed")),
             },
             _ = tokio::time::sleep_until(ack_deadline), if !acked => {
+                // No ack because NATS never carried the request: say so.
+                if inner.bus.refused(Refused::Publish, Some(&out.subject)).is_some() {
+                    return Err(Error::refused(&out.subject));
+                }
                 return Err(Error::ack_timeout());
             }
             _ = tokio::time::sleep_until(out.deadline) => return Err(Error::timeout()),
@@ -489,6 +493,7 @@ pub(crate) async fn multicast(
     while let Ok(delivery) = rx.try_recv() {
         if matches!(delivery, Delivery::Response { .. }) {
             inner.known_responders.late_response(&msg_id);
+            inner.metrics.count_late_response();
         }
     }
     match results.iter().find_map(|r| r.as_ref().err()) {
@@ -639,7 +644,8 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             None => {
                 if matches!(delivery, Delivery::Response { .. }) {
                     inner.known_responders.late_response(&msg_id);
-                    tracing::info!(host = %inner.hostname, %msg_id, "Response received after timeout");
+                    inner.metrics.count_late_response();
+                    tracing::debug!(host = %inner.hostname, %msg_id, "Response received after timeout");
                 }
             }
         }

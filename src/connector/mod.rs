@@ -342,6 +342,17 @@ impl Connector {
         &self.inner.metrics
     }
 
+    /// Outgoing calls waiting for an ack or a response (diagnostics: 0 when idle).
+    pub fn calls_in_flight(&self) -> usize {
+        self.inner.pending.lock().expect("pending lock").len()
+    }
+
+    /// Tasks this instance runs: one per subscription, plus one per request being served
+    /// (diagnostics: back to its idle value once the requests are done).
+    pub fn running_tasks(&self) -> usize {
+        self.inner.tasks.len()
+    }
+
     /// This instance's tracer.
     pub fn tracer(&self) -> &ServiceTracer {
         &self.inner.tracer

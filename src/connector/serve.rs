@@ -19,7 +19,9 @@ use crate::telemetry::handler_spans;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, SpanKind, Status};
-use crate::transport::{BusMessage, Subscription};
+use crate::transport::{
+    Bus, BusMessage, Refused, Subscription, TransportError, TransportErrorKind,
+};
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::BusUrl;
@@ -40,6 +42,7 @@ impl Connector {
             })?;
         // Queue = own id, as Microbus does, so a second subscriber with the same id never
         // receives a duplicate.
+        let probe = inbox_subject.clone();
         let inbox = inner
             .bus
             .subscribe(inbox_subject, Some(inner.id.clone()))
@@ -53,8 +56,18 @@ impl Connector {
         for ep in all {
             self.subscribe_endpoint(Arc::new(ep)).await?;
         }
-        // A flush is a round trip: the server has registered every subscription after it.
-        inner.bus.flush().await?;
+        // After a round trip the server has registered every subscription (or refused some).
+        let echoed = inner.bus.round_trip(format!("{probe}.ready")).await;
+        if let Some(subject) = refused_subscription(&inner.bus).await {
+            return Err(StartError::Transport(TransportError::new(
+                TransportErrorKind::Rejected,
+                format!(
+                    "NATS refused the subscription to {subject}: permissions violation \
+                     (the user's subscribe permissions must allow this service's subjects)"
+                ),
+            )));
+        }
+        echoed?;
         inner.started.store(true, Ordering::Release);
         tracing::info!(
             host = %inner.hostname, id = %inner.id, ver = inner.version, plane = %inner.plane,
@@ -142,6 +155,21 @@ async fn dispatch(inner: &Arc<Inner>, ep: &Arc<Endpoint>, queue_label: &Arc<str>
             .tasks
             .spawn(serve_request(inner.clone(), ep.clone(), accepted));
     }
+}
+
+/// A subscription the server refused. Its `-ERR` came before the round trip's echo, but is
+/// recorded on another task: give that a moment.
+async fn refused_subscription(bus: &Bus) -> Option<String> {
+    for _ in 0..5 {
+        if let Some(subject) = bus.refused(Refused::Subscribe, None) {
+            return Some(subject);
+        }
+        if !matches!(bus, Bus::Nats(_)) {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    None
 }
 
 async fn sweep_loop(inner: Arc<Inner>) {

@@ -181,6 +181,7 @@ pub struct ServiceMetrics {
     pub client_requests: IntCounterVec,
     pub client_ack: HistogramVec,
     pub client_timeouts: IntCounterVec,
+    pub client_late_responses: IntCounter,
     pub callback_duration: HistogramVec,
     pub log_messages: IntCounterVec,
     uptime: Gauge,
@@ -268,6 +269,12 @@ impl ServiceMetrics {
                 "Outgoing calls that ended in an ack timeout or a deadline.",
                 &[L_HOST, L_PORT, L_METHOD],
             ),
+            client_late_responses: IntCounter::with_opts(opts(
+                c,
+                CLIENT_LATE_RESPONSES,
+                "Responses that arrived after their caller had given up, dropped.",
+            ))
+            .expect("valid counter"),
             callback_duration: histogram(
                 c,
                 names.callback_duration,
@@ -319,6 +326,7 @@ impl ServiceMetrics {
             register(&m.registry, g);
         }
         register(&m.registry, m.client_timeouts.clone());
+        register(&m.registry, m.client_late_responses.clone());
         register(&m.registry, m.callback_duration.clone());
         register(&m.registry, m.log_messages.clone());
         register(&m.registry, m.uptime.clone());
@@ -487,6 +495,12 @@ impl ServiceMetrics {
         self.client_timeouts
             .with_label_values(&[&*host, itoa::Buffer::new().format(port), &method])
             .inc();
+    }
+
+    pub fn count_late_response(&self) {
+        if self.enabled() {
+            self.client_late_responses.inc();
+        }
     }
 
     pub fn observe_callback(&self, name: &str, failed: bool, elapsed: Duration) {

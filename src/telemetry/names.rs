@@ -59,6 +59,9 @@ pub const SERVICE_METRICS: &ServiceMetricNames = &GEN1_METRICS;
 // none), and the calls that ended in an ack timeout or a deadline.
 pub const CLIENT_REQUEST_DURATION: &str = "busgate_client_request_duration_seconds";
 pub const CLIENT_TIMEOUTS: &str = "busgate_client_timeout_requests_total";
+/// Responses that arrived after their caller had given up (a counter, not a log line each:
+/// a stuck downstream would otherwise flood the log).
+pub const CLIENT_LATE_RESPONSES: &str = "busgate_client_late_responses_total";
 
 // busgate's own, per connection and per process.
 pub const NATS_CONNECTED: &str = "busgate_nats_connected";

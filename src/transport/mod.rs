@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use inproc::InProcBus;
-pub use nats::{NatsBus, NatsOptions};
+pub use nats::{NatsBus, NatsOptions, Refused};
 
 /// A message as the transport delivers it.
 #[derive(Debug, Clone)]
@@ -131,11 +131,29 @@ impl Bus {
         }
     }
 
-    /// Wait until the server has processed everything sent so far (subscriptions included).
+    /// Write everything queued to the server's socket (not a round trip: see [`Bus::round_trip`]).
     pub async fn flush(&self) -> Result<(), TransportError> {
         match self {
             Bus::Nats(b) => b.flush().await,
             Bus::InProc(_) => Ok(()),
+        }
+    }
+
+    /// Wait until the server has processed everything sent so far (subscriptions included),
+    /// with a message on `probe` that this client may publish and subscribe to.
+    pub async fn round_trip(&self, probe: String) -> Result<(), TransportError> {
+        match self {
+            Bus::Nats(b) => b.round_trip(probe).await,
+            Bus::InProc(_) => Ok(()),
+        }
+    }
+
+    /// The subject the server refused lately for `op` (`subject` given: only that one), or
+    /// `None`; always `None` on the in-process bus, which has no permissions.
+    pub fn refused(&self, op: Refused, subject: Option<&str>) -> Option<String> {
+        match self {
+            Bus::Nats(b) => b.refused(op, subject),
+            Bus::InProc(_) => None,
         }
     }
 

@@ -25,12 +25,19 @@ pub const INITIAL_CONNECT_PATIENCE: Duration = Duration::from_secs(20);
 pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(50);
 pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 
+/// How often the client PINGs the server. async-nats gives up on a connection after two
+/// unanswered PINGs, so a black-holed connection (no reset, packets dropped) is noticed 2-3
+/// intervals after its last traffic; async-nats's default of 60 s would leave callers on ack
+/// timeouts for minutes. One tiny frame per connection every 2 s costs nothing measurable.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Pending messages per subscription before NATS counts a slow consumer (async-nats default).
 pub const SUBSCRIPTION_CAPACITY: usize = 65_536;
 
 /// How to reach and authenticate with NATS. Built from `MICROBUS_NATS*` by the config module.
 #[derive(Clone, Debug, Default)]
 pub struct NatsOptions {
+    /// One server URL, or several separated by commas (a cluster: any one will do).
     pub url: String,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -79,6 +86,58 @@ pub struct NatsBus {
     client: async_nats::Client,
     state: watch::Receiver<ConnectionState>,
     reconnects: Arc<AtomicU64>,
+    refusals: Arc<Refusals>,
+}
+
+/// What the server refused: NATS answers a publish or subscription outside the user's
+/// permissions with an asynchronous `-ERR`, never on the operation itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Publish,
+    Subscribe,
+}
+
+/// The subjects the server refused lately, so that a call that got no ack, or a start whose
+/// subscriptions never took, can say why instead of "ack timeout".
+#[derive(Default)]
+struct Refusals {
+    recent: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, Refused, String)>>,
+}
+
+/// How many refusals are remembered, and for how long: enough for the calls waiting on their
+/// ack at the time (the ack timeout is 250 ms).
+const REFUSALS_KEPT: usize = 256;
+const REFUSAL_MEMORY: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    /// Record the refusal an `-ERR` describes, e.g. `Permissions Violation for Publish to "a.b"`.
+    fn record(&self, error: &str) -> bool {
+        let lower = error.to_ascii_lowercase();
+        let op = if lower.contains("permissions violation for publish") {
+            Refused::Publish
+        } else if lower.contains("permissions violation for subscription") {
+            Refused::Subscribe
+        } else {
+            return false;
+        };
+        let subject = error.split('"').nth(1).unwrap_or_default().to_owned();
+        let mut recent = self.recent.lock().expect("refusals lock");
+        if recent.len() == REFUSALS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back((std::time::Instant::now(), op, subject));
+        true
+    }
+
+    fn find(&self, op: Refused, subject: Option<&str>) -> Option<String> {
+        let recent = self.recent.lock().expect("refusals lock");
+        recent
+            .iter()
+            .rev()
+            .take_while(|(at, ..)| at.elapsed() < REFUSAL_MEMORY)
+            .find(|(_, o, s)| *o == op && subject.is_none_or(|want| want == s))
+            .map(|(_, _, s)| s.clone())
+    }
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -114,18 +173,22 @@ impl NatsBus {
     async fn connect_once(opts: &NatsOptions, name: &str) -> Result<NatsBus, TransportError> {
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connected);
         let reconnects = Arc::new(AtomicU64::new(0));
+        let refusals = Arc::new(Refusals::default());
         let mut options = ConnectOptions::new()
             .name(name)
             .connection_timeout(CONNECT_TIMEOUT)
+            .ping_interval(PING_INTERVAL)
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
             .event_callback({
                 let reconnects = reconnects.clone();
+                let refusals = refusals.clone();
                 let url = opts.url.clone();
                 move |event| {
                     let state_tx = state_tx.clone();
                     let reconnects = reconnects.clone();
+                    let refusals = refusals.clone();
                     let url = url.clone();
                     async move {
                         match event {
@@ -143,6 +206,11 @@ impl NatsBus {
                             }
                             Event::Closed => {
                                 state_tx.send_replace(ConnectionState::Closed);
+                            }
+                            Event::ServerError(async_nats::ServerError::Other(e))
+                                if refusals.record(&e) =>
+                            {
+                                tracing::warn!(%url, error = %e, "NATS refused an operation: check the user's permissions");
                             }
                             Event::SlowConsumer(sid) => {
                                 tracing::error!(sid, "NATS slow consumer: messages dropped");
@@ -186,7 +254,14 @@ impl NatsBus {
                 ))
             }
         }
-        let client = options.connect(opts.url.as_str()).await.map_err(|e| {
+        // One URL or a comma-separated list (the nodes of a cluster), as nats.go accepts.
+        let servers: Vec<&str> = opts
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = options.connect(servers.as_slice()).await.map_err(|e| {
             use async_nats::ConnectErrorKind as K;
             // A TLS handshake that fails on certificates surfaces as an I/O error of kind
             // InvalidData; like bad credentials, retrying cannot fix it.
@@ -206,13 +281,14 @@ impl NatsBus {
             client,
             state: state_rx,
             reconnects,
+            refusals,
         })
     }
 
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), TransportError> {
-        if *self.state.borrow() != ConnectionState::Connected {
+        if *self.state.borrow() != ConnectionState::Connected && !self.reconnects_soon().await {
             // async-nats would buffer the message until reconnect; a caller with ack-or-fail
-            // semantics is better served by an immediate, typed failure.
+            // semantics is better served by a quick, typed failure.
             return Err(TransportError::new(
                 TransportErrorKind::Disconnected,
                 "NATS is disconnected",
@@ -237,6 +313,17 @@ impl NatsBus {
         }
     }
 
+    /// Wait up to [`RECONNECT_GRACE`] for the connection to come back.
+    async fn reconnects_soon(&self) -> bool {
+        let mut state = self.state.clone();
+        let back = tokio::time::timeout(
+            RECONNECT_GRACE,
+            state.wait_for(|s| *s == ConnectionState::Connected),
+        )
+        .await;
+        matches!(back, Ok(Ok(_)))
+    }
+
     pub async fn subscribe(
         &self,
         subject: String,
@@ -247,6 +334,42 @@ impl NatsBus {
             None => self.client.subscribe(subject).await,
         };
         result.map_err(|e| TransportError::new(TransportErrorKind::Rejected, e.to_string()))
+    }
+
+    /// Whether the server refused to let this connection publish to `subject` (or to
+    /// subscribe to anything, with `None`) in the last seconds.
+    pub fn refused(&self, op: Refused, subject: Option<&str>) -> Option<String> {
+        self.refusals.find(op, subject)
+    }
+
+    /// A round trip through the server on `probe` (a subject this connection may publish and
+    /// subscribe to): when the message comes back, the server has processed everything sent
+    /// before it, subscriptions included. async-nats's `flush` only writes the socket.
+    pub async fn round_trip(&self, probe: String) -> Result<(), TransportError> {
+        use futures::StreamExt;
+        let mut sub = self.subscribe(probe.clone(), None).await?;
+        self.publish(probe.clone(), Bytes::new()).await?;
+        // A refused probe subscription never echoes: stop waiting once its refusal is in.
+        let refused = async {
+            while self.refused(Refused::Subscribe, Some(&probe)).is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let back = tokio::select! {
+            back = tokio::time::timeout(ROUND_TRIP_PATIENCE, sub.next()) => back.ok().flatten().is_some(),
+            _ = refused => false,
+        };
+        let _ = sub.unsubscribe().await;
+        if back {
+            return Ok(());
+        }
+        Err(TransportError::new(
+            TransportErrorKind::Disconnected,
+            format!(
+                "NATS did not echo a message on {probe} within {} s",
+                ROUND_TRIP_PATIENCE.as_secs()
+            ),
+        ))
     }
 
     pub async fn flush(&self) -> Result<(), TransportError> {
@@ -289,8 +412,17 @@ impl NatsBus {
     }
 }
 
+/// Longest a publish waits for a lost connection to come back before it fails: a cluster
+/// failover to another node takes tens of milliseconds (tests/reliability.rs), and a request
+/// that arrives meanwhile should ride it out; a server that is really gone still gets a quick
+/// 503.
+pub const RECONNECT_GRACE: Duration = Duration::from_millis(500);
+
 /// Longest a publish may wait for room in the client's queue.
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Longest a round trip through the server may take at start.
+pub const ROUND_TRIP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Longest closing a connection waits for the server to take what is queued.
 pub const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
