@@ -156,6 +156,42 @@ pub fn is_propagated_header(name: &str) -> bool {
 }
 
 /// Go's canonical header case: upper-case the first letter and every letter after `-`.
+/// The frame's header names (and the trace context's), made once: decoding looks a received
+/// name up here (in any case) instead of lowercasing it into a new allocation.
+static KNOWN_HEADER_NAMES: std::sync::LazyLock<Vec<http::HeaderName>> =
+    std::sync::LazyLock::new(|| {
+        [
+            MSG_ID,
+            FROM_HOST,
+            FROM_ID,
+            FROM_VERSION,
+            OP_CODE,
+            TIME_BUDGET,
+            CALL_DEPTH,
+            QUEUE,
+            FRAGMENT,
+            LOCALITY,
+            CLOCK_SHIFT,
+            "traceparent",
+            "tracestate",
+            "x-forwarded-host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-prefix",
+            "x-forwarded-path",
+        ]
+        .into_iter()
+        .map(http::HeaderName::from_static)
+        .collect()
+    });
+
+/// The shared name of a frame header received as `name` (any case); `None` for other names.
+pub fn known_header_name(name: &str) -> Option<&'static http::HeaderName> {
+    KNOWN_HEADER_NAMES
+        .iter()
+        .find(|known| known.as_str().eq_ignore_ascii_case(name))
+}
+
 pub fn canonical_header_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut upper = true;
@@ -173,6 +209,20 @@ pub fn canonical_header_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_names_in_any_case() {
+        assert_eq!(
+            known_header_name("Microbus-Msg-Id").map(|n| n.as_str()),
+            Some(MSG_ID)
+        );
+        assert_eq!(
+            known_header_name("TRACEPARENT").map(|n| n.as_str()),
+            Some("traceparent")
+        );
+        assert!(known_header_name("Content-Type").is_none());
+        assert!(known_header_name("Microbus-Msg-Idx").is_none());
+    }
 
     #[test]
     fn canonical_names() {
