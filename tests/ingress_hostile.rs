@@ -448,3 +448,248 @@ async fn secure_redirect_when_tls_serves_443() {
     }
     conn.shutdown().await;
 }
+
+/// One HTTP/2 frame: 3-byte length, type, flags, stream id.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const H2_HEADERS: u8 = 1;
+const H2_RST_STREAM: u8 = 3;
+const H2_GOAWAY: u8 = 7;
+const H2_CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+/// A prior-knowledge HTTP/2 connection: preface and empty SETTINGS sent.
+async fn h2_connect(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
+    stream
+}
+
+/// `GET /hello.example/hello` as HPACK: `:method GET`, `:scheme http` indexed, `:path` and
+/// `:authority` as literals without indexing.
+fn h2_get_block() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86];
+    for (index, value) in [(4u8, "/hello.example/hello"), (1, "localhost")] {
+        b.push(index);
+        b.push(value.len() as u8);
+        b.extend_from_slice(value.as_bytes());
+    }
+    b
+}
+
+/// Read frames until the connection ends; the GOAWAY error code if one came.
+async fn h2_goaway(stream: &mut TcpStream, within: Duration) -> Option<u32> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + within;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == H2_GOAWAY && len >= 8 {
+                return Some(u32::from_be_bytes(buf[13..17].try_into().unwrap()));
+            }
+            buf.drain(..9 + len);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// HTTP/2 hostile input: an endless CONTINUATION of one header block, and the "rapid reset"
+/// of streams opened and cancelled at once. hyper's limits (set explicitly in the ingress) end
+/// each such connection with a GOAWAY; other clients are served all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_end_their_connection() {
+    let s = stack_with(&[], None).await;
+    // A plain HTTP/2 request works (the same framing as the floods below).
+    let mut ok = h2_connect(s.addr).await;
+    ok.write_all(&h2_frame(
+        H2_HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &h2_get_block(),
+    ))
+    .await
+    .unwrap();
+    let mut head = [0u8; 9];
+    use tokio::io::AsyncReadExt;
+    // The server's SETTINGS, then (after its ack and our request) a HEADERS frame for stream 1.
+    let mut saw_response = false;
+    for _ in 0..8 {
+        if tokio::time::timeout(Duration::from_secs(5), ok.read_exact(&mut head))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let len = ((head[0] as usize) << 16) | ((head[1] as usize) << 8) | head[2] as usize;
+        let mut payload = vec![0u8; len];
+        ok.read_exact(&mut payload).await.unwrap();
+        if head[3] == H2_HEADERS && u32::from_be_bytes(head[5..9].try_into().unwrap()) == 1 {
+            saw_response = true;
+            break;
+        }
+    }
+    assert!(saw_response, "no HTTP/2 response to a plain GET");
+
+    // CONTINUATION flood: one header block that never ends, 16 KiB at a time. The server
+    // must stop reading long before 64 MiB: with MaxHeaderBytes 64 KiB it may buffer little.
+    let mut flood = h2_connect(s.addr).await;
+    flood
+        .write_all(&h2_frame(H2_HEADERS, END_STREAM, 1, &h2_get_block()))
+        .await
+        .unwrap();
+    let junk = vec![0x40u8; 16 * 1024];
+    let mut sent = 0usize;
+    while sent < 64 << 20 {
+        let frame = h2_frame(H2_CONTINUATION, 0, 1, &junk);
+        match tokio::time::timeout(Duration::from_secs(5), flood.write_all(&frame)).await {
+            Ok(Ok(())) => sent += junk.len(),
+            _ => break,
+        }
+    }
+    let code = h2_goaway(&mut flood, Duration::from_secs(5)).await;
+    eprintln!("CONTINUATION flood: {} KiB accepted before the server stopped reading; GOAWAY code {code:?}", sent >> 10);
+    assert!(
+        sent < 64 << 20,
+        "the server read 64 MiB of one header block"
+    );
+    s.assert_healthy().await;
+
+    // Rapid reset: open and cancel 5,000 streams.
+    let mut resets = h2_connect(s.addr).await;
+    let block = h2_get_block();
+    let mut batch = Vec::new();
+    let mut stream_id = 1u32;
+    let mut written = 0;
+    for _ in 0..5_000 {
+        batch.extend(h2_frame(
+            H2_HEADERS,
+            END_STREAM | END_HEADERS,
+            stream_id,
+            &block,
+        ));
+        batch.extend(h2_frame(H2_RST_STREAM, 0, stream_id, &8u32.to_be_bytes()));
+        stream_id += 2;
+        if batch.len() > 32 * 1024 {
+            if resets.write_all(&batch).await.is_err() {
+                break;
+            }
+            written += 1;
+            batch.clear();
+        }
+    }
+    let _ = resets.write_all(&batch).await;
+    let code = h2_goaway(&mut resets, Duration::from_secs(10)).await;
+    eprintln!("rapid reset: {written} batches written; GOAWAY code {code:?}");
+    // ENHANCE_YOUR_CALM (0xb): too many streams reset before they were served.
+    assert_eq!(
+        code,
+        Some(0xb),
+        "the rapid-reset connection was not told to calm down"
+    );
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+/// After a 4xx on a keep-alive connection, the bytes of the refused request's body are never
+/// read as a request of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_smuggling_after_a_4xx_on_keep_alive() {
+    let s = stack_with(&[], None).await;
+    let hidden = b"GET /hello.example/hello?name=SMUGGLED HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Refusals: a blocked scanner path and a path that names no bus host (answered before the
+    // body would be read), a route no service has (404 ack timeout after the body was read);
+    // below, a body over the limit.
+    let refused = [
+        ("/wp-login.php", hidden.len()),
+        ("/not_a_host!/x", hidden.len()),
+        ("/hello.example/no-such-route", hidden.len()),
+    ];
+    for (path, len) in refused {
+        let mut stream = TcpStream::connect(s.addr).await.unwrap();
+        let mut req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n")
+            .into_bytes();
+        req.extend_from_slice(hidden);
+        stream.write_all(&req).await.unwrap();
+        let mut buf = Vec::new();
+        let first =
+            tokio::time::timeout(Duration::from_secs(5), read_response(&mut stream, &mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(
+            (400..500).contains(&first.status),
+            "{path}: {}",
+            first.status
+        );
+        // Then a real request on the same connection, if the server kept it: its answer must
+        // be the real one, never the hidden request's.
+        let next =
+            b"GET /hello.example/hello?name=real HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let _ = stream.write_all(next).await;
+        let mut answers = Vec::new();
+        while let Ok(Ok(res)) =
+            tokio::time::timeout(Duration::from_secs(5), read_response(&mut stream, &mut buf)).await
+        {
+            answers.push(res.text());
+        }
+        assert!(
+            answers.iter().all(|a| !a.contains("SMUGGLED")),
+            "{path}: the body was served as a request: {answers:?}"
+        );
+        assert!(answers.len() <= 1, "{path}: {answers:?}");
+        if let Some(a) = answers.first() {
+            assert_eq!(a, "Hello, real!", "{path}");
+        }
+    }
+    // A body over the memory limit, refused before it is read, closes the connection.
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    let mut req =
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n"
+            .to_vec();
+    req.extend_from_slice(hidden);
+    stream.write_all(&req).await.unwrap();
+    let mut buf = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(5), read_response(&mut stream, &mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, 413);
+    // The ingress drains a refused body for up to LINGER_TIMEOUT (5 s) so that a client still
+    // sending reads its 413; the hidden request is swallowed as body, then the connection ends.
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_response(&mut stream, &mut buf),
+    )
+    .await;
+    match next {
+        Ok(Err(_)) => {}
+        Ok(Ok(res)) => panic!(
+            "a second response followed a 413: {} {}",
+            res.status,
+            res.text()
+        ),
+        Err(_) => panic!("the connection stayed open after a 413 with an unread body"),
+    }
+    s.assert_healthy().await;
+    s.stop().await;
+}

@@ -212,6 +212,21 @@ fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, IngressError> 
     }))
 }
 
+/// HTTP/2 limits, set here rather than left to hyper's defaults so that they are seen and
+/// tested (tests/ingress_hostile.rs). Streams one connection may have open at once: each is a
+/// bus call in flight, and one client should not hold more than a busy browser does.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may open and reset before they are served ("rapid reset", CVE-2023-44487)
+/// before the connection is closed with ENHANCE_YOUR_CALM.
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server had to reset for a client's protocol errors before it gives up on the
+/// connection (CVE-2024-27316-style floods of bad frames).
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// PING an idle HTTP/2 connection this often, and drop it when a PING is not answered in time:
+/// a vanished client should not hold its streams and memory.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     listener: TcpListener,
     listen_port: u16,
@@ -229,7 +244,12 @@ async fn accept_loop(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(shared.config.max_header_bytes as u32);
+        .max_header_list_size(shared.config.max_header_bytes as u32)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
