@@ -77,6 +77,19 @@ fn ingress_config(props: &[(&str, &str)]) -> IngressConfig {
     cfg
 }
 
+/// The HTTP ingress on `bus` with a 3 s budget, once it serves hello.example.
+async fn serving_ingress(bus: &BusConfig) -> (HttpIngress, SocketAddr) {
+    let ingress = HttpIngress::start(ingress_config(&[("TimeBudget", "3s")]), bus)
+        .await
+        .unwrap();
+    let addr = ingress.local_addrs()[0];
+    assert_eq!(
+        common::http::get(addr, "/hello.example/hello").await.status,
+        200
+    );
+    (ingress, addr)
+}
+
 /// Panics anywhere in the process, counted by a hook (tokio catches task panics silently).
 fn count_panics() -> Arc<AtomicUsize> {
     let n = Arc::new(AtomicUsize::new(0));
@@ -92,12 +105,12 @@ fn count_panics() -> Arc<AtomicUsize> {
 /// The number of client connections nats-server reports on its monitoring port.
 async fn nats_connections(monitor_port: u16) -> u64 {
     let url = format!("http://127.0.0.1:{monitor_port}/connz");
-    let body = reqwest_get(&url).await;
+    let body = curl_get(&url).await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["num_connections"].as_u64().unwrap()
 }
 
-async fn reqwest_get(url: &str) -> String {
+async fn curl_get(url: &str) -> String {
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
         let out = Command::new("curl").args(["-fsS", &url]).output().unwrap();
@@ -602,14 +615,7 @@ async fn a_partition_is_noticed_and_healed() {
     let nats = NatsServer::start();
     let bus = nats.config();
     let services = examples::start_all(&bus).await.unwrap();
-    let ingress = HttpIngress::start(ingress_config(&[("TimeBudget", "3s")]), &bus)
-        .await
-        .unwrap();
-    let addr = ingress.local_addrs()[0];
-    assert_eq!(
-        common::http::get(addr, "/hello.example/hello").await.status,
-        200
-    );
+    let (ingress, addr) = serving_ingress(&bus).await;
     let t0 = Instant::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = http_load(addr, "/hello.example/hello", 8, t0, stop.clone());
@@ -740,7 +746,7 @@ async fn cluster() -> Vec<Node> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for n in &nodes {
         loop {
-            let body = reqwest_get(&format!("http://127.0.0.1:{}/routez", n.monitor)).await;
+            let body = curl_get(&format!("http://127.0.0.1:{}/routez", n.monitor)).await;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             if v["num_routes"].as_u64().unwrap_or(0) >= 2 {
                 break;
@@ -766,14 +772,7 @@ async fn a_cluster_node_lost_under_the_ingress() {
     };
     let mut services = examples::start_all(&on(1)).await.unwrap();
     services.extend(examples::start_all(&on(2)).await.unwrap());
-    let ingress = HttpIngress::start(ingress_config(&[("TimeBudget", "3s")]), &on(0))
-        .await
-        .unwrap();
-    let addr = ingress.local_addrs()[0];
-    assert_eq!(
-        common::http::get(addr, "/hello.example/hello").await.status,
-        200
-    );
+    let (ingress, addr) = serving_ingress(&on(0)).await;
     let t0 = Instant::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = http_load(addr, "/hello.example/hello", 16, t0, stop.clone());
