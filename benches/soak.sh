@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: busgate all-in-one on a real nats-server at moderate load for SOAK_SECONDS (default
-# 600), sampling every SOAK_SAMPLE seconds (default 30) its RSS, open files, threads, NATS
+# 600), sampling every SOAK_SAMPLE seconds (default 30) its RSS, open files, threads, tokio tasks, NATS
 # connections, and the errors so far (non-2xx answers of the load, ERROR/WARN log lines).
 # Reports the samples and start-versus-end; writes them into BENCHMARKS.md between the
 # `soak.sh` markers unless SOAK_WRITE=0. Goal: no growth beyond noise, zero errors.
@@ -63,18 +63,19 @@ wrk_pid=$!
 pids+=("$wrk_pid")
 
 snapshot() { # elapsed
-  local rss fds threads nats_conns errors
+  local rss fds threads tasks nats_conns errors
   rss=$(awk '$1 == "VmRSS:" {print int($2 / 1024)}' "/proc/$gw/status")
   fds=$(ls "/proc/$gw/fd" | wc -l)
   threads=$(ls "/proc/$gw/task" | wc -l)
+  tasks=$(curl -fs "http://127.0.0.1:$admin/metrics" | awk '$1 == "busgate_runtime_alive_tasks" {print $2}')
   nats_conns=$(curl -fs "http://127.0.0.1:$monitor/varz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"])')
   errors=$(grep -cE ' (ERROR|WARN) ' "$work/busgate.log" || true)
-  printf "| %s | %s | %s | %s | %s | %s |\n" "$1" "$rss" "$fds" "$threads" "$nats_conns" "$errors"
+  printf "| %s | %s | %s | %s | %s | %s | %s |\n" "$1" "$rss" "$fds" "$threads" "${tasks:-?}" "$nats_conns" "$errors"
 }
 table=$work/table
 {
-  echo "| elapsed s | RSS MB | open files | threads | NATS connections | ERROR/WARN log lines |"
-  echo "|---|---|---|---|---|---|"
+  echo "| elapsed s | RSS MB | open files | threads | tokio tasks | NATS connections | ERROR/WARN log lines |"
+  echo "|---|---|---|---|---|---|---|"
 } >"$table"
 sleep 5
 start=$(date +%s)
@@ -97,7 +98,7 @@ import sys
 a = [c.strip() for c in sys.argv[1].strip('|').split('|')]
 b = [c.strip() for c in sys.argv[2].strip('|').split('|')]
 print(f"Start → end: RSS {a[1]} → {b[1]} MB, open files {a[2]} → {b[2]}, threads {a[3]} → {b[3]}, "
-      f"NATS connections {a[4]} → {b[4]}, ERROR/WARN log lines {a[5]} → {b[5]}.")
+      f"tokio tasks {a[4]} → {b[4]}, NATS connections {a[5]} → {b[5]}, ERROR/WARN log lines {a[6]} → {b[6]}.")
 EOF
 )
 echo

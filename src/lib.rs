@@ -10,6 +10,9 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod examples;
+/// The properties `fuzz/` checks and `tests/fuzz_corpus.rs` replays; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingress;
 pub mod services;
 pub mod telemetry;

@@ -687,8 +687,30 @@ pub fn process_registry() -> &'static Registry {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("process collector registers once");
+        let tasks = IntGauge::new(
+            RUNTIME_ALIVE_TASKS,
+            "Tasks alive on the tokio runtime of the process.",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(RuntimeTasks(tasks)))
+            .expect("the runtime gauge registers once");
         r
     })
+}
+
+/// Read at each scrape from the runtime the scrape runs on (the process has one).
+struct RuntimeTasks(IntGauge);
+
+impl Collector for RuntimeTasks {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.0.set(runtime.metrics().num_alive_tasks() as i64);
+        }
+        self.0.collect()
+    }
 }
 
 /// The metrics of a live service instance by its id.

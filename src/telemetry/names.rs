@@ -69,6 +69,8 @@ pub const NATS_RECONNECTS: &str = "busgate_nats_reconnects_total";
 pub const LABEL_OVERFLOWS: &str = "busgate_label_overflow_total";
 /// Log lines outside any service (no `service` label).
 pub const PROCESS_LOG_MESSAGES: &str = "busgate_process_log_messages_total";
+/// Tasks alive on the process's tokio runtime: steady under steady load, or something leaks.
+pub const RUNTIME_ALIVE_TASKS: &str = "busgate_runtime_alive_tasks";
 
 // Spans and tracers.
 /// Instrumentation scope of busgate's own spans (one per hop).

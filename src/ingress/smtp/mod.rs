@@ -123,6 +123,15 @@ impl SmtpIngress {
         &self.shared.conn
     }
 
+    /// Serve one SMTP session over `io` as if `peer` had connected; returns when it ends. The
+    /// fuzzer drives sessions this way, without a socket (the client limit is not applied).
+    pub async fn serve_stream<S>(&self, io: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        counted_session(&self.shared, Box::new(io), peer).await;
+    }
+
     /// Stop accepting, close idle sessions (`421`), let deliveries in flight finish within
     /// their budget, then leave the bus.
     pub async fn shutdown(&self) {
@@ -138,6 +147,18 @@ impl SmtpIngress {
         }
         self.shared.conn.shutdown().await;
     }
+}
+
+/// One session, counted in the connection gauge and the session-duration histogram.
+async fn counted_session(shared: &Arc<Shared>, io: Box<dyn Io>, peer: SocketAddr) {
+    let started = Instant::now();
+    shared.metrics.open_connections.inc();
+    session(shared, io, peer).await;
+    shared.metrics.open_connections.dec();
+    shared
+        .metrics
+        .session_duration
+        .observe(started.elapsed().as_secs_f64());
 }
 
 fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, SmtpError> {
@@ -186,15 +207,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskT
         sessions.spawn(
             async move {
                 let _permit = permit;
-                let started = Instant::now();
-                shared.metrics.open_connections.inc();
-                let io: Box<dyn Io> = Box::new(stream);
-                session(&shared, io, peer).await;
-                shared.metrics.open_connections.dec();
-                shared
-                    .metrics
-                    .session_duration
-                    .observe(started.elapsed().as_secs_f64());
+                counted_session(&shared, Box::new(stream), peer).await;
             }
             .instrument(log_span),
         );
