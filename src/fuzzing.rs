@@ -306,20 +306,20 @@ struct SmtpHarness {
     ingress: SmtpIngress,
     delivered: Arc<AtomicUsize>,
     _sink: Connector,
+    /// Kept here, in the static, rather than leaked: LeakSanitizer reports a leaked box.
+    _runtime: tokio::runtime::Runtime,
 }
 
 fn smtp_harness() -> &'static SmtpHarness {
     static HARNESS: OnceLock<SmtpHarness> = OnceLock::new();
     HARNESS.get_or_init(|| {
         // The harness lives for the whole run, on a runtime of its own.
-        let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("a runtime"),
-        ));
-        rt.block_on(async {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (ingress, delivered, sink) = runtime.block_on(async {
             let bus = BusConfig::in_process();
             let delivered = Arc::new(AtomicUsize::new(0));
             let counter = delivered.clone();
@@ -342,12 +342,14 @@ fn smtp_harness() -> &'static SmtpHarness {
                 ..SmtpConfig::default()
             };
             let ingress = SmtpIngress::start(config, &bus).await.expect("SMTP starts");
-            SmtpHarness {
-                ingress,
-                delivered,
-                _sink: sink,
-            }
-        })
+            (ingress, delivered, sink)
+        });
+        SmtpHarness {
+            ingress,
+            delivered,
+            _sink: sink,
+            _runtime: runtime,
+        }
     })
 }
 
@@ -395,6 +397,6 @@ pub fn smtp_session(data: &[u8]) {
     let delivered = harness.delivered.load(Ordering::SeqCst) - before;
     assert_eq!(
         delivered, accepted,
-        "sink deliveries differ from accepted mails"
+        "sink deliveries differ from accepted mails; replies: {text:?}"
     );
 }

@@ -575,6 +575,30 @@ async fn pipelined_commands_are_answered_in_order() {
     s.shutdown().await;
 }
 
+/// Found by `scripts/fuzz smtp_session`: a client that pipelines a whole mail, then a partial
+/// line, then closes its side, still hears that the mail was delivered (else it retries it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_buffered_when_the_client_half_closes_still_go_out() {
+    let bus = TestBus::nats();
+    let inbox = Inbox::default();
+    let s = sink(&bus, "mailbox.test", &inbox).await;
+    let smtp = start_smtp(&bus, |_| {}).await;
+    let mut c = Raw::connect(smtp.local_addr()).await;
+    c.send(b"HELO client.test\r\nMAIL FROM:<ann@client.test>\r\nRCPT TO:<bob@smtp.test>\r\nDATA\r\nSubject: last\r\n\r\nx\r\n.\r\nNOOP\r\nQUI").await;
+    c.r.get_mut().shutdown().await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(c.reply().await.0);
+    }
+    assert_eq!(got, [250, 250, 250, 354, 250, 250], "every answer, then EOF");
+    assert_eq!(c.reply().await.0, 0, "then the server closes");
+    let mails = inbox.wait_for(1).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].headers.subject, "last");
+    smtp.shutdown().await;
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_get_clear_codes_and_no_partial_event() {
     let bus = TestBus::nats();

@@ -426,6 +426,12 @@ async fn session(shared: &Arc<Shared>, io: Box<dyn Io>, peer: SocketAddr) {
         };
         match read {
             Line::Eof => {
+                // Answers to what the client pipelined before it closed (a partial last line
+                // keeps them buffered) still go out: one may say its mail was delivered.
+                if !out.is_empty() {
+                    let _ = reader.get_mut().write_all(&out).await;
+                    let _ = reader.get_mut().flush().await;
+                }
                 if in_data {
                     shared.metrics.error(reason::DISCONNECTED_IN_DATA);
                     tracing::warn!(%peer, "SMTP client disconnected in the middle of DATA; message discarded");
