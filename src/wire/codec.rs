@@ -248,24 +248,26 @@ fn collect_headers(
 
 fn absolute_uri(target: &str, headers: &HeaderMap) -> Result<Uri, WireError> {
     let invalid = || WireError::InvalidUrl(target.chars().take(256).collect());
-    if target.starts_with("https://") || target.starts_with("http://") {
-        let uri: Uri = target.parse().map_err(|_| invalid())?;
-        if uri.authority().is_none() {
-            return Err(invalid());
-        }
-        return Ok(uri);
-    }
-    if !target.starts_with('/') {
+    let uri: Uri = if target.starts_with("https://") || target.starts_with("http://") {
+        target.parse().map_err(|_| invalid())?
+    } else if target.starts_with('/') {
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| WireError::InvalidUrl(format!("origin-form {target} without Host")))?;
+        format!("https://{host}{target}")
+            .parse()
+            .map_err(|_| invalid())?
+    } else {
         return Err(invalid());
+    };
+    // No userinfo: Go writes none (`Request.WriteProxy`), the encoder would drop it, and a
+    // credential has no place in a bus subject or log.
+    match uri.authority() {
+        Some(a) if !a.as_str().contains('@') => Ok(uri),
+        _ => Err(invalid()),
     }
-    let host = headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| WireError::InvalidUrl(format!("origin-form {target} without Host")))?;
-    format!("https://{host}{target}")
-        .parse()
-        .map_err(|_| invalid())
 }
 
 #[derive(Clone, Copy)]
@@ -494,6 +496,8 @@ X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
             b"POST https://a:443/ HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             b"GET https://a:443/ HTTP/1.1\r\nBad Header: x\r\n\r\n",
             b"GET https://a:443/ HTTP/1.1\r\nX: \x01\r\n\r\n",
+            b"GET https://user:pw@a:443/ HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
         ];
         for case in cases {
             assert!(
