@@ -26,8 +26,11 @@ use crate::wire::codec::decode_request_headers;
 use crate::wire::subject::{is_valid_plane, MAX_SUBJECT_LEN};
 use crate::wire::{self, request_subject, response_subject, subscription_subject};
 
+/// A property: panics when `data` breaks it.
+pub type Property = fn(&[u8]);
+
 /// Every target by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/` call it.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Property); 6] = [
     ("subject", subject),
     ("payload", payload),
     ("framing_guard", framing_guard),

@@ -590,7 +590,11 @@ async fn replies_buffered_when_the_client_half_closes_still_go_out() {
     for _ in 0..6 {
         got.push(c.reply().await.0);
     }
-    assert_eq!(got, [250, 250, 250, 354, 250, 250], "every answer, then EOF");
+    assert_eq!(
+        got,
+        [250, 250, 250, 354, 250, 250],
+        "every answer, then EOF"
+    );
     assert_eq!(c.reply().await.0, 0, "then the server closes");
     let mails = inbox.wait_for(1).await;
     assert_eq!(mails.len(), 1);
