@@ -184,6 +184,12 @@ async fn main() -> std::process::ExitCode {
         }
     };
     telemetry::logs::init(config.deployment);
+    // As Go's runtime does: every client is an open file, and the usual soft limit (1024) would
+    // refuse connections long before memory runs out. The hard limit stays the operator's.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     for u in &unknown_properties {
         tracing::warn!(host = %u.host, property = %u.name, "{u}");
     }

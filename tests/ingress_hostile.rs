@@ -231,6 +231,56 @@ async fn slow_loris_is_cut_off() {
     s.stop().await;
 }
 
+/// Go's timeouts: a head must arrive within ReadHeaderTimeout (from the accept, then from its
+/// first byte), while a keep-alive connection may idle between requests up to ReadTimeout (Go's
+/// IdleTimeout default). A load balancer's pooled connections must not be closed under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_idles_up_to_the_read_timeout_and_silent_clients_are_cut_off() {
+    let s = stack_with(&[("ReadHeaderTimeout", "1s"), ("ReadTimeout", "4s")], None).await;
+    let hello = b"GET /hello.example/hello?name=idle HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut kept = TcpStream::connect(s.addr).await.unwrap();
+    assert_eq!(send_on(&mut kept, hello).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        send_on(&mut kept, hello).await.unwrap().status,
+        200,
+        "closed while idle for longer than ReadHeaderTimeout"
+    );
+    let idle_from = Instant::now();
+
+    // A client that connects and says nothing is closed after ReadHeaderTimeout.
+    let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("a silent client is closed")
+    .unwrap_or(0);
+    let silent_for = started.elapsed();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        silent_for >= Duration::from_millis(900) && silent_for < Duration::from_secs(3),
+        "a silent client was closed after {silent_for:?}, not ReadHeaderTimeout"
+    );
+
+    // The kept connection ends once idle for ReadTimeout.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), read_response(&mut kept, &mut rest))
+        .await
+        .expect("an idle keep-alive connection is closed after ReadTimeout");
+    assert!(closed.is_err(), "a response nobody asked for");
+    let idle_for = idle_from.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(3500),
+        "closed after {idle_for:?} idle, before ReadTimeout"
+    );
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_are_refused() {
     let s = stack_with(&[], None).await;

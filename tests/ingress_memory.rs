@@ -146,6 +146,13 @@ const MAX_KIB_PER_CONNECTION: usize = 64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_cost_bounded_memory_and_others_are_served() {
+    // This process holds the client ends; busgate raises its own limit at start.
+    let needed = (HELD + SILENT + 1000) as u64;
+    let limit = rlimit::increase_nofile_limit(needed).unwrap();
+    assert!(
+        limit >= needed,
+        "the test needs {needed} open files but the hard limit is {limit}: raise it (ulimit -Hn)"
+    );
     let (port, admin) = (free_port(), free_port());
     let child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_busgate"))

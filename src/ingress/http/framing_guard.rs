@@ -46,10 +46,14 @@ enum State {
 
 pub struct FramingGuard<S> {
     inner: S,
-    /// Held-back head bytes hide a slow client from hyper's own header timer, so the guard
-    /// enforces the header read timeout for the heads it holds.
+    /// The guard, not hyper, enforces the header read timeout, as Go does: from the accept to
+    /// the end of the first head, then from the first byte of each later head. Between
+    /// requests a keep-alive connection may idle (up to the read timeout, as Go's IdleTimeout
+    /// defaults to ReadTimeout); hyper's timer would close it after the header timeout.
     header_timeout: Duration,
     head_deadline: Option<Pin<Box<Sleep>>>,
+    /// No byte has arrived yet: the first head's clock runs from the accept.
+    awaiting_first_byte: bool,
     state: State,
     /// Bytes read from the socket, not yet examined.
     pending: BytesMut,
@@ -64,6 +68,7 @@ impl<S> FramingGuard<S> {
             inner,
             header_timeout,
             head_deadline: None,
+            awaiting_first_byte: true,
             state: State::Head,
             pending: BytesMut::new(),
             ready: BytesMut::new(),
@@ -244,7 +249,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                     return this.read_body_into(cx, buf);
                 }
             }
-            let holding_head = matches!(this.state, State::Head) && !this.pending.is_empty();
+            let holding_head = matches!(this.state, State::Head)
+                && (!this.pending.is_empty() || this.awaiting_first_byte);
             if !holding_head {
                 this.head_deadline = None;
             } else if this.head_deadline.is_none() {
@@ -279,6 +285,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                         }
                         continue;
                     }
+                    this.awaiting_first_byte = false;
                     this.pending.extend_from_slice(filled);
                     this.advance();
                 }

@@ -239,7 +239,9 @@ async fn accept_loop(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.read_header_timeout)
+        // The framing guard times request heads (Go's semantics); hyper's timer (30 s unless
+        // set) would also run while a keep-alive connection idles between requests.
+        .header_read_timeout(None)
         .max_buf_size(shared.config.max_header_bytes);
     builder
         .http2()
