@@ -295,7 +295,8 @@ pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
 
 /// The 32-hex trace id of `cx`.
 pub fn trace_id(cx: &SpanContext) -> String {
-    format!("{:032x}", cx.trace_id())
+    // Twice per request (ingress and service log spans); `{:032x}` cost ~750 instructions.
+    hex::encode(cx.trace_id().to_bytes())
 }
 
 /// An OpenTelemetry context holding `cx` as a remote parent, for code that records its own
