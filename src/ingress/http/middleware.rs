@@ -202,7 +202,7 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     let route = super::proxy::parse_target(&path)
         .map(|t| {
             let mut route = String::with_capacity(t.host.len() + 6);
-            route.push_str(&t.host);
+            route.push_str(t.host);
             route.push(':');
             route.push_str(itoa::Buffer::new().format(t.port));
             route
