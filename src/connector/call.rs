@@ -198,13 +198,13 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
     if let Some(inbound) = &ctx.frame {
         propagate(inbound, headers);
     }
-    frame::set(headers, frame::FROM_HOST, &inner.hostname);
-    frame::set(headers, frame::FROM_ID, &inner.id);
-    if inner.version > 0 {
-        frame::set(headers, frame::FROM_VERSION, &inner.version.to_string());
-    }
-    frame::set(headers, frame::OP_CODE, OpCode::Req.as_str());
-    frame::set(headers, frame::CALL_DEPTH, &(ctx.depth + 1).to_string());
+    inner.own_frame.put_sender(headers, true);
+    frame::set_static(headers, frame::OP_CODE, OpCode::Req.as_str());
+    frame::set(
+        headers,
+        frame::CALL_DEPTH,
+        itoa::Buffer::new().format(ctx.depth + 1),
+    );
     let fragments = split_body(req.body(), inner.max_fragment);
     Ok(Outgoing {
         url,

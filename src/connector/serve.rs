@@ -399,16 +399,10 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
 fn reply_headers(inner: &Inner, reply: &ReplyTo, op: OpCode) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(8);
     frame::set(&mut h, frame::MSG_ID, &reply.msg_id);
-    frame::set(&mut h, frame::FROM_HOST, &inner.hostname);
-    frame::set(&mut h, frame::FROM_ID, &inner.id);
-    if inner.version > 0 && op != OpCode::Ack {
-        frame::set(&mut h, frame::FROM_VERSION, &inner.version.to_string());
-    }
+    inner.own_frame.put_sender(&mut h, op != OpCode::Ack);
     frame::set(&mut h, frame::QUEUE, &reply.queue);
-    frame::set(&mut h, frame::OP_CODE, op.as_str());
-    if let Some(loc) = &inner.locality {
-        frame::set(&mut h, frame::LOCALITY, loc);
-    }
+    frame::set_static(&mut h, frame::OP_CODE, op.as_str());
+    inner.own_frame.put_locality(&mut h);
     h
 }
 

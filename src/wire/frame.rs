@@ -140,6 +140,14 @@ pub fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// Set a frame header to a constant (an op code): no copy of the value.
+pub fn set_static(headers: &mut HeaderMap, name: &'static str, value: &'static str) {
+    headers.insert(
+        HeaderName::from_static(name),
+        HeaderValue::from_static(value),
+    );
+}
+
 /// Whether a header is internal to the bus and must never cross the ingress.
 pub fn is_internal_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
