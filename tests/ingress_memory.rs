@@ -13,7 +13,7 @@ use std::time::Duration;
 use busgate::{Ctx, Service};
 use bytes::Bytes;
 use common::http::{build, read_response, send_raw, upload};
-use common::{ChildGuard, NatsServer};
+use common::{free_port, ChildGuard, NatsServer};
 use http::{Request, Response};
 
 const LIMIT_MB: usize = 256;
@@ -35,14 +35,6 @@ fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_listening(addr: SocketAddr) {
@@ -86,15 +78,7 @@ async fn fifty_concurrent_20mb_uploads_stay_within_the_memory_limit() {
             .unwrap(),
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "busgate ingress did not start");
+    wait_listening(addr).await;
     let baseline = peak_rss_mb(child.0.id());
 
     let body = Bytes::from(vec![b'u'; UPLOAD]);
@@ -154,8 +138,16 @@ async fn ten_thousand_idle_connections_cost_bounded_memory_and_others_are_served
         "the test needs {needed} open files but the hard limit is {limit}: raise it (ulimit -Hn)"
     );
     let (port, admin) = (free_port(), free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_busgate"));
+    // busgate starts with the usual soft limit of 1024 open files, and must raise it itself.
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, 1024, hard));
+    }
     let child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_busgate"))
+        command
             .args(["--ports", &port.to_string()])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .env_remove("MICROBUS_NATS")
