@@ -296,11 +296,12 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     // Every log line of the handler carries the service, the instance and the trace.
     // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
     // (and its count) to this service and trace.
+    let trace_id = trace::trace_id(span.context());
     let log_span = tracing::error_span!(
         SERVICE_LOG_SPAN,
-        host = %inner.hostname,
-        id = %inner.id,
-        trace_id = %trace::trace_id(span.context()),
+        host = inner.hostname.as_str(),
+        id = inner.id.as_str(),
+        trace_id = trace_id.as_str(),
     );
     let conn = super::Connector {
         inner: inner.clone(),

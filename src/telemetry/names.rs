@@ -81,6 +81,8 @@ pub const HANDLER_TRACER_NAME: &str = "busgate.handler";
 /// lines; not exported (the hop's own span is).
 pub const SERVICE_LOG_SPAN: &str = "bus";
 pub const INGRESS_LOG_SPAN: &str = "http";
+/// The fields of those spans, recorded as `&str` and written bare (`host=calc.example`).
+pub const LOG_SPAN_FIELDS: [&str; 3] = ["host", "id", "trace_id"];
 
 // The HTTP ingress.
 pub const INGRESS_REQUEST_DURATION: &str = "busgate_ingress_request_duration_seconds";

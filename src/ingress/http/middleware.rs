@@ -245,9 +245,9 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     // (and its count) to this service and trace.
     let log_span = tracing::error_span!(
         crate::telemetry::names::INGRESS_LOG_SPAN,
-        host = %shared.conn.hostname(),
-        id = %shared.conn.id(),
-        trace_id = %trace_id,
+        host = shared.conn.hostname(),
+        id = shared.conn.id(),
+        trace_id = trace_id.as_str(),
     );
     let mut res = stages(shared, req).instrument(log_span).await;
     listener.in_flight.dec();

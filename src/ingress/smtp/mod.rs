@@ -200,8 +200,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskT
         let shared = shared.clone();
         let log_span = tracing::error_span!(
             SMTP_LOG_SPAN,
-            host = %shared.conn.hostname(),
-            id = %shared.conn.id(),
+            host = shared.conn.hostname(),
+            id = shared.conn.id(),
             peer = %peer,
         );
         sessions.spawn(
