@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use crate::config::{parse_bool, parse_duration, BusConfig, ConfigFile};
+use crate::config::{parse_bool, parse_duration, ConfigFile};
+use crate::connector::BusConfig;
 use crate::connector::{Connector, Service};
 use crate::ingress::http::config::{PortMappings, PROPERTIES as HTTP_PROPERTIES};
 use crate::ingress::http::framing_guard::{FramingGuard, CONFLICT_MARKER};

@@ -6,6 +6,7 @@
 //! - [`connector`]: a service instance that serves endpoints and calls others.
 //! - [`examples`]: the example services the demo and the tests use.
 
+pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod error;
@@ -19,6 +20,8 @@ pub mod telemetry;
 pub mod transport;
 pub mod wire;
 
-pub use config::{BusConfig, Deployment};
-pub use connector::{build_request, json, Connector, Ctx, Handler, Queue, Service, StartError};
+pub use config::Deployment;
+pub use connector::{
+    build_request, json, BusConfig, Connector, Ctx, Handler, Queue, Service, StartError,
+};
 pub use error::{Error, ErrorKind};

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use busgate::ingress::http::context::ConnInfo;
 use busgate::ingress::http::middleware::handle;
-use busgate::ingress::http::middleware::ConnInfo;
 use busgate::ingress::http::{HttpIngress, IngressConfig, Shared};
 use busgate::{examples, Connector, Ctx, Service};
 use bytes::Bytes;
@@ -456,7 +456,7 @@ async fn secure_redirect_when_tls_serves_443() {
         .await
         .unwrap();
     let shared = Arc::new(Shared {
-        metrics: busgate::telemetry::metrics::IngressMetrics::register(conn.metrics()),
+        metrics: busgate::ingress::http::metrics::IngressMetrics::register(conn.metrics()),
         config: IngressConfig::default(),
         conn: conn.clone(),
         memory: busgate::ingress::http::memory::MemoryBudget::new(1 << 20),

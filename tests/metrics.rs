@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use busgate::telemetry::names::SERVICE_METRICS;
 use std::time::{Duration, Instant};
 
+use busgate::ingress::admin::{AdminServer, AdminTargets};
 use busgate::ingress::http::{HttpIngress, IngressConfig};
 use busgate::services::metrics_core;
-use busgate::telemetry::admin::{AdminServer, AdminTargets};
 use busgate::{examples, BusConfig, Connector, Deployment};
 use common::http::{get, request};
 use common::{NatsServer, Prometheus};

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use super::route::{Endpoint, Handler, Queue, RouteSpec};
 use super::{Ctx, CONTROL_PORT};
 use crate::error::Error;
-use crate::telemetry::metrics::{accepts_gzip, exposition_response};
+use crate::telemetry::exposition::{accepts_gzip, exposition_response};
 use crate::telemetry::trace::parse_trace_id;
 use crate::wire::ALL_HOSTS;
 

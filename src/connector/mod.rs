@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bus_config;
 mod call;
 mod control;
 pub(crate) mod fragment;
@@ -40,10 +41,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use bus_config::BusConfig;
 pub use call::{ACK_TIMEOUT, DEFAULT_CALL_BUDGET, MAX_CALL_DEPTH, NETWORK_HOP};
 pub use route::{Handler, HandlerFuture, Queue, RouteSpec};
 
-use crate::config::{BusConfig, Deployment};
+use crate::config::Deployment;
 use crate::error::Error;
 use crate::telemetry;
 use crate::telemetry::metrics::ServiceMetrics;

@@ -9,7 +9,7 @@ pub mod eventsink;
 pub mod eventsource;
 pub mod hello;
 
-use crate::config::BusConfig;
+use crate::connector::BusConfig;
 use crate::connector::{Connector, StartError};
 
 /// Start every example service; on failure the ones already started are shut down.

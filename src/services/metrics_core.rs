@@ -14,7 +14,7 @@ use crate::config::Deployment;
 use crate::connector::{build_request, Ctx, Service, CONTROL_PORT};
 use crate::error::Error;
 use crate::telemetry::exposition;
-use crate::telemetry::metrics::{accepts_gzip, exposition_response};
+use crate::telemetry::exposition::{accepts_gzip, exposition_response};
 use crate::wire::frame::Frame;
 use crate::wire::{is_valid_hostname, ALL_HOSTS};
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 use fnv::FnvBuildHasher;
@@ -76,7 +76,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> HandleCache<K, V> {
 
 /// A label value's identity: interned values and constants keep their address for the life of
 /// the registry, so the address stands for the text.
-fn label_id(label: &Label) -> usize {
+pub(crate) fn label_id(label: &Label) -> usize {
     label.as_ptr() as usize
 }
 
@@ -125,7 +125,7 @@ type ConstLabels = HashMap<String, String>;
 
 // Identity labels go into each metric's own options (not the registry's) so that the
 // exposition lists all labels in alphabetical order, as Microbus does.
-fn histogram(
+pub(crate) fn histogram(
     c: &ConstLabels,
     name: &str,
     help: &str,
@@ -141,16 +141,19 @@ fn histogram(
     .expect("valid histogram definition")
 }
 
-fn counter(c: &ConstLabels, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter(c: &ConstLabels, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help).const_labels(c.clone()), labels)
         .expect("valid counter definition")
 }
 
-fn opts(c: &ConstLabels, name: &str, help: &str) -> Opts {
+pub(crate) fn opts(c: &ConstLabels, name: &str, help: &str) -> Opts {
     Opts::new(name, help).const_labels(c.clone())
 }
 
-fn register(registry: &Registry, c: impl Collector + Clone + 'static) -> Box<dyn Collector> {
+pub(crate) fn register(
+    registry: &Registry,
+    c: impl Collector + Clone + 'static,
+) -> Box<dyn Collector> {
     registry
         .register(Box::new(c.clone()))
         .expect("metric names are unique per registry");
@@ -543,131 +546,7 @@ impl ServiceMetrics {
 
     /// This registry in the Prometheus text format.
     pub fn encode(&self) -> String {
-        encode_families(self.registry.gather())
-    }
-}
-
-fn encode_families(families: Vec<prometheus::proto::MetricFamily>) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&families, &mut out)
-        .expect("text encoding of gathered metrics");
-    go_bucket_bounds(String::from_utf8(out).expect("the text format is UTF-8"))
-}
-
-/// Bucket bounds (`le`) written as Go's client writes them (`1.048576e+06`, `5e-05`): `le`
-/// is a label, so Go and Rust series of one histogram add up in `sum by (le)` only when the
-/// text is the same.
-fn go_bucket_bounds(text: String) -> String {
-    const LE: &str = "le=\"";
-    if !text.contains(LE) {
-        return text;
-    }
-    let mut out = String::with_capacity(text.len() + text.len() / 64);
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find(LE) {
-        let (head, tail) = rest.split_at(at + LE.len());
-        out.push_str(head);
-        let end = tail.find('"').unwrap_or(tail.len());
-        let bound = &tail[..end];
-        match bound.parse::<f64>() {
-            Ok(v) if v.is_finite() => out.push_str(&go_float(v)),
-            _ => out.push_str(bound),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Go's `strconv.FormatFloat(v, 'g', -1, 64)`: the shortest digits, in exponent form when the
-/// exponent is below -4 or at least 6 (two exponent digits at least, with a sign).
-fn go_float(v: f64) -> String {
-    if v == 0.0 {
-        return "0".to_owned();
-    }
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("exponent form");
-    let exp: i32 = exp.parse().expect("an integer exponent");
-    if (-4..6).contains(&exp) {
-        format!("{v}")
-    } else {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
-    }
-}
-
-/// Metrics of the HTTP ingress, in the ingress connector's registry.
-pub struct IngressMetrics {
-    pub duration: HistogramVec,
-    pub in_flight: IntGaugeVec,
-    pub open_connections: IntGaugeVec,
-    pub request_body: HistogramVec,
-    pub response_body: HistogramVec,
-    listeners: HandleCache<u16, ListenerMetrics>,
-    durations: HandleCache<[usize; 4], Histogram>,
-}
-
-/// The series of one listener port.
-#[derive(Clone)]
-pub struct ListenerMetrics {
-    pub in_flight: IntGauge,
-    pub open_connections: IntGauge,
-    pub request_body: Histogram,
-    pub response_body: Histogram,
-}
-
-impl IngressMetrics {
-    pub fn register(service: &ServiceMetrics) -> IngressMetrics {
-        let c = &service.const_labels;
-        let m = IngressMetrics {
-            duration: histogram(c, INGRESS_REQUEST_DURATION, "Time from request to response at the HTTP ingress, by listener, target and status.", &[L_PORT, L_ROUTE, L_METHOD, L_CODE], LATENCY_BUCKETS),
-            in_flight: IntGaugeVec::new(opts(c, INGRESS_IN_FLIGHT, "HTTP requests being served, by listener."), &[L_PORT]).expect("valid gauge"),
-            open_connections: IntGaugeVec::new(opts(c, INGRESS_OPEN_CONNECTIONS, "Client connections open, by listener (idle keep-alive ones included)."), &[L_PORT]).expect("valid gauge"),
-            request_body: histogram(c, INGRESS_REQUEST_BODY, "Size of request bodies received by the HTTP ingress.", &[L_PORT], BODY_BUCKETS),
-            response_body: histogram(c, INGRESS_RESPONSE_BODY, "Size of response bodies sent by the HTTP ingress.", &[L_PORT], BODY_BUCKETS),
-            listeners: HandleCache::default(),
-            durations: HandleCache::default(),
-        };
-        register(&service.registry, m.duration.clone());
-        register(&service.registry, m.in_flight.clone());
-        register(&service.registry, m.open_connections.clone());
-        register(&service.registry, m.request_body.clone());
-        register(&service.registry, m.response_body.clone());
-        m
-    }
-
-    /// The series of listener `port`.
-    pub fn listener(&self, port: u16) -> ListenerMetrics {
-        self.listeners.get(port, || {
-            let port = itoa::Buffer::new().format(port).to_owned();
-            ListenerMetrics {
-                in_flight: self.in_flight.with_label_values(&[&port]),
-                open_connections: self.open_connections.with_label_values(&[&port]),
-                request_body: self.request_body.with_label_values(&[&port]),
-                response_body: self.response_body.with_label_values(&[&port]),
-            }
-        })
-    }
-
-    /// The duration series of one listener, target, method and status; `route` and `method`
-    /// come from [`ServiceMetrics::capped`].
-    pub fn duration(&self, port: u16, route: &Label, method: &Label, status: u16) -> Histogram {
-        let key = [
-            port as usize,
-            label_id(route),
-            label_id(method),
-            status as usize,
-        ];
-        self.durations.get(key, || {
-            let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
-            self.duration.with_label_values(&[
-                port_buf.format(port),
-                route,
-                method,
-                code_buf.format(status),
-            ])
-        })
+        crate::telemetry::exposition::encode_families(self.registry.gather())
     }
 }
 
@@ -778,81 +657,12 @@ pub fn gather(services: &[Arc<ServiceMetrics>]) -> String {
         }
     }
     merged.sort_by(|a, b| a.name().cmp(b.name()));
-    encode_families(merged)
-}
-
-/// The content type of the Prometheus text format.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Whether a request's `Accept-Encoding` allows gzip.
-pub fn accepts_gzip(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|e| {
-            let mut parts = e.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
-            name.eq_ignore_ascii_case("gzip") && !refused
-        })
-}
-
-/// An exposition as an HTTP response, gzipped when the scraper accepts it.
-pub fn exposition_response(text: String, gzip: bool) -> http::Response<bytes::Bytes> {
-    use std::io::Write;
-    let mut res = http::Response::new(bytes::Bytes::new());
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(TEXT_CONTENT_TYPE),
-    );
-    if gzip {
-        let mut enc = flate2::write::GzEncoder::new(
-            Vec::with_capacity(text.len() / 4),
-            flate2::Compression::fast(),
-        );
-        if enc.write_all(text.as_bytes()).is_ok() {
-            if let Ok(zipped) = enc.finish() {
-                res.headers_mut().insert(
-                    http::header::CONTENT_ENCODING,
-                    http::HeaderValue::from_static("gzip"),
-                );
-                *res.body_mut() = bytes::Bytes::from(zipped);
-                return res;
-            }
-        }
-    }
-    *res.body_mut() = bytes::Bytes::from(text);
-    res
+    crate::telemetry::exposition::encode_families(merged)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_bounds_are_written_as_go_writes_them() {
-        for (v, go) in [
-            (0.005, "0.005"),
-            (0.00005, "5e-05"),
-            (0.0001, "0.0001"),
-            (1.0, "1"),
-            (60.0, "60"),
-            (262144.0, "262144"),
-            (1048576.0, "1.048576e+06"),
-            (4194304.0, "4.194304e+06"),
-            (16777216.0, "1.6777216e+07"),
-            (1e6, "1e+06"),
-        ] {
-            assert_eq!(go_float(v), go, "{v}");
-        }
-        let text = "x_bucket{a=\"1\",le=\"1048576\"} 3\nx_bucket{le=\"+Inf\"} 4\n".to_owned();
-        assert_eq!(
-            go_bucket_bounds(text),
-            "x_bucket{a=\"1\",le=\"1.048576e+06\"} 3\nx_bucket{le=\"+Inf\"} 4\n"
-        );
-    }
 
     #[test]
     fn every_series_carries_service_labels() {

@@ -1,15 +1,11 @@
 //! Telemetry: traces (OpenTelemetry, exported over OTLP), metrics (Prometheus) and logs
 //! (`tracing`), with every name fixed in [`names`].
 
-pub mod admin;
-pub mod export;
 pub mod exposition;
 pub mod handler_spans;
 pub mod logs;
 pub mod metrics;
 pub mod names;
-pub mod otlp;
-pub mod tail;
 pub mod trace;
 
 pub use trace::{OtlpProtocol, TelemetryConfig};

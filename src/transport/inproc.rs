@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
-use super::{BusMessage, ConnectionState, TransportError, TransportErrorKind};
+use super::message::{BusMessage, ConnectionState, TransportError, TransportErrorKind};
 
 /// The payload limit of a default NATS server (`max_payload`), so that fragmentation behaves
 /// the same on both transports.

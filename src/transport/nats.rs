@@ -9,7 +9,7 @@ use async_nats::{ConnectOptions, Event};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{ConnectionState, TransportError, TransportErrorKind};
+use super::message::{ConnectionState, TransportError, TransportErrorKind};
 
 /// Microbus's default bus address.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";

@@ -8,8 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
+use super::error::WireError;
 use super::frame;
-use super::WireError;
 
 /// Most headers a bus message may carry; more is hostile input.
 pub const MAX_HEADERS: usize = 256;

@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
+use super::error::WireError;
 use super::hostname::{is_valid_hostname, reverse_host};
-use super::WireError;
 
 /// The plane used when none is configured (`MICROBUS_PLANE`).
 pub const DEFAULT_PLANE: &str = "microbus";

@@ -3,8 +3,8 @@
 use http::Uri;
 use percent_encoding::percent_decode_str;
 
+use super::error::WireError;
 use super::hostname::is_valid_hostname;
-use super::WireError;
 
 /// A parsed bus URL with the port filled in and the host lower-cased and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]

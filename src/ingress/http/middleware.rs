@@ -11,7 +11,7 @@
 //! tower-http's layer, around the last two stages.
 //!
 //! Inner stages report an error by returning [`error_response`]: an empty response carrying
-//! the [`IngressError`]; the error printer, outer, renders it once.
+//! the [`ResponseError`]; the error printer, outer, renders it once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -26,56 +26,13 @@ use tower::{Layer, ServiceExt};
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 
-use super::Shared;
+use super::context::{
+    conn_info, error_response, BusTime, ConnInfo, Deadline, RequestBodySize, ResponseError,
+    TraceContext, TraceId,
+};
+use super::shared::Shared;
 use crate::error::Error;
 use crate::wire::frame::is_internal_header;
-
-/// Where a request came in: set per connection by the listener.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub listen_port: u16,
-    pub tls: bool,
-    pub peer: SocketAddr,
-}
-
-/// The trace id shown on error pages: the id of the request's trace.
-#[derive(Debug, Clone)]
-pub struct TraceId(pub String);
-
-/// The ingress span of the request, parent of the bus call.
-#[derive(Debug, Clone)]
-pub struct TraceContext(pub crate::telemetry::trace::SpanContext);
-
-/// Time spent waiting for the bus, for `Server-Timing`.
-#[derive(Debug, Clone, Copy)]
-pub struct BusTime(pub Duration);
-
-/// Bytes of the request body that were read.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestBodySize(pub usize);
-
-/// The deadline of the bus call, set by the timeout layer.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Option<Instant>);
-
-/// An error to be rendered by the error printer.
-#[derive(Debug, Clone)]
-pub struct IngressError(pub Error);
-
-/// An empty response that carries `err` to the error printer.
-pub fn error_response(err: Error) -> Response {
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = err.status();
-    res.extensions_mut().insert(IngressError(err));
-    res
-}
-
-/// An empty-body 404 that is not an error (bad host, internal port), as Microbus answers.
-pub fn empty_not_found() -> Response {
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = StatusCode::NOT_FOUND;
-    res
-}
 
 /// The whole middleware chain and the proxy, for one request that came in on `info`.
 ///
@@ -95,17 +52,6 @@ pub async fn handle(shared: &Shared, info: ConnInfo, mut req: Request) -> Respon
         *res.body_mut() = Body::empty();
     }
     res
-}
-
-fn conn_info(req: &Request) -> ConnInfo {
-    req.extensions()
-        .get::<ConnInfo>()
-        .copied()
-        .unwrap_or(ConnInfo {
-            listen_port: 0,
-            tls: false,
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-        })
 }
 
 /// The client's address: the first `X-Forwarded-For` hop when the peer is a trusted proxy,
@@ -265,8 +211,8 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     span.set_int(A_HTTP_STATUS, status as i64);
     span.set_int(A_HTTP_REQUEST_BODY_SIZE, request_size as i64);
     span.set_int(A_HTTP_RESPONSE_BODY_SIZE, response_size as i64);
-    match res.extensions().get::<IngressError>() {
-        Some(IngressError(err)) => {
+    match res.extensions().get::<ResponseError>() {
+        Some(ResponseError(err)) => {
             span.record_error(err);
             crate::connector::force_trace(&shared.conn, span.context());
         }
@@ -399,11 +345,11 @@ fn error_printer(shared: &Shared, req: &mut Request) -> (TraceId, bool) {
     (trace_id, client_ip(shared, req).is_loopback())
 }
 
-/// Renders an [`IngressError`] as `text/plain`: the full error and stack for a client on
+/// Renders an [`ResponseError`] as `text/plain`: the full error and stack for a client on
 /// localhost, `<status text> <trace id>` for anyone else; every error page names its trace.
 fn print_error(trace_id: &TraceId, local: bool, mut res: Response) -> Response {
     // Left in place: the telemetry layer records it on the span.
-    let Some(IngressError(err)) = res.extensions().get::<IngressError>().cloned() else {
+    let Some(ResponseError(err)) = res.extensions().get::<ResponseError>().cloned() else {
         return res;
     };
     let id = &trace_id.0;
@@ -465,7 +411,7 @@ fn access_log(shared: &Shared, req: &Request) -> Option<Uri> {
 
 /// "Serving" with the error when one happened: 404 at INFO, other 4xx at WARN, 5xx at ERROR.
 fn access_log_result(uri: &Uri, res: &Response) {
-    let Some(IngressError(err)) = res.extensions().get::<IngressError>() else {
+    let Some(ResponseError(err)) = res.extensions().get::<ResponseError>() else {
         return;
     };
     let status = err.status().as_u16();
@@ -675,7 +621,7 @@ async fn default_favicon(shared: &Shared, req: Request) -> Response {
     if is_favicon
         && res
             .extensions()
-            .get::<IngressError>()
+            .get::<ResponseError>()
             .is_some_and(|e| e.0.status() == StatusCode::NOT_FOUND)
     {
         let mut icon = Response::new(Body::from(FAVICON));

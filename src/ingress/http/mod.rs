@@ -8,10 +8,13 @@
 //! ```
 
 pub mod config;
+pub mod context;
 pub mod framing_guard;
 pub mod memory;
+pub mod metrics;
 pub mod middleware;
 pub mod proxy;
+pub mod shared;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -30,13 +33,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
+use context::ConnInfo;
 use framing_guard::FramingGuard;
 use memory::MemoryBudget;
-use middleware::ConnInfo;
+pub use shared::Shared;
 
-use crate::config::BusConfig;
+use crate::connector::BusConfig;
 use crate::connector::{Connector, Service, StartError};
-use crate::telemetry::metrics::IngressMetrics;
+use metrics::IngressMetrics;
 
 pub use middleware::COMPRESSION_MIN_BYTES;
 
@@ -55,16 +59,6 @@ pub enum IngressError {
     Listen { port: u16, source: std::io::Error },
     #[error("invalid TLS files for port {port}: {message}")]
     Tls { port: u16, message: String },
-}
-
-/// State shared by every request.
-pub struct Shared {
-    pub config: IngressConfig,
-    pub conn: Connector,
-    pub metrics: IngressMetrics,
-    pub memory: Arc<MemoryBudget>,
-    /// Listener ports that serve TLS.
-    pub tls_ports: HashSet<u16>,
 }
 
 /// A running HTTP ingress.

@@ -11,10 +11,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body_util::BodyExt;
 
-use super::middleware::{
+use super::context::{
     empty_not_found, error_response, BusTime, ConnInfo, Deadline, RequestBodySize, TraceContext,
 };
-use super::Shared;
+use super::shared::Shared;
 use crate::connector::CONTROL_PORT;
 use crate::error::Error;
 use crate::wire::is_valid_hostname;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanProcessor};
 
-use super::otlp::{encode_request, OtlpHttpSender};
-use super::tail::Waiting;
+use super::otlp::encode_request;
+use super::sender::OtlpHttpSender;
+use super::span::Waiting;
 
 /// Spans waiting for the exporting thread; past this, new spans are dropped (and counted)
 /// rather than let an unreachable collector grow memory without bound. Four batches: room for
@@ -242,7 +243,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::tail::PackedSpan;
+    use crate::telemetry::trace::packed::PackedSpan;
     use opentelemetry::trace::{SpanContext, SpanKind};
     use std::time::SystemTime;
 
@@ -255,24 +256,29 @@ mod tests {
         ))
     }
 
-    /// A collector that never answers within shutdown's wait: shutdown gives up after
-    /// [`EXPORT_SHUTDOWN_WAIT`] and says why, rather than holding the service's stop for as long
-    /// as the exports take.
-    #[test]
-    fn shutdown_gives_up_on_a_collector_that_does_not_answer() {
+    /// A sender to a collector that accepts connections and never answers.
+    fn silent_collector(timeout: Duration) -> OtlpHttpSender {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let held: Vec<_> = listener.incoming().collect();
             drop(held);
         });
-        let sender = OtlpHttpSender::new(
+        OtlpHttpSender::new(
             &format!("http://{addr}/v1/traces"),
             Vec::new(),
             None,
-            EXPORT_SHUTDOWN_WAIT * 6,
+            timeout,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A collector that never answers within shutdown's wait: shutdown gives up after
+    /// [`EXPORT_SHUTDOWN_WAIT`] and says why, rather than holding the service's stop for as long
+    /// as the exports take.
+    #[test]
+    fn shutdown_gives_up_on_a_collector_that_does_not_answer() {
+        let sender = silent_collector(EXPORT_SHUTDOWN_WAIT * 6);
         let batcher = SpanBatcher::new(
             sender,
             Vec::new(),
@@ -290,19 +296,7 @@ mod tests {
     /// are dropped and counted, and shutdown still returns once the exports time out.
     #[test]
     fn a_stalled_collector_costs_spans_not_memory_or_shutdown() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let held: Vec<_> = listener.incoming().collect();
-            drop(held);
-        });
-        let sender = OtlpHttpSender::new(
-            &format!("http://{addr}/v1/traces"),
-            Vec::new(),
-            None,
-            Duration::from_millis(300),
-        )
-        .unwrap();
+        let sender = silent_collector(Duration::from_millis(300));
         let batcher = SpanBatcher::new(
             sender,
             Vec::new(),

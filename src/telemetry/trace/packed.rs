@@ -1,185 +1,25 @@
-//! PROD's tail selection: ended spans wait in a bounded buffer until their trace proves worth
-//! keeping (an error, a slow span, a `:888/trace` selection) or they are evicted.
-//!
-//! Almost every recorded span is evicted unseen, so in PROD a span is recorded packed from the
-//! start ([`PackedSpan`]): its name and attributes are written as bytes into one block as the
-//! request path hands them over (known attribute keys as one-byte indexes, no string
-//! allocated per attribute, the instrumentation scope shared), the ring holds that block as is,
-//! and a span is unpacked into the SDK's [`SpanData`] only when its trace is selected.
+//! The packed span: almost every recorded span is evicted unseen in PROD, and the others are
+//! encoded straight from bytes, so a span is recorded packed from the start. Its name and
+//! attributes are written as bytes into one block as the request path hands them over (known
+//! attribute keys as one-byte indexes, no string allocated per attribute, the instrumentation
+//! scope shared), the tail's ring holds that block as is, and a span is unpacked into the
+//! SDK's [`SpanData`] only when it has to be. It keeps the size of its attributes as OTLP
+//! fields as they are recorded, for the encoder.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceId};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use super::export::Export;
-use super::names::{SpanKey, SPAN_ATTRIBUTES};
-use super::otlp::attribute_field_len;
-
-/// Traces PROD remembers as selected, and for how long after the last selection.
-pub const SELECTED_TRACES_MAX: usize = 8192;
-pub const SELECTION_TTL: Duration = Duration::from_secs(20);
+use super::protobuf::{field_len, tag_len, varint_len};
+use crate::telemetry::names::{SpanKey, SPAN_ATTRIBUTES};
 
 /// Bytes a packed span holds for its name and attributes: the ingress span, the largest, needs
 /// ~250. Attributes past the end are kept aside, owned.
 pub const PACKED_BYTES: usize = 448;
-
-/// Exports the spans of selected traces through `export`; holds the others.
-#[derive(Debug)]
-pub struct Selector {
-    export: Export,
-    /// The scope of every packed span (they do not repeat it).
-    scope: InstrumentationScope,
-    slow: Duration,
-    state: Mutex<SelectorState>,
-}
-
-#[derive(Debug)]
-struct SelectorState {
-    ring: Ring,
-    selected: HashMap<TraceId, Instant>,
-}
-
-impl SelectorState {
-    fn is_selected(&self, trace_id: TraceId) -> bool {
-        // Most spans belong to unselected traces: skip the hash when there is nothing to find.
-        !self.selected.is_empty()
-            && self
-                .selected
-                .get(&trace_id)
-                .is_some_and(|at| at.elapsed() < SELECTION_TTL)
-    }
-
-    /// Remember `trace_id` as selected and take its buffered spans.
-    fn select(&mut self, trace_id: TraceId) -> Vec<Waiting> {
-        if self.selected.len() >= SELECTED_TRACES_MAX {
-            self.selected.retain(|_, at| at.elapsed() < SELECTION_TTL);
-            if self.selected.len() >= SELECTED_TRACES_MAX {
-                // Forget the oldest selection rather than grow without bound.
-                if let Some(oldest) = self
-                    .selected
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(t, _)| *t)
-                {
-                    self.selected.remove(&oldest);
-                }
-            }
-        }
-        self.selected.insert(trace_id, Instant::now());
-        self.ring.take_trace(trace_id)
-    }
-}
-
-impl Selector {
-    pub fn new(
-        export: Export,
-        scope: InstrumentationScope,
-        slow: Duration,
-        capacity: usize,
-    ) -> Selector {
-        Selector {
-            export,
-            scope,
-            slow,
-            state: Mutex::new(SelectorState {
-                ring: Ring::new(capacity),
-                selected: HashMap::new(),
-            }),
-        }
-    }
-
-    /// Where selected spans go.
-    pub fn exporter(&self) -> &Export {
-        &self.export
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SelectorState> {
-        // Nothing in the state is left half-updated by a panic: keep going with it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Export `trace_id`'s buffered spans and its future ones.
-    pub fn select(&self, trace_id: TraceId) {
-        let flushed = self.lock().select(trace_id);
-        self.export(flushed);
-    }
-
-    pub fn is_selected(&self, trace_id: TraceId) -> bool {
-        self.lock().is_selected(trace_id)
-    }
-
-    fn export(&self, spans: impl IntoIterator<Item = Waiting>) {
-        for span in spans {
-            self.export.on_end(span, &self.scope);
-        }
-    }
-
-    /// An ended span: exported when its trace is selected, or when it failed or was slow
-    /// (which selects its trace); held otherwise.
-    pub fn on_end(&self, span: Waiting) {
-        let trace_id = span.trace_id();
-        let select = span.failed() || span.duration() >= self.slow;
-        let mut st = self.lock();
-        if st.is_selected(trace_id) {
-            drop(st);
-            self.export([span]);
-        } else if select {
-            let flushed = st.select(trace_id);
-            drop(st);
-            self.export(flushed.into_iter().chain([span]));
-        } else {
-            let evicted = st.ring.push(span);
-            drop(st);
-            // Freed outside the lock.
-            drop(evicted);
-        }
-    }
-}
-
-/// A span waiting in the ring: packed (busgate's own), or as the SDK made it (handler spans,
-/// spans turned into [`SpanData`] by an error).
-#[derive(Debug)]
-pub enum Waiting {
-    Packed(Box<PackedSpan>),
-    Data(Box<SpanData>),
-}
-
-impl Waiting {
-    pub fn trace_id(&self) -> TraceId {
-        match self {
-            Waiting::Packed(p) => p.context.trace_id(),
-            Waiting::Data(d) => d.span_context.trace_id(),
-        }
-    }
-
-    fn failed(&self) -> bool {
-        match self {
-            // A packed span has no error status: recording one unpacks it.
-            Waiting::Packed(_) => false,
-            Waiting::Data(d) => matches!(d.status, Status::Error { .. }),
-        }
-    }
-
-    fn duration(&self) -> Duration {
-        let (start, end) = match self {
-            Waiting::Packed(p) => (p.start_time, p.end_time),
-            Waiting::Data(d) => (d.start_time, d.end_time),
-        };
-        end.duration_since(start).unwrap_or_default()
-    }
-
-    pub fn into_data(self, scope: &InstrumentationScope) -> SpanData {
-        match self {
-            Waiting::Packed(p) => p.unpack(scope),
-            Waiting::Data(d) => *d,
-        }
-    }
-}
 
 /// A span recorded as bytes: fixed fields, then the name and per attribute a key (an index
 /// into [`SPAN_ATTRIBUTES`], or [`LITERAL_KEY`] and the key), a type tag and the value.
@@ -451,50 +291,33 @@ impl<'a> Iterator for PackedAttributes<'a> {
 /// The key under which a name too long for the block is kept aside (first in `overflow`).
 const NAME_KEY: &str = "name";
 
-/// A fixed ring of waiting spans, grown as it first fills; the oldest is replaced.
-#[derive(Debug)]
-struct Ring {
-    slots: Vec<Option<Waiting>>,
-    capacity: usize,
-    next: usize,
+/// The body of an `AnyValue` message holding a packed value.
+#[inline]
+pub(super) fn packed_value_len(v: PackedValue<'_>) -> usize {
+    match v {
+        PackedValue::Bool(_) => tag_len(2) + 1,
+        PackedValue::I64(i) => tag_len(3) + varint_len(i as u64),
+        PackedValue::F64(_) => tag_len(4) + 8,
+        PackedValue::Str(s) => field_len(1, s.len()),
+    }
 }
 
-impl Ring {
-    fn new(capacity: usize) -> Ring {
-        let capacity = capacity.max(1);
-        Ring {
-            slots: Vec::with_capacity(capacity),
-            capacity,
-            next: 0,
-        }
-    }
+/// The body of a `KeyValue` message holding a packed attribute.
+#[inline]
+pub(super) fn packed_key_value_len(key_len: usize, value: PackedValue<'_>) -> usize {
+    let key = if key_len == 0 {
+        0
+    } else {
+        field_len(1, key_len)
+    };
+    key + field_len(2, packed_value_len(value))
+}
 
-    /// Hold `span`; returns the span it replaces, to be freed by the caller.
-    fn push(&mut self, span: Waiting) -> Option<Waiting> {
-        let at = self.next;
-        self.next = (self.next + 1) % self.capacity;
-        if self.slots.len() < self.capacity {
-            self.slots.push(Some(span));
-            None
-        } else {
-            self.slots[at].replace(span)
-        }
-    }
-
-    /// Every waiting span of `trace_id`, oldest first.
-    fn take_trace(&mut self, trace_id: TraceId) -> Vec<Waiting> {
-        let n = self.slots.len();
-        // Oldest first: from the slot about to be replaced, around the ring.
-        let start = if n < self.capacity { 0 } else { self.next };
-        let mut taken = Vec::new();
-        for i in (0..n).map(|i| (start + i) % n) {
-            let slot = &mut self.slots[i];
-            if slot.as_ref().is_some_and(|w| w.trace_id() == trace_id) {
-                taken.extend(slot.take());
-            }
-        }
-        taken
-    }
+/// The size of one packed attribute as a span's `attributes` field (9). Runs for every
+/// recorded attribute, exported or not (the packed span keeps the sum).
+#[inline]
+pub(super) fn attribute_field_len(key_len: usize, value: PackedValue<'_>) -> usize {
+    field_len(9, packed_key_value_len(key_len, value))
 }
 
 const TAG_BOOL: u8 = 0;
@@ -608,20 +431,22 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::telemetry::names::{
         A_ACK_LATENCY_MS, A_MESSAGING_SYSTEM, A_SERVER_PORT, A_URL_PATH,
     };
+    use opentelemetry::trace::TraceId;
     use opentelemetry::trace::{TraceFlags, TraceState};
+    use std::time::Duration;
 
-    fn scope() -> InstrumentationScope {
+    pub(crate) fn scope() -> InstrumentationScope {
         InstrumentationScope::builder("busgate")
             .with_version("1")
             .build()
     }
 
-    fn context(trace: u128, span: u64) -> SpanContext {
+    pub(crate) fn context(trace: u128, span: u64) -> SpanContext {
         SpanContext::new(
             TraceId::from(trace),
             SpanId::from(span),
@@ -631,7 +456,7 @@ mod tests {
         )
     }
 
-    fn packed(trace: u128, span: u64, port: i64) -> Box<PackedSpan> {
+    pub(crate) fn packed(trace: u128, span: u64, port: i64) -> Box<PackedSpan> {
         let mut p = PackedSpan::new(
             &context(trace, 3),
             SpanKind::Client,
@@ -737,26 +562,6 @@ mod tests {
         let data = p.unpack(&scope());
         assert_eq!(data.name, ":443/x");
         assert_eq!(data.attributes[0].key.as_str(), "name");
-    }
-
-    #[test]
-    fn the_ring_keeps_the_newest_spans_and_gives_a_trace_back_oldest_first() {
-        let mut ring = Ring::new(4);
-        for (i, trace) in [1u128, 2, 1, 3, 1, 2].into_iter().enumerate() {
-            let evicted = ring.push(Waiting::Packed(packed(trace, i as u64 + 1, i as i64)));
-            assert_eq!(evicted.is_some(), i >= 4);
-        }
-        // Capacity 4: spans 0 and 1 were replaced; trace 1 keeps spans 2 and 4.
-        let ports = |spans: Vec<Waiting>| -> Vec<String> {
-            spans
-                .into_iter()
-                .map(|s| s.into_data(&scope()).attributes[0].value.to_string())
-                .collect()
-        };
-        assert_eq!(ports(ring.take_trace(TraceId::from(1u128))), ["2", "4"]);
-        assert!(ring.take_trace(TraceId::from(1u128)).is_empty());
-        assert_eq!(ports(ring.take_trace(TraceId::from(2u128))), ["5"]);
-        assert_eq!(ports(ring.take_trace(TraceId::from(3u128))), ["3"]);
     }
 
     #[test]

@@ -9,111 +9,16 @@
 //! span is measured once and written once, and the resource is encoded once per exporter. The
 //! bytes are checked against `opentelemetry-proto`'s own conversion in the tests.
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
-use super::tail::{PackedSpan, PackedValue, Waiting};
-
-/// The media type of OTLP/HTTP protobuf bodies.
-const PROTOBUF: &str = "application/x-protobuf";
-
-/// Posts encoded requests to an OTLP/HTTP endpoint (`.../v1/traces`).
-#[derive(Debug)]
-pub struct OtlpHttpSender {
-    client: reqwest::blocking::Client,
-    endpoint: String,
-    headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl OtlpHttpSender {
-    /// `ca_file`: PEM certificates trusted for an `https://` collector besides the system's.
-    pub fn new(
-        endpoint: &str,
-        headers: Vec<(HeaderName, HeaderValue)>,
-        ca_file: Option<&Path>,
-        timeout: Duration,
-    ) -> Result<OtlpHttpSender, String> {
-        let tls = client_tls(ca_file)?;
-        // The blocking client runs a runtime of its own, which cannot be started from within
-        // the async runtime this is called on; build it on a thread of its own.
-        let client = std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(timeout)
-                .tls_backend_preconfigured(tls)
-                .build()
-        })
-        .join()
-        .map_err(|_| "the thread building the OTLP HTTP client panicked".to_owned())?
-        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
-        Ok(OtlpHttpSender {
-            client,
-            endpoint: endpoint.to_owned(),
-            headers,
-        })
-    }
-
-    /// Post one `ExportTraceServiceRequest`. Blocks: call it off the async runtime.
-    pub fn send(&self, body: Vec<u8>) -> Result<(), String> {
-        let mut req = self
-            .client
-            .post(&self.endpoint)
-            .header(CONTENT_TYPE, PROTOBUF)
-            .body(body);
-        for (name, value) in &self.headers {
-            req = req.header(name, value);
-        }
-        let res = req
-            .send()
-            .map_err(|e| format!("OTLP export to {}: {e}", self.endpoint))?;
-        if res.status().is_success() {
-            return Ok(());
-        }
-        let status = res.status();
-        let detail: String = res.text().unwrap_or_default().chars().take(200).collect();
-        Err(format!(
-            "OTLP export to {} answered {status}: {detail}",
-            self.endpoint
-        ))
-    }
-}
-
-/// TLS for the collector: the system's roots (read once per process) and `ca_file`'s, over
-/// rustls with the ring provider.
-fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    static SYSTEM_ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    let mut roots = rustls::RootCertStore::empty();
-    let system = SYSTEM_ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs);
-    roots.add_parsable_certificates(system.iter().cloned());
-    if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<_, _>>())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no PEM certificate in it", path.display()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
+use super::packed::{packed_key_value_len, packed_value_len, PackedSpan, PackedValue};
+use super::protobuf::*;
+use super::span::Waiting;
 
 /// The body of the `Resource` message for `resource`.
 pub fn encode_resource(resource: &Resource) -> Vec<u8> {
@@ -198,57 +103,6 @@ pub fn encode_request(
     out.0
 }
 
-// Protobuf wire types.
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
-const FIXED32: u32 = 5;
-
-#[inline]
-fn varint_len(v: u64) -> usize {
-    // 7 bits per byte; zero takes one byte.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-#[inline]
-fn tag_len(field: u32) -> usize {
-    varint_len(u64::from(field << 3))
-}
-
-/// A length-delimited field holding `len` bytes.
-#[inline]
-fn field_len(field: u32, len: usize) -> usize {
-    tag_len(field) + varint_len(len as u64) + len
-}
-
-/// A string or bytes field, omitted when empty (proto3).
-#[inline]
-fn string_len(field: u32, s: &str) -> usize {
-    if s.is_empty() {
-        0
-    } else {
-        field_len(field, s.len())
-    }
-}
-
-#[inline]
-fn varint_field_len(field: u32, v: u64) -> usize {
-    if v == 0 {
-        0
-    } else {
-        tag_len(field) + varint_len(v)
-    }
-}
-
-#[inline]
-fn fixed64_field_len(field: u32, v: u64) -> usize {
-    if v == 0 {
-        0
-    } else {
-        tag_len(field) + 8
-    }
-}
-
 #[inline]
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -314,45 +168,6 @@ fn array_len(a: &Array) -> usize {
         Array::F64(v) => each(v, |_| tag_len(4) + 8),
         Array::String(v) => each(v, |s| field_len(1, s.as_str().len())),
         _ => 0,
-    }
-}
-
-/// The body of an `AnyValue` message holding a packed value.
-#[inline]
-fn packed_value_len(v: PackedValue<'_>) -> usize {
-    match v {
-        PackedValue::Bool(_) => tag_len(2) + 1,
-        PackedValue::I64(i) => tag_len(3) + varint_len(i as u64),
-        PackedValue::F64(_) => tag_len(4) + 8,
-        PackedValue::Str(s) => field_len(1, s.len()),
-    }
-}
-
-/// The body of a `KeyValue` message holding a packed attribute.
-#[inline]
-fn packed_key_value_len(key_len: usize, value: PackedValue<'_>) -> usize {
-    let key = if key_len == 0 {
-        0
-    } else {
-        field_len(1, key_len)
-    };
-    key + field_len(2, packed_value_len(value))
-}
-
-/// The size of one packed attribute as a span's `attributes` field (9). Runs for every
-/// recorded attribute, exported or not (the packed span keeps the sum).
-#[inline]
-pub fn attribute_field_len(key_len: usize, value: PackedValue<'_>) -> usize {
-    field_len(9, packed_key_value_len(key_len, value))
-}
-
-/// A bytes field, omitted when empty (proto3).
-#[inline]
-fn bytes_len(field: u32, b: &[u8]) -> usize {
-    if b.is_empty() {
-        0
-    } else {
-        field_len(field, b.len())
     }
 }
 
@@ -482,72 +297,7 @@ fn link_len(l: &opentelemetry::trace::Link) -> usize {
         + 4
 }
 
-/// Protobuf output, written in field order with the lengths measured above.
-#[derive(Default)]
-struct Proto(Vec<u8>);
-
 impl Proto {
-    #[inline]
-    fn varint(&mut self, mut v: u64) {
-        if v < 0x80 {
-            self.0.push(v as u8);
-            return;
-        }
-        let mut buf = [0u8; 10];
-        let mut n = 0;
-        while v >= 0x80 {
-            buf[n] = (v as u8) | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        buf[n] = v as u8;
-        self.0.extend_from_slice(&buf[..=n]);
-    }
-
-    #[inline]
-    fn tag(&mut self, field: u32, wire_type: u32) {
-        self.varint(u64::from(field << 3 | wire_type));
-    }
-
-    #[inline]
-    fn message_header(&mut self, field: u32, len: usize) {
-        self.tag(field, LEN);
-        self.varint(len as u64);
-    }
-
-    #[inline]
-    fn bytes(&mut self, field: u32, b: &[u8]) {
-        self.message_header(field, b.len());
-        self.0.extend_from_slice(b);
-    }
-
-    /// A string field, omitted when empty (proto3).
-    #[inline]
-    fn string(&mut self, field: u32, s: &str) {
-        if !s.is_empty() {
-            self.bytes(field, s.as_bytes());
-        }
-    }
-
-    fn varint_field(&mut self, field: u32, v: u64) {
-        if v != 0 {
-            self.tag(field, VARINT);
-            self.varint(v);
-        }
-    }
-
-    fn fixed64_field(&mut self, field: u32, v: u64) {
-        if v != 0 {
-            self.tag(field, FIXED64);
-            self.0.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-
-    fn fixed32_field(&mut self, field: u32, v: u32) {
-        self.tag(field, FIXED32);
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-
     /// An `AnyValue` body. Its one-of field is written even when it holds a default value.
     fn any_value(&mut self, v: &Value) {
         match v {
@@ -713,6 +463,7 @@ mod tests {
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
     use std::str::FromStr;
+    use std::time::Duration;
 
     fn context(trace: u128, span: u64, remote: bool, state: &str) -> SpanContext {
         SpanContext::new(

@@ -1,0 +1,28 @@
+//! The wire layer's error.
+
+/// Why a subject, URL or payload could not be built or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("invalid hostname '{0}'")]
+    InvalidHostname(String),
+    #[error("invalid method '{0}'")]
+    InvalidMethod(String),
+    #[error("invalid path spec: {0}")]
+    InvalidPathSpec(String),
+    #[error("subject of {0} bytes is longer than the bus accepts")]
+    SubjectTooLong(usize),
+    #[error("invalid instance id '{0}'")]
+    InvalidInstanceId(String),
+    #[error("invalid URL '{0}'")]
+    InvalidUrl(String),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("truncated message")]
+    Truncated,
+    #[error("invalid header '{0}'")]
+    InvalidHeader(String),
+    #[error("conflicting Content-Length and Transfer-Encoding")]
+    ConflictingFraming,
+    #[error("unsupported Transfer-Encoding '{0}'")]
+    UnsupportedTransferEncoding(String),
+}
