@@ -47,17 +47,6 @@ const LAYERS: &[(&str, u32)] = &[
     ("main", 10),     // the binary: command line, wires everything together
 ];
 
-/// Cycles still to be broken, each exactly as the check finds it (its files, sorted). The
-/// check fails on any other cycle, and on a listed one that changed or is gone, so this list
-/// only shrinks. Issue #16: the connector's core types (`Connector`, `Ctx`, the `Handler` of
-/// an endpoint, the inbox state of calls) refer to each other across these files.
-const KNOWN_CYCLES: &[&[&str]] = &[&[
-    "src/connector/call.rs",
-    "src/connector/fragment.rs",
-    "src/connector/mod.rs",
-    "src/connector/route.rs",
-]];
-
 /// The longest a source file may be.
 const MAX_LINES: usize = 800;
 
@@ -813,36 +802,6 @@ fn no_import_cycle_between_files() {
         .collect();
     cycles.sort();
 
-    let found: Vec<Vec<String>> = cycles
-        .iter()
-        .map(|cycle| {
-            let mut files: Vec<String> = cycle
-                .iter()
-                .map(|&f| analysis.files[f].display().to_string())
-                .collect();
-            files.sort();
-            files
-        })
-        .collect();
-    let known: Vec<Vec<String>> = KNOWN_CYCLES
-        .iter()
-        .map(|cycle| cycle.iter().map(|f| f.to_string()).collect())
-        .collect();
-    for cycle in &known {
-        assert!(
-            found.contains(cycle),
-            "the known cycle {cycle:?} is gone or changed: update KNOWN_CYCLES"
-        );
-    }
-    cycles.retain(|cycle| {
-        let mut files: Vec<String> = cycle
-            .iter()
-            .map(|&f| analysis.files[f].display().to_string())
-            .collect();
-        files.sort();
-        !known.contains(&files)
-    });
-
     let mut report = String::new();
     for (n, cycle) in cycles.iter().enumerate() {
         let _ = writeln!(
@@ -864,7 +823,7 @@ fn no_import_cycle_between_files() {
     }
     assert!(
         cycles.is_empty(),
-        "{} reference cycle(s) between files of src/ besides KNOWN_CYCLES:\n{report}",
+        "{} reference cycle(s) between files of src/:\n{report}",
         cycles.len()
     );
 }

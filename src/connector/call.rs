@@ -1,8 +1,7 @@
 //! Calling: unicast with ack-or-fail, multicast with the ack window, and the response inbox.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
@@ -10,8 +9,11 @@ use http::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::defaults::*;
 use super::fragment::{split_body, DefragOutcome};
-use super::{new_msg_id, Ctx, Inner};
+use super::ids::new_msg_id;
+use super::inbox::Delivery;
+use super::instance::{Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
@@ -21,103 +23,16 @@ use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
 
-/// A unicast that is not acknowledged within this time has no responder: 404 `ack timeout`.
-/// Also the multicast ack window. Microbus's value, part of the protocol.
-pub const ACK_TIMEOUT: Duration = Duration::from_millis(250);
-
-/// One network hop: a handler's deadline is the caller's budget less this, and a call with
-/// less than this left fails at once with 408.
-pub const NETWORK_HOP: Duration = Duration::from_millis(250);
-
-/// Deepest call chain allowed before 508 `call depth overflow` (Microbus's `maxCallDepth`).
-pub const MAX_CALL_DEPTH: u32 = 64;
-
-/// How long a call whose context has no deadline waits here for its response. Microbus waits
-/// forever once acked; a gateway must not hold a request for a crashed responder without
-/// bound. This cap is local only: such a call sends no `Microbus-Time-Budget` (as Go does), so
-/// the handler, Go or Rust, runs without a deadline of ours.
-pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(20);
-
-/// What the inbox hands to a waiting call; `queue` is the responder's `Microbus-Queue`.
-pub(crate) enum Delivery {
-    Ack {
-        from_id: String,
-        queue: Option<String>,
-        proceed: bool,
-    },
-    Response {
-        from_id: String,
-        queue: Option<String>,
-        res: Response<Bytes>,
-    },
-}
-
-/// How long a multicast's set of responders is remembered (Go: 24 h).
-pub const KNOWN_RESPONDERS_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// Subjects whose responders are remembered at most (Go bounds its cache at 16 KB).
-pub const KNOWN_RESPONDERS_MAX: usize = 1024;
-
-/// Go's known-responders optimisation: per multicast subject, the set of `Microbus-Queue`s
-/// that answered last time. When the same set has acknowledged and every acknowledging
-/// instance has answered, a multicast returns without waiting out the ack window. Cleared
-/// when a multicast times out, hears nobody, or gets a response after it returned.
-#[derive(Default)]
-pub(crate) struct KnownResponders {
-    by_subject: Mutex<HashMap<String, (HashSet<String>, Instant)>>,
-    /// Multicasts that returned recently, by message id: a late response clears their subject.
-    finished: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-impl KnownResponders {
-    fn expected(&self, subject: &str) -> Option<HashSet<String>> {
-        let map = self.by_subject.lock().expect("known responders lock");
-        map.get(subject)
-            .filter(|(_, at)| at.elapsed() < KNOWN_RESPONDERS_TTL)
-            .map(|(set, _)| set.clone())
+impl Ctx {
+    /// Unicast: exactly one responder answers; ack-or-fail.
+    pub async fn request(&self, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+        unicast(self, req).await
     }
 
-    fn remember(&self, subject: &str, queues: HashSet<String>) {
-        let mut map = self.by_subject.lock().expect("known responders lock");
-        if map.len() >= KNOWN_RESPONDERS_MAX && !map.contains_key(subject) {
-            // Forget the oldest: a full cache must not grow.
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(subject.to_owned(), (queues, Instant::now()));
-    }
-
-    fn forget(&self, subject: &str) {
-        self.by_subject
-            .lock()
-            .expect("known responders lock")
-            .remove(subject);
-    }
-
-    fn finished(&self, msg_id: &str, subject: &str) {
-        let mut f = self.finished.lock().expect("known responders lock");
-        // Late responses arrive within a budget; older entries are of no use.
-        f.retain(|_, (_, at)| at.elapsed() < DEFAULT_CALL_BUDGET);
-        if f.len() < 4 * KNOWN_RESPONDERS_MAX {
-            f.insert(msg_id.to_owned(), (subject.to_owned(), Instant::now()));
-        }
-    }
-
-    /// A response for `msg_id` came after its multicast returned.
-    pub(crate) fn late_response(&self, msg_id: &str) {
-        let subject = self
-            .finished
-            .lock()
-            .expect("known responders lock")
-            .remove(msg_id);
-        if let Some((subject, _)) = subject {
-            self.forget(&subject);
-        }
+    /// Multicast: every queue group (and every no-queue replica) answers; returns one result
+    /// per responder. Nobody answering is an empty list, not an error.
+    pub async fn multicast(&self, req: Request<Bytes>) -> Vec<Result<Response<Bytes>, Error>> {
+        multicast(self, req).await
     }
 }
 

@@ -7,8 +7,9 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response};
 
-use super::route::{Endpoint, Handler, Queue, RouteSpec};
-use super::{Ctx, CONTROL_PORT};
+use super::defaults::CONTROL_PORT;
+use super::instance::{Ctx, Endpoint, Handler};
+use super::route::{Queue, RouteSpec};
 use crate::error::Error;
 use crate::telemetry::exposition::{accepts_gzip, exposition_response};
 use crate::telemetry::trace::parse_trace_id;

@@ -12,7 +12,7 @@ use crate::wire::frame::{self, Fragment};
 
 /// A reassembly with no new fragment for this long is dropped: one network hop (250 ms), as
 /// Go Microbus does, so that both sides give up on a half-sent body at the same time.
-pub const DEFRAG_IDLE_TIMEOUT: Duration = super::call::NETWORK_HOP;
+pub const DEFRAG_IDLE_TIMEOUT: Duration = super::defaults::NETWORK_HOP;
 
 /// How often stale reassemblies are swept.
 pub const DEFRAG_SWEEP_INTERVAL: Duration = Duration::from_millis(125);

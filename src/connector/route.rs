@@ -1,14 +1,5 @@
-//! Endpoint routes: the subscription path syntax of reference §1.3 and the handler types.
+//! Endpoint routes: the subscription path syntax of reference §1.3 and queue groups.
 
-use std::future::Future;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use http::{Request, Response};
-
-use super::Ctx;
-use crate::error::Error;
 use crate::wire::{is_valid_hostname, WireError};
 
 /// Where a route listens: a host (or the service's own), a port, and a path spec that may hold
@@ -95,32 +86,6 @@ pub enum Queue {
     None,
     /// A custom queue name (`^[a-zA-Z0-9.]+$`).
     Named(String),
-}
-
-/// The future a handler returns.
-pub type HandlerFuture = BoxFuture<'static, Result<Response<Bytes>, Error>>;
-
-/// An endpoint handler: an async function over the request, with the call context.
-pub trait Handler: Send + Sync + 'static {
-    fn call(&self, ctx: Ctx, req: Request<Bytes>) -> HandlerFuture;
-}
-
-impl<F, Fut> Handler for F
-where
-    F: Fn(Ctx, Request<Bytes>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Bytes>, Error>> + Send + 'static,
-{
-    fn call(&self, ctx: Ctx, req: Request<Bytes>) -> HandlerFuture {
-        Box::pin(self(ctx, req))
-    }
-}
-
-/// One endpoint of a service.
-pub(crate) struct Endpoint {
-    pub method: String,
-    pub route: RouteSpec,
-    pub queue: Queue,
-    pub handler: Arc<dyn Handler>,
 }
 
 #[cfg(test)]

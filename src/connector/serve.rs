@@ -10,10 +10,12 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::call::{self, NETWORK_HOP};
+use super::call;
+use super::control;
+use super::defaults::NETWORK_HOP;
 use super::fragment::{split_body, DefragOutcome, DEFRAG_SWEEP_INTERVAL};
-use super::route::{Endpoint, Queue};
-use super::{control, Connector, Ctx, Inner, StartError};
+use super::instance::{force_trace, Connector, Ctx, Endpoint, Inner, StartError};
+use super::route::Queue;
 use crate::error::Error;
 use crate::telemetry::handler_spans;
 use crate::telemetry::metrics::Outcome;
@@ -303,7 +305,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         id = inner.id.as_str(),
         trace_id = trace_id.as_str(),
     );
-    let conn = super::Connector {
+    let conn = Connector {
         inner: inner.clone(),
     };
     let ctx = Ctx {
@@ -330,7 +332,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         Ok(_) => span.set_status(Status::Ok),
         Err(e) => {
             span.record_error(e);
-            super::force_trace(&conn, span.context());
+            force_trace(&conn, span.context());
             log_span.in_scope(|| {
                 if e.status().is_server_error() {
                     tracing::error!(route = %ep.route.display(), status = code, error = %e, "Handling request");
