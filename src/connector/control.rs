@@ -45,7 +45,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     out
 }
 
-fn json(body: &'static str) -> Response<Bytes> {
+fn json_response(body: &'static str) -> Response<Bytes> {
     let mut res = Response::new(Bytes::from_static(body.as_bytes()));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -53,14 +53,14 @@ fn json(body: &'static str) -> Response<Bytes> {
 }
 
 async fn ping(_ctx: Ctx, _req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
-    Ok(json(r#"{"pong":0}"#))
+    Ok(json_response(r#"{"pong":0}"#))
 }
 
 async fn config_refresh(ctx: Ctx, _req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
     if let Some(hook) = ctx.connector().inner.refresh.clone() {
         hook().await?;
     }
-    Ok(json("{}"))
+    Ok(json_response("{}"))
 }
 
 async fn metrics(ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
@@ -96,5 +96,5 @@ async fn trace(ctx: Ctx, req: Request<Bytes>) -> Result<Response<Bytes>, Error> 
     if let Some(id) = id {
         ctx.connector().inner.tracer.select(id);
     }
-    Ok(json("{}"))
+    Ok(json_response("{}"))
 }

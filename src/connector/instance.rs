@@ -606,6 +606,13 @@ pub fn build_request(
         .map_err(|e| Error::bad_request(format!("invalid request to {url}: {e}")))
 }
 
+/// The value of the query argument `name` of `req`, decoded; the first when it repeats.
+pub fn query_arg(req: &Request<Bytes>, name: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
 /// A handler over typed JSON: the input comes from a JSON body, or from the query string when
 /// there is no body; the output is the JSON response. Bad input is a 400.
 pub fn json<I, O, F, Fut>(f: F) -> impl Handler

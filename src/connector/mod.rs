@@ -40,7 +40,7 @@ pub use defaults::*;
 pub use ids::{new_instance_id, new_msg_id};
 pub(crate) use instance::force_trace;
 pub use instance::{
-    build_request, json, Connector, Ctx, Handler, HandlerFuture, MetricsHook, RefreshHook, Service,
-    StartError,
+    build_request, json, query_arg, Connector, Ctx, Handler, HandlerFuture, MetricsHook,
+    RefreshHook, Service, StartError,
 };
 pub use route::{Queue, RouteSpec};

@@ -420,7 +420,7 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
     let mut res = match result {
         Ok(mut res) => {
             let own = reply_headers(inner, reply, OpCode::Res);
-            strip_internal(res.headers_mut());
+            strip_frame_headers(res.headers_mut());
             res.headers_mut().extend(own);
             res
         }
@@ -453,7 +453,7 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
 }
 
 /// A handler must not forge the frame headers that route its own response.
-fn strip_internal(headers: &mut HeaderMap) {
+fn strip_frame_headers(headers: &mut HeaderMap) {
     for name in [
         frame::MSG_ID,
         frame::FROM_HOST,

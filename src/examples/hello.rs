@@ -7,7 +7,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response};
 
 use super::calculator::{self, ArithmeticOut};
-use crate::connector::{Ctx, Service};
+use crate::connector::{query_arg, Ctx, Service};
 use crate::error::Error;
 use crate::wire::{codec, frame::Frame};
 
@@ -29,17 +29,6 @@ fn text(body: String) -> Response<Bytes> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
-}
-
-fn query_arg(req: &Request<Bytes>, name: &str) -> Option<String> {
-    form_urlencoded(req.uri().query().unwrap_or(""))
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-}
-
-fn form_urlencoded(query: &str) -> Vec<(String, String)> {
-    serde_urlencoded::from_str(query).unwrap_or_default()
 }
 
 /// The request as received, in its wire form.

@@ -11,7 +11,7 @@ use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
 use http::{Request, Response, StatusCode};
 
 use crate::config::Deployment;
-use crate::connector::{build_request, Ctx, Service, CONTROL_PORT};
+use crate::connector::{build_request, query_arg, Ctx, Service, CONTROL_PORT};
 use crate::error::Error;
 use crate::telemetry::exposition;
 use crate::telemetry::exposition::{accepts_gzip, exposition_response};
@@ -43,21 +43,12 @@ pub fn service(secret_key: Option<String>) -> Service {
         })
 }
 
-fn query_arg(req: &Request<Bytes>, names: &[&str]) -> Option<String> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
-    pairs
-        .into_iter()
-        .find(|(k, _)| names.contains(&k.as_str()))
-        .map(|(_, v)| v)
-}
-
 async fn collect(
     ctx: Ctx,
     req: Request<Bytes>,
     secret: Option<&str>,
 ) -> Result<Response<Bytes>, Error> {
-    let given = query_arg(&req, &["secretKey", "secretkey"]);
+    let given = query_arg(&req, "secretKey").or_else(|| query_arg(&req, "secretkey"));
     let open = matches!(
         ctx.connector().deployment(),
         Deployment::Local | Deployment::Testing
@@ -67,7 +58,7 @@ async fn collect(
         None if open => {}
         _ => return Err(Error::new(StatusCode::NOT_FOUND, "incorrect secret key")),
     }
-    let target = query_arg(&req, &["service"]).unwrap_or_else(|| ALL_HOSTS.to_owned());
+    let target = query_arg(&req, "service").unwrap_or_else(|| ALL_HOSTS.to_owned());
     if !is_valid_hostname(&target) {
         return Err(Error::bad_request(format!("invalid service '{target}'")));
     }

@@ -1,4 +1,4 @@
-//! The wire layer's error.
+//! The wire layer's error, and the one way text quoted in an error is cut short.
 
 /// Why a subject, URL or payload could not be built or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,4 +25,13 @@ pub enum WireError {
     ConflictingFraming,
     #[error("unsupported Transfer-Encoding '{0}'")]
     UnsupportedTransferEncoding(String),
+}
+
+/// `s` cut to at most `max_chars` characters: text quoted back in errors and log lines (a URL,
+/// a path, an origin) comes from clients and may be of any length.
+pub fn truncated(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }

@@ -3,7 +3,7 @@
 use http::Uri;
 use percent_encoding::percent_decode_str;
 
-use super::error::WireError;
+use super::error::{truncated, WireError};
 use super::hostname::is_valid_hostname;
 
 /// A parsed bus URL with the port filled in and the host lower-cased and validated.
@@ -19,12 +19,14 @@ pub struct BusUrl {
 impl BusUrl {
     /// Parse `https://host[:port]/path?query` (or `http://`, default port 80).
     pub fn parse(s: &str) -> Result<BusUrl, WireError> {
-        let uri: Uri = s.parse().map_err(|_| WireError::InvalidUrl(truncated(s)))?;
+        let uri: Uri = s
+            .parse()
+            .map_err(|_| WireError::InvalidUrl(truncated(s, 256).to_owned()))?;
         BusUrl::from_uri(&uri)
     }
 
     pub fn from_uri(uri: &Uri) -> Result<BusUrl, WireError> {
-        let invalid = || WireError::InvalidUrl(truncated(&uri.to_string()));
+        let invalid = || WireError::InvalidUrl(truncated(&uri.to_string(), 256).to_owned());
         let default_port = match uri.scheme_str() {
             Some("https") | None => 443,
             Some("http") => 80,
@@ -68,10 +70,6 @@ impl BusUrl {
         // Every part was validated or came out of a parsed Uri.
         s.parse().expect("a BusUrl always renders a valid URI")
     }
-}
-
-fn truncated(s: &str) -> String {
-    s.chars().take(256).collect()
 }
 
 #[cfg(test)]

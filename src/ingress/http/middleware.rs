@@ -32,6 +32,7 @@ use super::context::{
 };
 use super::shared::Shared;
 use crate::error::Error;
+use crate::wire::error::truncated;
 use crate::wire::frame::is_internal_header;
 
 /// The whole middleware chain and the proxy, for one request that came in on `info`.
@@ -303,7 +304,7 @@ fn request_stages(shared: &Shared, req: &mut Request, unwind: &mut Unwind) -> Op
         Cors::Allowed(origin) => unwind.cors_origin = Some(origin),
     }
     x_forward(shared, req);
-    strip_internal(req.headers_mut());
+    strip_internal_headers(req.headers_mut());
     unwind.internal_headers = true;
     root_path(req);
     timeout(shared, req);
@@ -319,7 +320,7 @@ fn response_stages(unwind: Unwind, mut res: Response) -> Response {
             .or_insert(HeaderValue::from_static("no-store"));
     }
     if unwind.internal_headers {
-        strip_internal(res.headers_mut());
+        strip_internal_headers(res.headers_mut());
     }
     if let Some(origin) = unwind.cors_origin {
         cors_headers(&mut res, origin);
@@ -386,13 +387,6 @@ fn blocked_paths(shared: &Shared, req: &Request) -> Option<Response> {
 /// Marks the response to a blocked path, so that its metrics say `route="_blocked"`.
 #[derive(Clone, Copy)]
 struct Blocked;
-
-fn truncated(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
 
 fn path_and_query(uri: &Uri) -> &str {
     uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
@@ -544,7 +538,7 @@ fn x_forward(shared: &Shared, req: &mut Request) {
 }
 
 /// `Microbus-*`, `Traceparent` and `Tracestate` never cross the ingress, in either direction.
-fn strip_internal(headers: &mut http::HeaderMap) {
+fn strip_internal_headers(headers: &mut http::HeaderMap) {
     let internal: Vec<HeaderName> = headers
         .keys()
         .filter(|k| is_internal_header(k.as_str()))
