@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::panic::Location;
+use std::sync::Arc;
 
 use http::StatusCode;
 
@@ -38,13 +39,29 @@ pub enum ErrorKind {
 }
 
 /// A status-carrying error, as Microbus propagates it between services.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Its source (the transport's or the codec's error it was made from) stays in this process:
+/// the wire carries the message, status and stack only. Two errors are equal when what the
+/// wire would carry is.
+#[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
     status: StatusCode,
     message: String,
     stack: Vec<StackFrame>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        self.kind == other.kind
+            && self.status == other.status
+            && self.message == other.message
+            && self.stack == other.stack
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     /// An error with `status` returned by a handler; records the caller's location as its stack.
@@ -65,6 +82,7 @@ impl Error {
                 function: String::new(),
                 line: loc.line(),
             }],
+            source: None,
         }
     }
 
@@ -154,14 +172,22 @@ impl Error {
                     }),
                 message: b.error,
                 stack: b.stack,
+                source: None,
             },
             None => Error {
                 kind: ErrorKind::Remote,
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
                 stack: Vec::new(),
+                source: None,
             },
         }
+    }
+
+    /// The same error, remembering the error it was made from (see [`std::error::Error::source`]).
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -231,11 +257,30 @@ impl fmt::Debug for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_keeps_its_source_in_process_only() {
+        use std::error::Error as _;
+        let io = std::io::Error::other("connection reset");
+        // One call site, so that both have the same stack.
+        let make = || Error::unavailable("bus unavailable");
+        let e = make().caused_by(io);
+        assert_eq!(e.source().unwrap().to_string(), "connection reset");
+        // What the wire carries is equal; the source is not part of it.
+        assert_eq!(e, make());
+        assert!(Error::unavailable("x").source().is_none());
+    }
 
     #[test]
     fn round_trips_through_err_body() {

@@ -67,7 +67,8 @@ struct Outgoing {
 
 fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
     let inner = &ctx.conn.inner;
-    let url = BusUrl::from_uri(req.uri()).map_err(|e| Error::bad_request(e.to_string()))?;
+    let url =
+        BusUrl::from_uri(req.uri()).map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
     if ctx.depth >= MAX_CALL_DEPTH {
         return Err(Error::call_depth_overflow());
     }
@@ -146,9 +147,9 @@ fn propagate(inbound: &HeaderMap, outbound: &mut HeaderMap) {
 fn transport_error(e: TransportError) -> Error {
     match e.kind() {
         TransportErrorKind::PayloadTooLarge => {
-            Error::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            Error::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).caused_by(e)
         }
-        _ => Error::unavailable(format!("bus unavailable: {e}")),
+        _ => Error::unavailable(format!("bus unavailable: {e}")).caused_by(e),
     }
 }
 
@@ -183,7 +184,8 @@ async fn publish_fragment(
         );
     }
     *req.body_mut() = out.fragments[index].clone();
-    let payload = codec::encode_request(req).map_err(|e| Error::bad_request(e.to_string()))?;
+    let payload =
+        codec::encode_request(req).map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
     inner
         .bus
         .publish(subject, payload)
@@ -208,7 +210,7 @@ async fn publish_rest(
         &out.method,
         &out.url.decoded_path(),
     )
-    .map_err(|e| Error::bad_request(e.to_string()))?;
+    .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
     for i in 1..out.fragments.len() {
         publish_fragment(inner, req, out, i, direct.clone()).await?;
     }

@@ -27,6 +27,7 @@ use super::route::{Queue, RouteSpec};
 use crate::config::Deployment;
 use crate::error::Error;
 use crate::telemetry;
+use crate::telemetry::error::TelemetryError;
 use crate::telemetry::metrics::ServiceMetrics;
 use crate::telemetry::trace::{ServiceIdentity, ServiceTracer, SpanContext};
 use crate::transport::{Bus, ConnectionState, TransportError};
@@ -44,7 +45,7 @@ pub enum StartError {
     #[error("message size limit is too restrictive: max_payload {0} leaves no room for fragments")]
     PayloadLimit(usize),
     #[error("{0}")]
-    Telemetry(String),
+    Telemetry(#[from] TelemetryError),
 }
 
 /// The hook that answers `:888/metrics`; the telemetry layer installs it.
@@ -516,7 +517,8 @@ impl Ctx {
         url: &str,
         input: &I,
     ) -> Result<O, Error> {
-        let body = serde_json::to_vec(input).map_err(|e| Error::bad_request(e.to_string()))?;
+        let body = serde_json::to_vec(input)
+            .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
         let res = self
             .request(build_request(
                 "POST",
@@ -525,8 +527,9 @@ impl Ctx {
                 Some("application/json"),
             )?)
             .await?;
-        serde_json::from_slice(res.body())
-            .map_err(|e| Error::internal(format!("invalid JSON response from {url}: {e}")))
+        serde_json::from_slice(res.body()).map_err(|e| {
+            Error::internal(format!("invalid JSON response from {url}: {e}")).caused_by(e)
+        })
     }
 
     /// Fire the event `name` of this service: `POST https://<own-host>:417/<name>` to every sink.
@@ -554,7 +557,8 @@ impl Ctx {
         name: &str,
         input: &I,
     ) -> Result<Vec<Result<O, Error>>, Error> {
-        let body = serde_json::to_vec(input).map_err(|e| Error::bad_request(e.to_string()))?;
+        let body = serde_json::to_vec(input)
+            .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
         let results = self
             .fire_event(name, Bytes::from(body), Some("application/json"))
             .await?;
@@ -603,7 +607,7 @@ pub fn build_request(
         b = b.header(http::header::CONTENT_TYPE, ct);
     }
     b.body(body)
-        .map_err(|e| Error::bad_request(format!("invalid request to {url}: {e}")))
+        .map_err(|e| Error::bad_request(format!("invalid request to {url}: {e}")).caused_by(e))
 }
 
 /// The value of the query argument `name` of `req`, decoded; the first when it repeats.
@@ -627,19 +631,22 @@ where
         let f = f.clone();
         async move {
             let input: I = if req.body().is_empty() {
-                serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
-                    .map_err(|e| Error::bad_request(format!("invalid arguments: {e}")))?
+                serde_urlencoded::from_str(req.uri().query().unwrap_or("")).map_err(|e| {
+                    Error::bad_request(format!("invalid arguments: {e}")).caused_by(e)
+                })?
             } else {
-                serde_json::from_slice(req.body())
-                    .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?
+                serde_json::from_slice(req.body()).map_err(|e| {
+                    Error::bad_request(format!("invalid JSON body: {e}")).caused_by(e)
+                })?
             };
             let output = f(ctx, input).await?;
-            let body = serde_json::to_vec(&output)
-                .map_err(|e| Error::internal(format!("cannot encode response: {e}")))?;
+            let body = serde_json::to_vec(&output).map_err(|e| {
+                Error::internal(format!("cannot encode response: {e}")).caused_by(e)
+            })?;
             Response::builder()
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Bytes::from(body))
-                .map_err(|e| Error::internal(e.to_string()))
+                .map_err(|e| Error::internal(e.to_string()).caused_by(e))
         }
     }
 }

@@ -145,7 +145,7 @@ fn body_text(res: &Response<Bytes>) -> Result<String, Error> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(res.body().as_ref())
         .read_to_string(&mut text)
-        .map_err(|e| Error::internal(format!("cannot gunzip metrics: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot gunzip metrics: {e}")).caused_by(e))?;
     Ok(text)
 }
 

@@ -1,6 +1,7 @@
 //! Telemetry: traces (OpenTelemetry, exported over OTLP), metrics (Prometheus) and logs
 //! (`tracing`), with every name fixed in [`names`].
 
+pub mod error;
 pub mod exposition;
 pub mod handler_spans;
 pub mod logs;

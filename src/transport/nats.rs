@@ -275,7 +275,7 @@ impl NatsBus {
                 K::Io if bad_tls_data => TransportErrorKind::Rejected,
                 _ => TransportErrorKind::Connect,
             };
-            TransportError::new(kind, format!("cannot connect to NATS at {}: {e}", opts.url))
+            TransportError::caused_by(kind, format!("cannot connect to NATS at {}", opts.url), e)
         })?;
         Ok(NatsBus {
             client,
@@ -304,8 +304,9 @@ impl NatsBus {
         // state said so and the client's queue is full: then it would wait for a reconnect that
         // may never come (and hold shutdown with it). The timer only starts if it has to wait.
         match tokio::time::timeout(PUBLISH_PATIENCE, self.client.publish(subject, payload)).await {
-            Ok(sent) => sent
-                .map_err(|e| TransportError::new(TransportErrorKind::Disconnected, e.to_string())),
+            Ok(sent) => sent.map_err(|e| {
+                TransportError::caused_by(TransportErrorKind::Disconnected, "publish failed", e)
+            }),
             Err(_) => Err(TransportError::new(
                 TransportErrorKind::Disconnected,
                 "NATS did not take the message within 1 s",
@@ -333,7 +334,9 @@ impl NatsBus {
             Some(q) => self.client.queue_subscribe(subject, q).await,
             None => self.client.subscribe(subject).await,
         };
-        result.map_err(|e| TransportError::new(TransportErrorKind::Rejected, e.to_string()))
+        result.map_err(|e| {
+            TransportError::caused_by(TransportErrorKind::Rejected, "subscribe failed", e)
+        })
     }
 
     /// Whether the server refused to let this connection publish to `subject` (or to
@@ -373,10 +376,9 @@ impl NatsBus {
     }
 
     pub async fn flush(&self) -> Result<(), TransportError> {
-        self.client
-            .flush()
-            .await
-            .map_err(|e| TransportError::new(TransportErrorKind::Disconnected, e.to_string()))
+        self.client.flush().await.map_err(|e| {
+            TransportError::caused_by(TransportErrorKind::Disconnected, "flush failed", e)
+        })
     }
 
     pub fn max_payload(&self) -> usize {

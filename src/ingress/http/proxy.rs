@@ -198,8 +198,9 @@ async fn read_body(
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
     let read = async {
         while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| Error::bad_request(format!("cannot read request body: {e}")))?;
+            let frame = frame.map_err(|e| {
+                Error::bad_request(format!("cannot read request body: {e}")).caused_by(e)
+            })?;
             if let Ok(data) = frame.into_data() {
                 let needed = (buf.len() + data.len()).saturating_sub(reservation.held());
                 if needed > 0 && !reservation.grow(needed) {

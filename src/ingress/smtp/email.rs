@@ -490,13 +490,14 @@ where
     move |ctx: Ctx, req: Request<Bytes>| {
         let f = f.clone();
         async move {
-            let input: OnIncomingEmailIn = serde_json::from_slice(req.body())
-                .map_err(|e| Error::bad_request(format!("invalid on-incoming-email body: {e}")))?;
+            let input: OnIncomingEmailIn = serde_json::from_slice(req.body()).map_err(|e| {
+                Error::bad_request(format!("invalid on-incoming-email body: {e}")).caused_by(e)
+            })?;
             f(ctx, input.mail_message).await?;
             Response::builder()
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Bytes::from_static(b"{}"))
-                .map_err(|e| Error::internal(e.to_string()))
+                .map_err(|e| Error::internal(e.to_string()).caused_by(e))
         }
     }
 }

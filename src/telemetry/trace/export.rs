@@ -14,6 +14,7 @@ use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanProcessor};
 use super::otlp::encode_request;
 use super::sender::OtlpHttpSender;
 use super::span::Waiting;
+use crate::telemetry::error::{TelemetryError, TelemetryErrorKind::*};
 
 /// Spans waiting for the exporting thread; past this, new spans are dropped (and counted)
 /// rather than let an unreachable collector grow memory without bound. Four batches: room for
@@ -48,10 +49,12 @@ impl Export {
     }
 
     /// Export everything queued and stop. Blocks: call it off the async runtime.
-    pub fn shutdown(&self) -> Result<(), String> {
+    pub fn shutdown(&self) -> Result<(), TelemetryError> {
         match self {
             Export::Http(b) => b.shutdown(),
-            Export::Sdk(p) => p.shutdown().map_err(|e| e.to_string()),
+            Export::Sdk(p) => p
+                .shutdown()
+                .map_err(|e| TelemetryError::caused_by(Shutdown, "span export shutdown", e)),
         }
     }
 }
@@ -99,7 +102,7 @@ impl SpanBatcher {
         resource_schema_url: String,
         scope: InstrumentationScope,
         interval: Duration,
-    ) -> Result<SpanBatcher, String> {
+    ) -> Result<SpanBatcher, TelemetryError> {
         let (spans, span_rx) = mpsc::sync_channel(EXPORT_QUEUE_SPANS);
         let (control, control_rx) = mpsc::sync_channel(CONTROL_CAPACITY);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -118,7 +121,9 @@ impl SpanBatcher {
         let handle = std::thread::Builder::new()
             .name("busgate-otlp".into())
             .spawn(move || worker.run(span_rx, control_rx))
-            .map_err(|e| format!("cannot start the span export thread: {e}"))?;
+            .map_err(|e| {
+                TelemetryError::caused_by(Setup, "cannot start the span export thread", e)
+            })?;
         Ok(SpanBatcher {
             spans,
             control,
@@ -145,25 +150,29 @@ impl SpanBatcher {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    pub fn shutdown(&self) -> Result<(), String> {
+    pub fn shutdown(&self) -> Result<(), TelemetryError> {
         let Some(handle) = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(());
         };
         let (done, wait) = mpsc::sync_channel(1);
         self.control
             .send(Control::Shutdown(done))
-            .map_err(|_| "the span export thread is gone".to_owned())?;
+            .map_err(|_| TelemetryError::new(Shutdown, "the span export thread is gone"))?;
         match wait.recv_timeout(EXPORT_SHUTDOWN_WAIT) {
             Ok(()) => handle
                 .join()
-                .map_err(|_| "the span export thread panicked".to_owned()),
+                .map_err(|_| TelemetryError::new(Shutdown, "the span export thread panicked")),
             // Left to finish (or time out) on its own; the process may exit before it does.
-            Err(RecvTimeoutError::Timeout) => Err(format!(
-                "spans still queued after {EXPORT_SHUTDOWN_WAIT:?}: the collector is not answering"
+            Err(RecvTimeoutError::Timeout) => Err(TelemetryError::new(
+                Shutdown,
+                format!(
+                    "spans still queued after {EXPORT_SHUTDOWN_WAIT:?}: the collector is not answering"
+                ),
             )),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err("the span export thread stopped before flushing".to_owned())
-            }
+            Err(RecvTimeoutError::Disconnected) => Err(TelemetryError::new(
+                Shutdown,
+                "the span export thread stopped before flushing",
+            )),
         }
     }
 }
@@ -289,7 +298,11 @@ mod tests {
         .unwrap();
         batcher.push(span());
         let err = batcher.shutdown().unwrap_err();
-        assert!(err.contains("not answering"), "{err}");
+        assert_eq!(
+            err.kind(),
+            crate::telemetry::error::TelemetryErrorKind::Shutdown
+        );
+        assert!(err.to_string().contains("not answering"), "{err}");
     }
 
     /// A collector that accepts connections and never answers: the queue fills, newer spans

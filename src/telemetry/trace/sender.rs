@@ -9,6 +9,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+use crate::telemetry::error::{TelemetryError, TelemetryErrorKind::*};
+
 /// The media type of OTLP/HTTP protobuf bodies.
 const PROTOBUF: &str = "application/x-protobuf";
 
@@ -27,7 +29,7 @@ impl OtlpHttpSender {
         headers: Vec<(HeaderName, HeaderValue)>,
         ca_file: Option<&Path>,
         timeout: Duration,
-    ) -> Result<OtlpHttpSender, String> {
+    ) -> Result<OtlpHttpSender, TelemetryError> {
         let tls = client_tls(ca_file)?;
         // The blocking client runs a runtime of its own, which cannot be started from within
         // the async runtime this is called on; build it on a thread of its own.
@@ -38,8 +40,10 @@ impl OtlpHttpSender {
                 .build()
         })
         .join()
-        .map_err(|_| "the thread building the OTLP HTTP client panicked".to_owned())?
-        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
+        .map_err(|_| {
+            TelemetryError::new(Setup, "the thread building the OTLP HTTP client panicked")
+        })?
+        .map_err(|e| TelemetryError::caused_by(Setup, "cannot build the OTLP HTTP client", e))?;
         Ok(OtlpHttpSender {
             client,
             endpoint: endpoint.to_owned(),
@@ -48,7 +52,7 @@ impl OtlpHttpSender {
     }
 
     /// Post one `ExportTraceServiceRequest`. Blocks: call it off the async runtime.
-    pub fn send(&self, body: Vec<u8>) -> Result<(), String> {
+    pub fn send(&self, body: Vec<u8>) -> Result<(), TelemetryError> {
         let mut req = self
             .client
             .post(&self.endpoint)
@@ -57,24 +61,27 @@ impl OtlpHttpSender {
         for (name, value) in &self.headers {
             req = req.header(name, value);
         }
-        let res = req
-            .send()
-            .map_err(|e| format!("OTLP export to {}: {e}", self.endpoint))?;
+        let res = req.send().map_err(|e| {
+            TelemetryError::caused_by(Export, format!("OTLP export to {}", self.endpoint), e)
+        })?;
         if res.status().is_success() {
             return Ok(());
         }
         let status = res.status();
         let detail: String = res.text().unwrap_or_default().chars().take(200).collect();
-        Err(format!(
-            "OTLP export to {} answered {status}: {detail}",
-            self.endpoint
+        Err(TelemetryError::new(
+            Export,
+            format!(
+                "OTLP export to {} answered {status}: {detail}",
+                self.endpoint
+            ),
         ))
     }
 }
 
 /// TLS for the collector: the system's roots (read once per process) and `ca_file`'s, over
 /// rustls with the ring provider.
-fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TelemetryError> {
     static SYSTEM_ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     let mut roots = rustls::RootCertStore::empty();
     let system = SYSTEM_ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs);
@@ -82,20 +89,23 @@ fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<_, _>>())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| TelemetryError::caused_by(Setup, path.display().to_string(), e))?;
         if certs.is_empty() {
-            return Err(format!("{}: no PEM certificate in it", path.display()));
+            return Err(TelemetryError::new(
+                Setup,
+                format!("{}: no PEM certificate in it", path.display()),
+            ));
         }
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| TelemetryError::caused_by(Setup, path.display().to_string(), e))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TelemetryError::caused_by(Setup, "TLS for the collector", e))?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }

@@ -16,6 +16,7 @@ use super::settings::{OtlpProtocol, TelemetryConfig, EXPORT_INTERVAL, EXPORT_TIM
 use super::span::{Attributes, Recording, Span, Waiting};
 use super::tail::Selector;
 use crate::config::Deployment;
+use crate::telemetry::error::{TelemetryError, TelemetryErrorKind};
 use crate::telemetry::names::OWN_TRACER_NAME;
 
 /// Spans nobody wants to see: the `:888/trace` broadcast and metrics scrapes (their children
@@ -70,7 +71,7 @@ impl ServiceTracer {
     pub fn new(
         config: &TelemetryConfig,
         who: &ServiceIdentity<'_>,
-    ) -> Result<ServiceTracer, String> {
+    ) -> Result<ServiceTracer, TelemetryError> {
         let resource = Resource::builder_empty()
             .with_attributes([
                 KeyValue::new("service.name", who.hostname.to_owned()),
@@ -228,7 +229,7 @@ fn build_export(
     endpoint: &str,
     resource: &Resource,
     scope: &InstrumentationScope,
-) -> Result<Export, String> {
+) -> Result<Export, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
     use opentelemetry_sdk::trace::SpanExporter as _;
     match config.protocol {
@@ -253,7 +254,13 @@ fn build_export(
                 .with_endpoint(endpoint)
                 .with_timeout(EXPORT_TIMEOUT)
                 .build()
-                .map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
+                .map_err(|e| {
+                    TelemetryError::caused_by(
+                        TelemetryErrorKind::Setup,
+                        format!("cannot build the OTLP exporter for {endpoint}"),
+                        e,
+                    )
+                })?;
             exporter.set_resource(resource);
             Ok(Export::Sdk(
                 BatchSpanProcessor::builder(exporter)
