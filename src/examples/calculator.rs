@@ -1,6 +1,19 @@
-//! `calculator.example`: integer arithmetic as typed JSON endpoints.
+//! `calculator.example`: integer arithmetic as typed JSON endpoints ([`json`] handlers: the
+//! input from the query or a JSON body, the output as JSON, bad input a 400).
 //!
-//! `GET /calculator.example/arithmetic?x=5&op=*&y=3` → `{"xEcho":5,"opEcho":"*","yEcho":3,"result":15}`
+//! Run it: `cargo run --release` (the ingress on :8080 and the examples, on the in-process
+//! bus; `MICROBUS_NATS=nats://127.0.0.1:4222` for NATS), then try:
+//!
+//! ```text
+//! curl 'localhost:8080/calculator.example/arithmetic?x=5&op=*&y=3'
+//!   {"xEcho":5,"opEcho":"*","yEcho":3,"result":15}
+//! curl 'localhost:8080/calculator.example/square?x=4'
+//!   {"xEcho":4,"result":16}
+//! curl 'localhost:8080/calculator.example/arithmetic?x=5&op=/&y=0'
+//!   400 division by zero (with the stack and the trace id, for a local client)
+//! curl 'localhost:8080/calculator.example/arithmetic?x=a&op=*&y=3'
+//!   400 invalid arguments: invalid digit found in string
+//! ```
 
 use serde::{Deserialize, Serialize};
 

@@ -6,6 +6,16 @@
 //!   `GET /eventsink.example/inbox` shows them, newest first.
 //!
 //! State is per instance (in memory): replicas share the events between them, not their lists.
+//!
+//! Run it: `cargo run --release` (the ingress on :8080 and the examples, on the in-process
+//! bus; `MICROBUS_NATS=nats://127.0.0.1:4222` for NATS), then try:
+//!
+//! ```text
+//! curl 'localhost:8080/eventsource.example/register?email=ann@example.com'
+//! curl 'localhost:8080/eventsink.example/registered'      ["ann@example.com"]
+//! swaks --server localhost:25 --to me@example.com          (or any SMTP client; --smtp-port 2525)
+//! curl 'localhost:8080/eventsink.example/inbox'           the mail, newest first
+//! ```
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,14 @@
 //! `eventsource.example`: fires events that other services sink.
 //!
+//! Run it: `cargo run --release` (the ingress on :8080 and the examples, on the in-process
+//! bus; `MICROBUS_NATS=nats://127.0.0.1:4222` for NATS), then try:
+//!
+//! ```text
+//! curl 'localhost:8080/eventsource.example/register?email=ann@example.com'   {"allowed":true}
+//! curl 'localhost:8080/eventsource.example/register?email=bob@gmail.com'     {"allowed":false}
+//! curl 'localhost:8080/eventsink.example/registered'                         ["ann@example.com"]
+//! ```
+//!
 //! `GET /eventsource.example/register?email=ann@example.com` fires `on-allow-register` to every
 //! sink (any sink may veto by answering `{"allow": false}`), then, when nobody vetoed,
 //! `on-registered`. The answer is `{"allowed": true|false}`.

@@ -1,6 +1,15 @@
-//! `hello.example`: echo, greetings, a call to the calculator, and a bus-wide ping.
+//! `hello.example`: echo, greetings, a call to the calculator, and a bus-wide ping: plain
+//! handlers over `Request<Bytes>`, and calls to other services from inside one.
 //!
-//! `GET /hello.example/hello?name=you` → `Hello, you!`
+//! Run it: `cargo run --release` (the ingress on :8080 and the examples, on the in-process
+//! bus; `MICROBUS_NATS=nats://127.0.0.1:4222` for NATS), then try:
+//!
+//! ```text
+//! curl 'localhost:8080/hello.example/hello?name=you'          Hello, you!
+//! curl 'localhost:8080/hello.example/calculator?x=2&op=%2B&y=3'   2 + 3 = 5 (a call to calculator.example)
+//! curl 'localhost:8080/hello.example/ping'                    every instance on the bus, by id
+//! curl 'localhost:8080/hello.example/echo'                    the request as it crossed the bus
+//! ```
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};

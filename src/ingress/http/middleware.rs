@@ -4,7 +4,7 @@
 //! favicon, then the proxy.
 //!
 //! Each stage is a plain function of the request, and those that also act on the response
-//! have a second one for it: [`stages`] runs the request halves in order and the response
+//! have a second one for it: `stages` runs the request halves in order and the response
 //! halves in reverse, around the one await (compression, the favicon and the proxy). Nested
 //! async stages made a future of 11.6 KB, copied into its box on every request (callgrind:
 //! ~11.7k instructions) and polled through thirteen state machines. Compression is

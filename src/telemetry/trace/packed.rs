@@ -22,7 +22,7 @@ use crate::telemetry::names::{SpanKey, SPAN_ATTRIBUTES};
 pub const PACKED_BYTES: usize = 448;
 
 /// A span recorded as bytes: fixed fields, then the name and per attribute a key (an index
-/// into [`SPAN_ATTRIBUTES`], or [`LITERAL_KEY`] and the key), a type tag and the value.
+/// into [`SPAN_ATTRIBUTES`], or `LITERAL_KEY` and the key), a type tag and the value.
 #[derive(Debug)]
 pub struct PackedSpan {
     pub context: SpanContext,

@@ -35,7 +35,7 @@ pub fn client_span_name(method: &str, host: &str, port: u16, path: &str) -> Stri
 }
 
 /// A span being recorded. Request paths own it outright (no locks, no shared state) and hand it
-/// to [`ServiceTracer::end`]; a span that is dropped instead is not exported.
+/// to [`ServiceTracer::end`](super::tracer::ServiceTracer::end); a span that is dropped instead is not exported.
 #[derive(Debug)]
 pub struct Span {
     pub(super) context: SpanContext,
