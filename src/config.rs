@@ -92,80 +92,167 @@ pub struct ConfigFile {
     spelled: std::collections::HashMap<String, Vec<String>>,
 }
 
-/// The settings of one busgate component: its host in config.yaml, the prefix of its
-/// environment variables and every property with its default. One layering for all of them:
-/// defaults, then config.yaml, then the environment, then flags.
+/// One setting of a component, declared as a constant with its reason beside it (the way
+/// linkerd2-proxy's `env.rs` declares them): its property in `config.yaml` and in flags, its
+/// environment variable, its typed default, and how its text is read. `parse` says why a
+/// value is refused; [`Sources::read`] adds which setting and which value.
+pub struct Setting<T: 'static> {
+    /// The property (`TimeBudget`); empty for a setting that only the environment sets.
+    pub property: &'static str,
+    /// The environment variable (`BUSGATE_HTTP_INGRESS_TIME_BUDGET`, `MICROBUS_NATS`).
+    pub env: &'static str,
+    /// The value when nothing sets it.
+    pub default: fn() -> T,
+    pub parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> Setting<T> {
+    /// The name errors give: the property, or the environment variable of an
+    /// environment-only setting.
+    pub fn name(&self) -> &'static str {
+        if self.property.is_empty() {
+            self.env
+        } else {
+            self.property
+        }
+    }
+}
+
+/// The environment variable busgate's convention gives a property under `prefix`:
+/// `MaxHeaderBytes` under `BUSGATE_HTTP_INGRESS_` is `BUSGATE_HTTP_INGRESS_MAX_HEADER_BYTES`.
+pub fn env_name_of(prefix: &str, property: &str) -> String {
+    let mut out = String::from(prefix);
+    for (i, c) in property.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// The `config.yaml` side of one component: its host there, and the properties it has (for
+/// flags and for reporting unknown ones).
 #[derive(Debug, Clone, Copy)]
 pub struct PropertyTable {
     pub host: &'static str,
-    /// `Ports` under prefix `BUSGATE_HTTP_INGRESS_` is `BUSGATE_HTTP_INGRESS_PORTS`.
+    /// The prefix of its properties' environment variables ([`env_name_of`]).
     pub env_prefix: &'static str,
     /// Named in errors: "unknown HTTP ingress property".
     pub component: &'static str,
-    pub properties: &'static [(&'static str, &'static str)],
+    pub properties: &'static [&'static str],
 }
 
 impl PropertyTable {
-    /// The environment variable of a property: `MaxHeaderBytes` → `<prefix>MAX_HEADER_BYTES`.
-    pub fn env_name(&self, property: &str) -> String {
-        let mut out = String::from(self.env_prefix);
-        for (i, c) in property.chars().enumerate() {
-            if c.is_ascii_uppercase() && i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_uppercase());
-        }
-        out
+    /// Properties written under this component's host that it does not have.
+    pub fn unknown_in(&self, file: &ConfigFile) -> Vec<UnknownProperty> {
+        file.unknown_properties(self.host, self.properties)
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &'static str> {
-        self.properties.iter().map(|(n, _)| *n)
+    /// Of `names` (the environment's variables), those under this component's prefix that
+    /// are no property's, each with the nearest known one: a misspelt variable would be
+    /// ignored silently.
+    pub fn unknown_env(&self, names: impl Iterator<Item = String>) -> Vec<UnknownProperty> {
+        let known: Vec<String> = self
+            .properties
+            .iter()
+            .map(|p| env_name_of(self.env_prefix, p))
+            .collect();
+        names
+            .filter(|n| n.starts_with(self.env_prefix) && !known.contains(n))
+            .map(|n| UnknownProperty {
+                host: self.host.to_owned(),
+                nearest: nearest(&known, &n),
+                name: n,
+            })
+            .collect()
     }
+}
 
-    /// The values set by `file`, then the environment (`lookup`), then `overrides` (flags,
-    /// names case-insensitive; an unknown name is an error).
-    pub fn layer(
-        &self,
-        file: Option<&ConfigFile>,
-        lookup: impl Fn(&str) -> Option<String>,
-        overrides: &[(String, String)],
-    ) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
-        let mut props = std::collections::BTreeMap::new();
-        for name in self.names() {
-            if let Some(v) = file.and_then(|f| f.get(self.host, name)) {
-                props.insert(name.to_owned(), v.to_owned());
-            }
-            if let Some(v) = lookup(&self.env_name(name)) {
-                props.insert(name.to_owned(), v);
-            }
-        }
-        for (name, value) in overrides {
-            let canonical = self
-                .names()
-                .find(|p| p.eq_ignore_ascii_case(name))
-                .ok_or_else(|| {
-                    ConfigError::new(name, value, &format!("unknown {} property", self.component))
-                })?;
-            props.insert(canonical.to_owned(), value.clone());
-        }
-        Ok(props)
-    }
+/// Where one component's settings come from, in the one order all of them use: the typed
+/// default, then `config.yaml` under the component's host, then the environment, then flags.
+pub struct Sources<'a> {
+    host: &'static str,
+    file: Option<&'a ConfigFile>,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// Canonical property names and their values.
+    flags: Vec<(&'static str, &'a str)>,
+}
 
-    /// The value of `name` in `props`, else its default.
-    pub fn get(&self, props: &std::collections::BTreeMap<String, String>, name: &str) -> String {
-        props.get(name).cloned().unwrap_or_else(|| {
-            self.properties
-                .iter()
-                .find(|(p, _)| *p == name)
-                .map(|(_, d)| d.to_string())
-                .unwrap_or_default()
+impl<'a> Sources<'a> {
+    /// `flags` name properties in any case; a name `table` does not have is an error.
+    pub fn new(
+        table: &PropertyTable,
+        file: Option<&'a ConfigFile>,
+        lookup: &'a dyn Fn(&str) -> Option<String>,
+        flags: &'a [(String, String)],
+    ) -> Result<Sources<'a>, ConfigError> {
+        let flags = flags
+            .iter()
+            .map(|(name, value)| {
+                let property = table
+                    .properties
+                    .iter()
+                    .find(|p| p.eq_ignore_ascii_case(name))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            name,
+                            value,
+                            &format!("unknown {} property", table.component),
+                        )
+                    })?;
+                Ok((*property, value.as_str()))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(Sources {
+            host: table.host,
+            file,
+            lookup,
+            flags,
         })
     }
 
-    /// Properties written under this component's host that it does not have.
-    pub fn unknown_in(&self, file: &ConfigFile) -> Vec<UnknownProperty> {
-        let known: Vec<&'static str> = self.names().collect();
-        file.unknown_properties(self.host, &known)
+    /// The environment only: settings with no `config.yaml` property (`MICROBUS_*`,
+    /// `OTEL_EXPORTER_OTLP_*`).
+    pub fn environment(lookup: &'a dyn Fn(&str) -> Option<String>) -> Sources<'a> {
+        Sources {
+            host: "",
+            file: None,
+            lookup,
+            flags: Vec::new(),
+        }
+    }
+
+    /// The text that sets `setting`, from the most specific source that has it.
+    pub fn text<T>(&self, setting: &Setting<T>) -> Option<String> {
+        let property = setting.property;
+        let flag = self
+            .flags
+            .iter()
+            .rev()
+            .find(|(p, _)| !property.is_empty() && *p == property);
+        if let Some((_, value)) = flag {
+            return Some((*value).to_owned());
+        }
+        if let Some(value) = (self.lookup)(setting.env) {
+            return Some(value);
+        }
+        if property.is_empty() {
+            return None;
+        }
+        self.file
+            .and_then(|f| f.get(self.host, property))
+            .map(str::to_owned)
+    }
+
+    /// The value of `setting`: its text read by its parser, or its default when nothing sets it.
+    pub fn read<T>(&self, setting: &Setting<T>) -> Result<T, ConfigError> {
+        match self.text(setting) {
+            None => Ok((setting.default)()),
+            Some(text) => {
+                (setting.parse)(&text).map_err(|why| ConfigError::new(setting.name(), &text, &why))
+            }
+        }
     }
 }
 
@@ -176,17 +263,31 @@ pub struct UnknownProperty {
     /// As written in the file.
     pub name: String,
     /// The known property nearest to it, when one is close (a likely misspelling).
-    pub nearest: Option<&'static str>,
+    pub nearest: Option<String>,
 }
 
 impl fmt::Display for UnknownProperty {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown property {} under {}", self.name, self.host)?;
-        match self.nearest {
+        if self.name.contains('_') {
+            write!(f, "unknown variable {} of {}", self.name, self.host)?;
+        } else {
+            write!(f, "unknown property {} under {}", self.name, self.host)?;
+        }
+        match &self.nearest {
             Some(n) => write!(f, " (did you mean {n}?); it is ignored"),
             None => write!(f, "; it is ignored"),
         }
     }
+}
+
+/// The name of `known` nearest to `name`, when it is close enough to be a misspelling.
+fn nearest<K: AsRef<str>>(known: &[K], name: &str) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (edit_distance(k.as_ref(), name), k.as_ref()))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k.to_owned())
 }
 
 /// Levenshtein distance, ignoring ASCII case.
@@ -266,12 +367,7 @@ impl ConfigFile {
             .map(|n| UnknownProperty {
                 host: host.to_owned(),
                 name: n.clone(),
-                nearest: known
-                    .iter()
-                    .map(|k| (edit_distance(k, n), *k))
-                    .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-                    .min()
-                    .map(|(_, k)| k),
+                nearest: nearest(known, n),
             })
             .collect()
     }
@@ -319,6 +415,76 @@ fn scalar(v: &serde_yaml_ng::Value) -> Option<String> {
 mod unknown_property_tests {
     use super::*;
 
+    const TABLE: PropertyTable = PropertyTable {
+        host: "unit.test",
+        env_prefix: "BUSGATE_UNIT_",
+        component: "unit test",
+        properties: &["TimeBudget", "Ports"],
+    };
+
+    const BUDGET: Setting<std::time::Duration> = Setting {
+        property: "TimeBudget",
+        env: "BUSGATE_UNIT_TIME_BUDGET",
+        default: || std::time::Duration::from_secs(20),
+        parse: duration,
+    };
+
+    #[test]
+    fn a_setting_is_read_from_flags_then_environment_then_file_then_its_default() {
+        use std::time::Duration;
+        let file = ConfigFile::parse("unit.test:\n  TimeBudget: 1s\n").unwrap();
+        let env = |k: &str| (k == "BUSGATE_UNIT_TIME_BUDGET").then(|| "2s".to_owned());
+        let none = |_: &str| None;
+        let flags = [("timebudget".to_owned(), "3s".to_owned())];
+        let read = |file: Option<&ConfigFile>, env: &dyn Fn(&str) -> Option<String>, flags| {
+            Sources::new(&TABLE, file, env, flags)
+                .unwrap()
+                .read(&BUDGET)
+                .unwrap()
+        };
+        assert_eq!(read(None, &none, &[]), Duration::from_secs(20));
+        assert_eq!(read(Some(&file), &none, &[]), Duration::from_secs(1));
+        assert_eq!(read(Some(&file), &env, &[]), Duration::from_secs(2));
+        assert_eq!(read(Some(&file), &env, &flags), Duration::from_secs(3));
+        // A bad value names its setting and the value; an unknown flag is refused.
+        let bad = [("TimeBudget".to_owned(), "soon".to_owned())];
+        let e = Sources::new(&TABLE, None, &none, &bad)
+            .unwrap()
+            .read(&BUDGET)
+            .unwrap_err();
+        assert_eq!((e.name.as_str(), e.value.as_str()), ("TimeBudget", "soon"));
+        let unknown = [("Budget".to_owned(), "1s".to_owned())];
+        let e = Sources::new(&TABLE, None, &none, &unknown).err().unwrap();
+        assert_eq!(e.why, "unknown unit test property");
+    }
+
+    #[test]
+    fn misspelt_variables_are_named_with_the_nearest_known_one() {
+        let vars = [
+            "BUSGATE_UNIT_TIME_BUDGET",
+            "BUSGATE_UNIT_TIMEBUDGET",
+            "BUSGATE_UNIT_COLOUR",
+            "BUSGATE_OTHER_PORTS",
+            "PATH",
+        ];
+        let unknown = TABLE.unknown_env(vars.iter().map(|v| v.to_string()));
+        let names: Vec<(&str, Option<&str>)> = unknown
+            .iter()
+            .map(|u| (u.name.as_str(), u.nearest.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("BUSGATE_UNIT_TIMEBUDGET", Some("BUSGATE_UNIT_TIME_BUDGET")),
+                ("BUSGATE_UNIT_COLOUR", None),
+            ]
+        );
+        assert_eq!(
+            unknown[0].to_string(),
+            "unknown variable BUSGATE_UNIT_TIMEBUDGET of unit.test (did you mean BUSGATE_UNIT_TIME_BUDGET?); it is ignored"
+        );
+    }
+
     #[test]
     fn misspelt_properties_are_named_with_the_nearest_known_one() {
         let file = ConfigFile::parse(
@@ -333,7 +499,7 @@ mod unknown_property_tests {
                 UnknownProperty {
                     host: "http.ingress.core".into(),
                     name: "TimeBudjet".into(),
-                    nearest: Some("TimeBudget"),
+                    nearest: Some("TimeBudget".into()),
                 },
                 UnknownProperty {
                     host: "http.ingress.core".into(),
@@ -353,11 +519,31 @@ mod unknown_property_tests {
 
 /// A boolean property: `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
 pub fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    boolean(value).map_err(|why| ConfigError::new(name, value, &why))
+}
+
+/// A [`Setting`]'s parser for `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn boolean(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(name, value, "expected true or false")),
+        _ => Err("expected true or false".to_owned()),
     }
+}
+
+/// A [`Setting`]'s parser for a Go-style duration (see [`parse_duration`]).
+pub fn duration(value: &str) -> Result<std::time::Duration, String> {
+    parse_duration("", value).map_err(|e| e.why)
+}
+
+/// An integer in `min..=max`.
+pub fn int_in(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("an integer in [{min},{max}]"))
 }
 
 /// Parse a Go-style duration: `20s`, `5m`, `1h30m`, `250ms`, or `0`.

@@ -282,10 +282,10 @@ pub fn config(data: &[u8]) {
             let Ok(file) = ConfigFile::parse(&text) else {
                 return;
             };
-            let known: Vec<&'static str> = HTTP_PROPERTIES.iter().map(|(n, _)| *n).collect();
+            let known: Vec<&'static str> = HTTP_PROPERTIES.to_vec();
             for unknown in file.unknown_properties("http.ingress.core", &known) {
                 if let Some(nearest) = unknown.nearest {
-                    assert!(known.contains(&nearest));
+                    assert!(known.contains(&nearest.as_str()));
                 }
             }
             let _ = file.get("http.ingress.core", "TimeBudget");

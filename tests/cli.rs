@@ -22,6 +22,7 @@ fn misspelt_config_properties_are_named_and_the_start_goes_on() {
         .args(["--admin-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .env("BUSGATE_HTTP_INGRESS_READ_TIMOUT", "1m")
         .current_dir(&dir.0)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -58,6 +59,10 @@ fn misspelt_config_properties_are_named_and_the_start_goes_on() {
     );
     assert!(
         log.contains("unknown property MaxSise under smtp.ingress.core (did you mean MaxSize?)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("unknown variable BUSGATE_HTTP_INGRESS_READ_TIMOUT of http.ingress.core (did you mean BUSGATE_HTTP_INGRESS_READ_TIMEOUT?)"),
         "{log}"
     );
     assert!(

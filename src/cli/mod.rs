@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, ConfigFile};
+use crate::config::{ConfigError, ConfigFile, Sources};
 use crate::ingress::admin::{AdminServer, AdminTargets, DEFAULT_ADMIN_ADDR};
 use crate::ingress::http::{HttpIngress, IngressConfig};
 use crate::ingress::smtp::{SmtpConfig, SmtpIngress};
@@ -152,26 +152,26 @@ pub async fn run() -> std::process::ExitCode {
         let ingress = run_ingress
             .then(|| cli.ingress.resolve(file.as_ref()))
             .transpose()?;
-        let secret = std::env::var(metrics_core::ENV_SECRET_KEY)
-            .ok()
-            .or_else(|| {
-                file.as_ref()
-                    .and_then(|f| f.get(metrics_core::HOSTNAME, metrics_core::SECRET_KEY))
-                    .map(str::to_owned)
-            });
+        let env = |k: &str| std::env::var(k).ok();
+        let secret = Sources::new(&metrics_core::SETTINGS, file.as_ref(), &env, &[])?
+            .read(&metrics_core::SECRET_KEY)?;
         let smtp = run_smtp
             .then(|| cli.smtp.resolve(file.as_ref()))
             .transpose()?;
-        // Misspelt keys under busgate's own hosts would be ignored silently.
-        let unknown: Vec<_> = file
-            .iter()
-            .flat_map(|f| {
-                let mut u = crate::ingress::http::config::SETTINGS.unknown_in(f);
-                u.extend(crate::ingress::smtp::config::SETTINGS.unknown_in(f));
-                u.extend(f.unknown_properties(metrics_core::HOSTNAME, &[metrics_core::SECRET_KEY]));
-                u
-            })
-            .collect();
+        // Misspelt keys under busgate's own hosts, and misspelt variables under their
+        // prefixes, would be ignored silently.
+        let tables = [
+            crate::ingress::http::config::SETTINGS,
+            crate::ingress::smtp::config::SETTINGS,
+            metrics_core::SETTINGS,
+        ];
+        let mut unknown = Vec::new();
+        for table in &tables {
+            if let Some(f) = &file {
+                unknown.extend(table.unknown_in(f));
+            }
+            unknown.extend(table.unknown_env(std::env::vars().map(|(k, _)| k)));
+        }
         Ok((ingress, secret, smtp, unknown))
     });
     let (ingress_config, secret_key, smtp_config, unknown_properties) = match resolved {

@@ -2,24 +2,85 @@
 
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, Deployment, ENV_DEPLOYMENT};
+use crate::config::{ConfigError, Deployment, Setting, Sources, ENV_DEPLOYMENT};
 use crate::telemetry::TelemetryConfig;
 use crate::transport::{InProcBus, NatsOptions, Transport};
 use crate::wire::is_valid_hostname;
 use crate::wire::subject::{is_valid_plane, DEFAULT_PLANE};
 
-pub const ENV_NATS: &str = "MICROBUS_NATS";
-pub const ENV_NATS_USER: &str = "MICROBUS_NATS_USER";
-pub const ENV_NATS_PASSWORD: &str = "MICROBUS_NATS_PASSWORD";
-pub const ENV_NATS_TOKEN: &str = "MICROBUS_NATS_TOKEN";
-/// busgate extensions for NATS auth and TLS beyond Microbus's files in the working directory.
-pub const ENV_NATS_CREDS: &str = "MICROBUS_NATS_CREDS";
-pub const ENV_NATS_NKEY: &str = "MICROBUS_NATS_NKEY";
-pub const ENV_NATS_TLS_CA: &str = "MICROBUS_NATS_TLS_CA";
-pub const ENV_NATS_TLS_CERT: &str = "MICROBUS_NATS_TLS_CERT";
-pub const ENV_NATS_TLS_KEY: &str = "MICROBUS_NATS_TLS_KEY";
-pub const ENV_PLANE: &str = "MICROBUS_PLANE";
-pub const ENV_LOCALITY: &str = "MICROBUS_LOCALITY";
+/// The NATS server; without it the bus is in-process.
+pub const NATS: Setting<Option<String>> = env_text("MICROBUS_NATS");
+/// NATS user and password, set together.
+pub const NATS_USER: Setting<Option<String>> = env_text("MICROBUS_NATS_USER");
+pub const NATS_PASSWORD: Setting<Option<String>> = env_text("MICROBUS_NATS_PASSWORD");
+pub const NATS_TOKEN: Setting<Option<String>> = env_text("MICROBUS_NATS_TOKEN");
+/// busgate's own, beyond Microbus's files in the working directory: a `.creds` file, an NKey
+/// seed, and TLS files.
+pub const NATS_CREDS: Setting<Option<PathBuf>> = env_path("MICROBUS_NATS_CREDS");
+pub const NATS_NKEY: Setting<Option<String>> = env_text("MICROBUS_NATS_NKEY");
+pub const NATS_TLS_CA: Setting<Option<PathBuf>> = env_path("MICROBUS_NATS_TLS_CA");
+pub const NATS_TLS_CERT: Setting<Option<PathBuf>> = env_path("MICROBUS_NATS_TLS_CERT");
+pub const NATS_TLS_KEY: Setting<Option<PathBuf>> = env_path("MICROBUS_NATS_TLS_KEY");
+
+/// The plane: deployments that share a NATS stay apart by it.
+pub const PLANE: Setting<String> = Setting {
+    property: "",
+    env: "MICROBUS_PLANE",
+    default: || DEFAULT_PLANE.to_owned(),
+    parse: |v| {
+        let plane = v.trim();
+        if !is_valid_plane(plane) {
+            return Err("letters and digits only".to_owned());
+        }
+        Ok(plane.to_owned())
+    },
+};
+
+/// LOCAL, LAB, PROD or TESTING; unset, it follows from the NATS URL
+/// ([`Deployment::default_for`]).
+pub const DEPLOYMENT: Setting<Option<Deployment>> = Setting {
+    property: "",
+    env: ENV_DEPLOYMENT,
+    default: || None,
+    parse: |v| v.parse::<Deployment>().map(Some).map_err(|e| e.why),
+};
+
+/// Where this instance runs, most specific first (`1.b.west.us`); calls prefer nearby replicas.
+pub const LOCALITY: Setting<Option<String>> = Setting {
+    property: "",
+    env: "MICROBUS_LOCALITY",
+    default: || None,
+    parse: |v| {
+        let locality = v.trim().to_ascii_lowercase();
+        if locality.is_empty() {
+            return Ok(None);
+        }
+        if !is_valid_hostname(&locality) {
+            return Err("dot-separated labels of letters, digits, '-' and '_'".to_owned());
+        }
+        Ok(Some(locality))
+    },
+};
+
+/// An environment-only text setting, unset by default.
+const fn env_text(env: &'static str) -> Setting<Option<String>> {
+    Setting {
+        property: "",
+        env,
+        default: || None,
+        parse: |v| Ok(Some(v.to_owned())),
+    }
+}
+
+/// An environment-only file setting, unset by default.
+const fn env_path(env: &'static str) -> Setting<Option<PathBuf>> {
+    Setting {
+        property: "",
+        env,
+        default: || None,
+        parse: |v| Ok(Some(PathBuf::from(v))),
+    }
+}
 
 /// Everything a connector needs to join a bus.
 #[derive(Clone, Debug)]
@@ -55,31 +116,14 @@ impl BusConfig {
     }
 
     pub fn with_plane(mut self, plane: &str) -> Result<BusConfig, ConfigError> {
-        if !is_valid_plane(plane) {
-            return Err(ConfigError::new(
-                ENV_PLANE,
-                plane,
-                "letters and digits only",
-            ));
-        }
-        self.plane = plane.to_owned();
+        self.plane =
+            (PLANE.parse)(plane).map_err(|why| ConfigError::new(PLANE.env, plane, &why))?;
         Ok(self)
     }
 
     pub fn with_locality(mut self, locality: &str) -> Result<BusConfig, ConfigError> {
-        let locality = locality.trim().to_ascii_lowercase();
-        if locality.is_empty() {
-            self.locality = None;
-            return Ok(self);
-        }
-        if !is_valid_hostname(&locality) {
-            return Err(ConfigError::new(
-                ENV_LOCALITY,
-                &locality,
-                "dot-separated labels of letters, digits, '-' and '_'",
-            ));
-        }
-        self.locality = Some(locality);
+        self.locality = (LOCALITY.parse)(locality)
+            .map_err(|why| ConfigError::new(LOCALITY.env, locality, &why))?;
         Ok(self)
     }
 
@@ -90,43 +134,42 @@ impl BusConfig {
         nats_override: Option<&str>,
         cwd: PathBuf,
     ) -> Result<BusConfig, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let nats_url = nats_override.map(str::to_owned).or_else(|| get(ENV_NATS));
+        // An empty variable is an unset one (`MICROBUS_NATS=` in a compose file).
+        let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let from = Sources::environment(&set);
+        let nats_url = match nats_override {
+            Some(url) => Some(url.to_owned()),
+            None => from.read(&NATS)?,
+        };
         let transport = match &nats_url {
             None => Transport::InProc(InProcBus::new()),
             Some(url) => {
                 let mut o = NatsOptions::new(url.trim());
-                o.user = get(ENV_NATS_USER);
-                o.password = get(ENV_NATS_PASSWORD);
+                o.user = from.read(&NATS_USER)?;
+                o.password = from.read(&NATS_PASSWORD)?;
                 if o.user.is_some() != o.password.is_some() {
                     return Err(ConfigError::new(
-                        ENV_NATS_USER,
+                        NATS_USER.env,
                         o.user.as_deref().unwrap_or(""),
                         "user and password must be set together",
                     ));
                 }
-                o.token = get(ENV_NATS_TOKEN);
-                o.creds_file = get(ENV_NATS_CREDS).map(PathBuf::from);
-                o.nkey_seed = get(ENV_NATS_NKEY);
-                o.tls_ca = get(ENV_NATS_TLS_CA).map(PathBuf::from);
-                o.tls_cert = get(ENV_NATS_TLS_CERT).map(PathBuf::from);
-                o.tls_key = get(ENV_NATS_TLS_KEY).map(PathBuf::from);
+                o.token = from.read(&NATS_TOKEN)?;
+                o.creds_file = from.read(&NATS_CREDS)?;
+                o.nkey_seed = from.read(&NATS_NKEY)?;
+                o.tls_ca = from.read(&NATS_TLS_CA)?;
+                o.tls_cert = from.read(&NATS_TLS_CERT)?;
+                o.tls_key = from.read(&NATS_TLS_KEY)?;
                 Transport::Nats(Box::new(o.with_tls_files_from(&cwd)))
             }
         };
-        let deployment = match get(ENV_DEPLOYMENT) {
-            Some(d) => d.parse()?,
-            None => Deployment::default_for(nats_url.as_deref()),
-        };
         let mut cfg = BusConfig::on(transport);
-        cfg.deployment = deployment;
+        cfg.deployment = from
+            .read(&DEPLOYMENT)?
+            .unwrap_or_else(|| Deployment::default_for(nats_url.as_deref()));
         cfg.telemetry = TelemetryConfig::from_lookup(&lookup)?;
-        if let Some(plane) = get(ENV_PLANE) {
-            cfg = cfg.with_plane(plane.trim())?;
-        }
-        if let Some(locality) = get(ENV_LOCALITY) {
-            cfg = cfg.with_locality(&locality)?;
-        }
+        cfg.plane = from.read(&PLANE)?;
+        cfg.locality = from.read(&LOCALITY)?;
         Ok(cfg)
     }
 
@@ -160,11 +203,11 @@ mod tests {
     #[test]
     fn reads_nats_settings() {
         let c = cfg(&[
-            (ENV_NATS, "nats://10.0.0.1:4222"),
-            (ENV_NATS_USER, "u"),
-            (ENV_NATS_PASSWORD, "p"),
-            (ENV_PLANE, "plane2"),
-            (ENV_LOCALITY, "1.B.west.us"),
+            (NATS.env, "nats://10.0.0.1:4222"),
+            (NATS_USER.env, "u"),
+            (NATS_PASSWORD.env, "p"),
+            (PLANE.env, "plane2"),
+            (LOCALITY.env, "1.B.west.us"),
         ])
         .unwrap();
         let Transport::Nats(o) = &c.transport else {
@@ -175,19 +218,19 @@ mod tests {
         assert_eq!(c.deployment, Deployment::Prod);
         assert_eq!(c.plane, "plane2");
         assert_eq!(c.locality.as_deref(), Some("1.b.west.us"));
-        let local = cfg(&[(ENV_NATS, "nats://127.0.0.1:4222")]).unwrap();
+        let local = cfg(&[(NATS.env, "nats://127.0.0.1:4222")]).unwrap();
         assert_eq!(local.deployment, Deployment::Local);
     }
 
     #[test]
     fn rejects_bad_settings_with_their_names() {
-        let e = cfg(&[(ENV_PLANE, "a.b")]).unwrap_err();
-        assert_eq!(e.name, ENV_PLANE);
-        let e = cfg(&[(ENV_DEPLOYMENT, "staging")]).unwrap_err();
-        assert_eq!(e.name, ENV_DEPLOYMENT);
-        let e = cfg(&[(ENV_LOCALITY, "a.>")]).unwrap_err();
-        assert_eq!(e.name, ENV_LOCALITY);
-        let e = cfg(&[(ENV_NATS, "nats://x:1"), (ENV_NATS_USER, "u")]).unwrap_err();
-        assert_eq!(e.name, ENV_NATS_USER);
+        let e = cfg(&[(PLANE.env, "a.b")]).unwrap_err();
+        assert_eq!(e.name, PLANE.env);
+        let e = cfg(&[(DEPLOYMENT.env, "staging")]).unwrap_err();
+        assert_eq!(e.name, DEPLOYMENT.env);
+        let e = cfg(&[(LOCALITY.env, "a.>")]).unwrap_err();
+        assert_eq!(e.name, LOCALITY.env);
+        let e = cfg(&[(NATS.env, "nats://x:1"), (NATS_USER.env, "u")]).unwrap_err();
+        assert_eq!(e.name, NATS_USER.env);
     }
 }

@@ -10,7 +10,7 @@ use futures::future::join_all;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
 use http::{Request, Response, StatusCode};
 
-use crate::config::Deployment;
+use crate::config::{Deployment, PropertyTable, Setting};
 use crate::connector::{build_request, query_arg, Ctx, Service, CONTROL_PORT};
 use crate::error::Error;
 use crate::telemetry::exposition;
@@ -20,7 +20,21 @@ use crate::wire::{is_valid_hostname, ALL_HOSTS};
 
 pub const HOSTNAME: &str = "metrics.core";
 /// The secret a scraper passes as `?secretKey=`; needed outside LOCAL and TESTING.
-pub const SECRET_KEY: &str = "SecretKey";
+/// The key a scraper must pass (`?secretKey=`) outside LOCAL and TESTING.
+pub const SECRET_KEY: Setting<Option<String>> = Setting {
+    property: "SecretKey",
+    env: ENV_SECRET_KEY,
+    default: || None,
+    parse: |v| Ok(Some(v.to_owned())),
+};
+
+/// This service's `config.yaml` side.
+pub const SETTINGS: PropertyTable = PropertyTable {
+    host: HOSTNAME,
+    env_prefix: "BUSGATE_METRICS_",
+    component: "metrics.core",
+    properties: &[SECRET_KEY.property],
+};
 pub const ENV_SECRET_KEY: &str = "BUSGATE_METRICS_SECRET_KEY";
 /// Prometheus tells how long it will wait; we answer a little before that: a tenth of it,
 /// at most half a second.

@@ -2,152 +2,279 @@
 //! `config.yaml`, then `BUSGATE_HTTP_INGRESS_*` environment variables, then CLI flags, and
 //! validated at start with the name of the bad setting.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_bool, parse_duration, ConfigError, ConfigFile, PropertyTable};
+use crate::config::{boolean, duration, ConfigError, ConfigFile, PropertyTable, Setting, Sources};
+use crate::connector::DEFAULT_CALL_BUDGET;
 
 /// The ingress's hostname on the bus.
 pub const HOSTNAME: &str = "http.ingress.core";
 
-pub const PORTS: &str = "Ports";
-/// 8080 is the trusted development port; production listens on 443/80.
-pub const DEFAULT_PORTS: &str = "8080";
+/// Ports to listen on.
+pub const PORTS: Setting<Vec<u16>> = Setting {
+    property: "Ports",
+    env: "BUSGATE_HTTP_INGRESS_PORTS",
+    // 8080 is the trusted development port; production listens on 443/80.
+    default: || vec![8080],
+    parse: |v| {
+        let mut ports = Vec::new();
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let port: u16 = p.parse().map_err(|_| "expected ports like 8080,443")?;
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        if ports.is_empty() {
+            return Err("at least one port is needed".to_owned());
+        }
+        Ok(ports)
+    },
+};
 
-pub const PORT_MAPPINGS: &str = "PortMappings";
-/// 8080 reaches every internal port; the public ports reach only 443.
-pub const DEFAULT_PORT_MAPPINGS: &str = "8080:*->*, 443:*->443, 80:*->443";
+/// Which internal ports an external port reaches (`x:y->z` rules).
+pub const PORT_MAPPINGS: Setting<PortMappings> = Setting {
+    property: "PortMappings",
+    env: "BUSGATE_HTTP_INGRESS_PORT_MAPPINGS",
+    // 8080 reaches every internal port; the public ports reach only 443.
+    default: || {
+        PortMappings::from_rules(&[
+            ((Some(8080), None), None),
+            ((Some(443), None), Some(443)),
+            ((Some(80), None), Some(443)),
+        ])
+    },
+    parse: PortMappings::parse,
+};
 
-pub const TIME_BUDGET: &str = "TimeBudget";
 /// Budget of the downstream call; 0 leaves it to the connector's default budget.
-pub const DEFAULT_TIME_BUDGET: &str = "20s";
+pub const TIME_BUDGET: Setting<Duration> = Setting {
+    property: "TimeBudget",
+    env: "BUSGATE_HTTP_INGRESS_TIME_BUDGET",
+    // The connector's own budget for a call without a deadline: one value, one place.
+    default: || DEFAULT_CALL_BUDGET,
+    parse: duration,
+};
 
-pub const REQUEST_MEMORY_LIMIT: &str = "RequestMemoryLimit";
-/// Megabytes for pending request bodies; half of it is usable because a body is held twice
-/// (read, then encoded for the bus).
-pub const DEFAULT_REQUEST_MEMORY_LIMIT: &str = "4096";
+/// Bytes for pending request bodies, set in megabytes.
+pub const REQUEST_MEMORY_LIMIT: Setting<usize> = Setting {
+    property: "RequestMemoryLimit",
+    env: "BUSGATE_HTTP_INGRESS_REQUEST_MEMORY_LIMIT",
+    // 4 GiB, of which half is usable: a body is held twice (read, then encoded for the bus).
+    default: || 4096 << 20,
+    parse: |v| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|mb| *mb >= 1 && *mb <= 1 << 20)
+            .map(|mb| mb << 20)
+            .ok_or_else(|| "megabytes, at least 1".to_owned())
+    },
+};
 
-pub const ALLOWED_ORIGINS: &str = "AllowedOrigins";
 /// CORS origins; `*` allows all.
-pub const DEFAULT_ALLOWED_ORIGINS: &str = "*";
+pub const ALLOWED_ORIGINS: Setting<AllowedOrigins> = Setting {
+    property: "AllowedOrigins",
+    env: "BUSGATE_HTTP_INGRESS_ALLOWED_ORIGINS",
+    default: || AllowedOrigins::Any,
+    parse: |v| Ok(AllowedOrigins::parse(v)),
+};
 
-pub const READ_HEADER_TIMEOUT: &str = "ReadHeaderTimeout";
 /// Cuts off a client that trickles its headers (slow-loris).
-pub const DEFAULT_READ_HEADER_TIMEOUT: &str = "20s";
+pub const READ_HEADER_TIMEOUT: Setting<Duration> = Setting {
+    property: "ReadHeaderTimeout",
+    env: "BUSGATE_HTTP_INGRESS_READ_HEADER_TIMEOUT",
+    default: || Duration::from_secs(20),
+    parse: at_least_1s,
+};
 
-pub const READ_TIMEOUT: &str = "ReadTimeout";
-/// Time to read a whole request body.
-pub const DEFAULT_READ_TIMEOUT: &str = "5m";
+/// Time to read a whole request body; also how long a keep-alive connection may idle.
+pub const READ_TIMEOUT: Setting<Duration> = Setting {
+    property: "ReadTimeout",
+    env: "BUSGATE_HTTP_INGRESS_READ_TIMEOUT",
+    default: || Duration::from_secs(5 * 60),
+    parse: at_least_1s,
+};
 
-pub const WRITE_TIMEOUT: &str = "WriteTimeout";
 /// Longest a single write to a client may stall.
-pub const DEFAULT_WRITE_TIMEOUT: &str = "5m";
+pub const WRITE_TIMEOUT: Setting<Duration> = Setting {
+    property: "WriteTimeout",
+    env: "BUSGATE_HTTP_INGRESS_WRITE_TIMEOUT",
+    default: || Duration::from_secs(5 * 60),
+    parse: at_least_1s,
+};
 
-pub const MAX_HEADER_BYTES: &str = "MaxHeaderBytes";
-/// Request head size before 431; browsers send a few KB, 64 KiB leaves room for big cookies.
-pub const DEFAULT_MAX_HEADER_BYTES: &str = "65536";
+/// Request head size before 431.
+pub const MAX_HEADER_BYTES: Setting<usize> = Setting {
+    property: "MaxHeaderBytes",
+    env: "BUSGATE_HTTP_INGRESS_MAX_HEADER_BYTES",
+    // Browsers send a few KB; 64 KiB leaves room for big cookies.
+    default: || 65536,
+    parse: |v| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 8192)
+            .ok_or_else(|| "bytes, at least 8192".to_owned())
+    },
+};
 
-pub const TRUSTED_PROXIES: &str = "TrustedProxies";
 /// Peers whose `X-Forwarded-*` headers are believed; anyone else's are replaced.
-pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1, ::1";
+pub const TRUSTED_PROXIES: Setting<HashSet<IpAddr>> = Setting {
+    property: "TrustedProxies",
+    env: "BUSGATE_HTTP_INGRESS_TRUSTED_PROXIES",
+    default: || {
+        HashSet::from([
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ])
+    },
+    parse: |v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<IpAddr>()
+                    .map_err(|_| "expected IP addresses".to_owned())
+            })
+            .collect()
+    },
+};
 
-pub const TRUST_TRACE_CONTEXT: &str = "TrustTraceContext";
-/// Listener ports whose incoming `traceparent` is continued; elsewhere (the public 443/80)
-/// every request starts a new trace, so outsiders cannot join or forge traces.
-pub const DEFAULT_TRUST_TRACE_CONTEXT: &str = "8080";
+/// Listener ports whose incoming `traceparent` is continued.
+pub const TRUST_TRACE_CONTEXT: Setting<HashSet<u16>> = Setting {
+    property: "TrustTraceContext",
+    env: "BUSGATE_HTTP_INGRESS_TRUST_TRACE_CONTEXT",
+    // Only the development port: on the public 443/80 every request starts a new trace, so
+    // outsiders cannot join or forge traces.
+    default: || HashSet::from([8080]),
+    parse: |v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| "expected ports like 8080".to_owned())
+            })
+            .collect()
+    },
+};
 
-pub const BLOCKED_PATHS: &str = "BlockedPaths";
-/// Paths that scanners probe; answered 404 without touching the bus (Microbus's list).
-pub const DEFAULT_BLOCKED_PATHS: &str = "/geoserver
-/console/
-/.env
-/.amazon_aws
-/solr/admin/info/system
-/remote/login
-/Autodiscover/Autodiscover.xml
-/autodiscover/autodiscover.json
-/api/v2/static/not.found
-/api/sonicos/tfa
-/_ignition/execute-solution
-/admin.html
-/auth.html
-/auth1.html
-/readme.txt
-/__Additional
-/Portal0000.htm
-/docs/cplugError.html/
-/CSS/Miniweb.css
-/scripts/WPnBr.dll
-/.git/config
-/cgi-bin/.%2e/.%2e/.%2e/.%2e/bin/sh
-/cgi-bin/luci/;stok=/locale
-/actuator/gateway/routes
-/actuator/health
-/Public/home/js/check.js
-/mifs/.;/services/LogService
-/dns-query
-/ecp/Current/exporttool/microsoft.exchange.ediscovery.exporttool.application
-/owa/auth/x.js
-/static/admin/javascript/hetong.js
-/.git/HEAD
-/sslvpnLogin.html
-/vpn/index.html
-/wsman
-/geoserver/web
-/remote/logincheck
-/epa/scripts/win/nsepa_setup.exe
-/.well-known/security.txt
-/cf_scripts/scripts/ajax/ckeditor/ckeditor.js
-/Temporary_Listen_Addresses/
-/manager/html
-/logon/LogonPoint/custom.html
-/logon/LogonPoint/index.html
-/catalog-portal/ui/oauth/verify
-/error_log/.git/HEAD
-*.cfm
-*.asp
-*.aspx
-*.cgi
-*.jsa
-*.jsp
-*.shtml
-*.php
-*.jhtml
-*.mwsl
-*.dll
-*.esp
-*.exe";
+/// Paths answered 404 without touching the bus: exact paths and `*.ext` extensions, one per
+/// line.
+pub const BLOCKED_PATHS: Setting<BlockedPaths> = Setting {
+    property: "BlockedPaths",
+    env: "BUSGATE_HTTP_INGRESS_BLOCKED_PATHS",
+    default: || BlockedPaths::from_lines(MICROBUS_BLOCKED_PATHS.iter().copied()),
+    parse: |v| Ok(BlockedPaths::from_lines(v.lines())),
+};
 
-pub const ACCESS_LOG: &str = "AccessLog";
-/// busgate's own: an INFO line "Request received" for every request. Off by default: at
-/// INFO it cost about 7% of the CPU of a request (benches/compare.sh) and says little that the
-/// request metrics and spans do not; errors are logged ("Serving") either way.
-pub const DEFAULT_ACCESS_LOG: &str = "false";
+/// The paths that scanners probe, as Microbus blocks them.
+pub const MICROBUS_BLOCKED_PATHS: [&str; 59] = [
+    "/geoserver",
+    "/console/",
+    "/.env",
+    "/.amazon_aws",
+    "/solr/admin/info/system",
+    "/remote/login",
+    "/Autodiscover/Autodiscover.xml",
+    "/autodiscover/autodiscover.json",
+    "/api/v2/static/not.found",
+    "/api/sonicos/tfa",
+    "/_ignition/execute-solution",
+    "/admin.html",
+    "/auth.html",
+    "/auth1.html",
+    "/readme.txt",
+    "/__Additional",
+    "/Portal0000.htm",
+    "/docs/cplugError.html/",
+    "/CSS/Miniweb.css",
+    "/scripts/WPnBr.dll",
+    "/.git/config",
+    "/cgi-bin/.%2e/.%2e/.%2e/.%2e/bin/sh",
+    "/cgi-bin/luci/;stok=/locale",
+    "/actuator/gateway/routes",
+    "/actuator/health",
+    "/Public/home/js/check.js",
+    "/mifs/.;/services/LogService",
+    "/dns-query",
+    "/ecp/Current/exporttool/microsoft.exchange.ediscovery.exporttool.application",
+    "/owa/auth/x.js",
+    "/static/admin/javascript/hetong.js",
+    "/.git/HEAD",
+    "/sslvpnLogin.html",
+    "/vpn/index.html",
+    "/wsman",
+    "/geoserver/web",
+    "/remote/logincheck",
+    "/epa/scripts/win/nsepa_setup.exe",
+    "/.well-known/security.txt",
+    "/cf_scripts/scripts/ajax/ckeditor/ckeditor.js",
+    "/Temporary_Listen_Addresses/",
+    "/manager/html",
+    "/logon/LogonPoint/custom.html",
+    "/logon/LogonPoint/index.html",
+    "/catalog-portal/ui/oauth/verify",
+    "/error_log/.git/HEAD",
+    "*.cfm",
+    "*.asp",
+    "*.aspx",
+    "*.cgi",
+    "*.jsa",
+    "*.jsp",
+    "*.shtml",
+    "*.php",
+    "*.jhtml",
+    "*.mwsl",
+    "*.dll",
+    "*.esp",
+    "*.exe",
+];
 
-/// Every property with its default, in the order they are documented.
-pub const PROPERTIES: [(&str, &str); 13] = [
-    (PORTS, DEFAULT_PORTS),
-    (PORT_MAPPINGS, DEFAULT_PORT_MAPPINGS),
-    (TIME_BUDGET, DEFAULT_TIME_BUDGET),
-    (REQUEST_MEMORY_LIMIT, DEFAULT_REQUEST_MEMORY_LIMIT),
-    (ALLOWED_ORIGINS, DEFAULT_ALLOWED_ORIGINS),
-    (READ_HEADER_TIMEOUT, DEFAULT_READ_HEADER_TIMEOUT),
-    (READ_TIMEOUT, DEFAULT_READ_TIMEOUT),
-    (WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT),
-    (MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_BYTES),
-    (TRUSTED_PROXIES, DEFAULT_TRUSTED_PROXIES),
-    (TRUST_TRACE_CONTEXT, DEFAULT_TRUST_TRACE_CONTEXT),
-    (BLOCKED_PATHS, DEFAULT_BLOCKED_PATHS),
-    (ACCESS_LOG, DEFAULT_ACCESS_LOG),
+/// busgate's own: an INFO line "Request received" for every request.
+pub const ACCESS_LOG: Setting<bool> = Setting {
+    property: "AccessLog",
+    env: "BUSGATE_HTTP_INGRESS_ACCESS_LOG",
+    // Off: at INFO it cost about 7% of the CPU of a request (benches/compare.sh) and says
+    // little that the request metrics and spans do not; errors are logged ("Serving") either
+    // way.
+    default: || false,
+    parse: boolean,
+};
+
+fn at_least_1s(v: &str) -> Result<Duration, String> {
+    let d = duration(v)?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
+}
+
+/// This component's properties, in the order they are documented.
+pub const PROPERTIES: [&str; 13] = [
+    PORTS.property,
+    PORT_MAPPINGS.property,
+    TIME_BUDGET.property,
+    REQUEST_MEMORY_LIMIT.property,
+    ALLOWED_ORIGINS.property,
+    READ_HEADER_TIMEOUT.property,
+    READ_TIMEOUT.property,
+    WRITE_TIMEOUT.property,
+    MAX_HEADER_BYTES.property,
+    TRUSTED_PROXIES.property,
+    TRUST_TRACE_CONTEXT.property,
+    BLOCKED_PATHS.property,
+    ACCESS_LOG.property,
 ];
 
 /// Prefix of the environment variables that override properties: `Ports` is
 /// `BUSGATE_HTTP_INGRESS_PORTS`, `TimeBudget` is `BUSGATE_HTTP_INGRESS_TIME_BUDGET`.
 pub const ENV_PREFIX: &str = "BUSGATE_HTTP_INGRESS_";
 
-/// This component's settings table (host, environment prefix, properties and defaults).
+/// This component's `config.yaml` side: its host and its properties.
 pub const SETTINGS: PropertyTable = PropertyTable {
     host: HOSTNAME,
     env_prefix: ENV_PREFIX,
@@ -155,10 +282,8 @@ pub const SETTINGS: PropertyTable = PropertyTable {
     properties: &PROPERTIES,
 };
 
-/// The environment variable of a property.
-pub fn env_name(property: &str) -> String {
-    SETTINGS.env_name(property)
-}
+/// One `x:y->z` rule: `((x, y), z)`, `None` for `*`.
+pub type PortRule = ((Option<u16>, Option<u16>), Option<u16>);
 
 /// `x:y->z` rules: external port x, requested internal port y, forced internal port z; `None`
 /// stands for `*`. Kept as numbers so that mapping a request builds no string.
@@ -166,10 +291,10 @@ pub fn env_name(property: &str) -> String {
 pub struct PortMappings(HashMap<(Option<u16>, Option<u16>), Option<u16>>);
 
 impl PortMappings {
-    pub fn parse(value: &str) -> Result<PortMappings, ConfigError> {
+    pub fn parse(value: &str) -> Result<PortMappings, String> {
         let mut rules = HashMap::new();
         for rule in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-            let bad = || ConfigError::new(PORT_MAPPINGS, rule, "expected x:y->z, e.g. 443:*->443");
+            let bad = || format!("expected x:y->z, e.g. 443:*->443 (not '{rule}')");
             let (from, to) = rule.split_once("->").ok_or_else(bad)?;
             let (x, y) = from.trim().split_once(':').ok_or_else(bad)?;
             let port = |part: &str| match part.trim() {
@@ -179,6 +304,10 @@ impl PortMappings {
             rules.insert((port(x)?, port(y)?), port(to)?);
         }
         Ok(PortMappings(rules))
+    }
+
+    pub fn from_rules(rules: &[PortRule]) -> PortMappings {
+        PortMappings(rules.iter().copied().collect())
     }
 
     /// The internal port for a request to internal port `y` whose external port is `x` (the
@@ -237,9 +366,9 @@ pub struct BlockedPaths {
 }
 
 impl BlockedPaths {
-    pub fn parse(value: &str) -> BlockedPaths {
+    pub fn from_lines<'a>(lines: impl Iterator<Item = &'a str>) -> BlockedPaths {
         let mut b = BlockedPaths::default();
-        for line in value.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
             match line.strip_prefix('*') {
                 Some(ext) if ext.starts_with('.') => {
                     b.extensions.insert(ext.to_ascii_lowercase());
@@ -292,7 +421,7 @@ pub struct IngressConfig {
 
 impl Default for IngressConfig {
     fn default() -> Self {
-        IngressConfig::from_properties(&BTreeMap::new()).expect("the defaults are valid")
+        IngressConfig::resolve(None, |_| None, &[]).expect("the defaults are valid")
     }
 }
 
@@ -303,94 +432,21 @@ impl IngressConfig {
         lookup: impl Fn(&str) -> Option<String>,
         overrides: &[(String, String)],
     ) -> Result<IngressConfig, ConfigError> {
-        let props = SETTINGS.layer(file, lookup, overrides)?;
-        IngressConfig::from_properties(&props)
-    }
-
-    /// Build from property values; a missing property takes its default.
-    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<IngressConfig, ConfigError> {
-        let get = |name: &str| SETTINGS.get(props, name);
-        let ports_value = get(PORTS);
-        let mut ports = Vec::new();
-        for p in ports_value
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let port: u16 = p.parse().map_err(|_| {
-                ConfigError::new(PORTS, &ports_value, "expected ports like 8080,443")
-            })?;
-            if !ports.contains(&port) {
-                ports.push(port);
-            }
-        }
-        if ports.is_empty() {
-            return Err(ConfigError::new(
-                PORTS,
-                &ports_value,
-                "at least one port is needed",
-            ));
-        }
-        let memory = get(REQUEST_MEMORY_LIMIT);
-        let memory_mb: usize = memory
-            .trim()
-            .parse()
-            .ok()
-            .filter(|mb| *mb >= 1 && *mb <= 1 << 20)
-            .ok_or_else(|| {
-                ConfigError::new(REQUEST_MEMORY_LIMIT, &memory, "megabytes, at least 1")
-            })?;
-        let at_least_1s = |name: &str| -> Result<Duration, ConfigError> {
-            let v = get(name);
-            let d = parse_duration(name, &v)?;
-            if d < Duration::from_secs(1) {
-                return Err(ConfigError::new(name, &v, "must be at least 1s"));
-            }
-            Ok(d)
-        };
-        let header = get(MAX_HEADER_BYTES);
-        let max_header_bytes: usize = header
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n >= 8192)
-            .ok_or_else(|| ConfigError::new(MAX_HEADER_BYTES, &header, "bytes, at least 8192"))?;
-        let proxies = get(TRUSTED_PROXIES);
-        let mut trusted_proxies = HashSet::new();
-        for p in proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            trusted_proxies.insert(p.parse::<IpAddr>().map_err(|_| {
-                ConfigError::new(TRUSTED_PROXIES, &proxies, "expected IP addresses")
-            })?);
-        }
-        let trust_value = get(TRUST_TRACE_CONTEXT);
-        let mut trust_trace_context = HashSet::new();
-        for p in trust_value
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            trust_trace_context.insert(p.parse::<u16>().map_err(|_| {
-                ConfigError::new(
-                    TRUST_TRACE_CONTEXT,
-                    &trust_value,
-                    "expected ports like 8080",
-                )
-            })?);
-        }
+        let from = Sources::new(&SETTINGS, file, &lookup, overrides)?;
         Ok(IngressConfig {
-            trust_trace_context,
-            ports,
-            port_mappings: PortMappings::parse(&get(PORT_MAPPINGS))?,
-            time_budget: parse_duration(TIME_BUDGET, &get(TIME_BUDGET))?,
-            request_memory_limit_bytes: memory_mb << 20,
-            allowed_origins: AllowedOrigins::parse(&get(ALLOWED_ORIGINS)),
-            read_header_timeout: at_least_1s(READ_HEADER_TIMEOUT)?,
-            read_timeout: at_least_1s(READ_TIMEOUT)?,
-            write_timeout: at_least_1s(WRITE_TIMEOUT)?,
-            max_header_bytes,
-            trusted_proxies,
-            blocked_paths: BlockedPaths::parse(&get(BLOCKED_PATHS)),
-            access_log: parse_bool(ACCESS_LOG, &get(ACCESS_LOG))?,
+            ports: from.read(&PORTS)?,
+            port_mappings: from.read(&PORT_MAPPINGS)?,
+            time_budget: from.read(&TIME_BUDGET)?,
+            request_memory_limit_bytes: from.read(&REQUEST_MEMORY_LIMIT)?,
+            allowed_origins: from.read(&ALLOWED_ORIGINS)?,
+            read_header_timeout: from.read(&READ_HEADER_TIMEOUT)?,
+            read_timeout: from.read(&READ_TIMEOUT)?,
+            write_timeout: from.read(&WRITE_TIMEOUT)?,
+            max_header_bytes: from.read(&MAX_HEADER_BYTES)?,
+            trusted_proxies: from.read(&TRUSTED_PROXIES)?,
+            trust_trace_context: from.read(&TRUST_TRACE_CONTEXT)?,
+            blocked_paths: from.read(&BLOCKED_PATHS)?,
+            access_log: from.read(&ACCESS_LOG)?,
             cert_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             bind_ip: IpAddr::from([0, 0, 0, 0]),
         })
@@ -400,6 +456,7 @@ impl IngressConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::env_name_of;
 
     #[test]
     fn defaults_match_microbus() {
@@ -413,23 +470,31 @@ mod tests {
         assert!(c.blocked_paths.blocks("/x/index.PHP"));
         assert!(!c.blocked_paths.blocks("/x.php/y"));
         assert!(!c.blocked_paths.blocks("/hello.example/hello"));
-        assert_eq!(DEFAULT_BLOCKED_PATHS.lines().count(), 59);
+        assert_eq!(MICROBUS_BLOCKED_PATHS.len(), 59);
     }
 
     #[test]
     fn access_log_is_off_unless_asked_and_bad_values_are_named() {
         assert!(!IngressConfig::default().access_log);
-        let with =
-            |v: &str| IngressConfig::resolve(None, |_| None, &[(ACCESS_LOG.into(), v.into())]);
+        let with = |v: &str| {
+            IngressConfig::resolve(None, |_| None, &[(ACCESS_LOG.property.into(), v.into())])
+        };
         assert!(with("true").unwrap().access_log);
         assert!(!with("off").unwrap().access_log);
         let err = with("maybe").unwrap_err().to_string();
-        assert!(err.contains(ACCESS_LOG) && err.contains("maybe"), "{err}");
+        assert!(
+            err.contains(ACCESS_LOG.property) && err.contains("maybe"),
+            "{err}"
+        );
     }
 
     #[test]
     fn port_mapping_precedence() {
-        let defaults = PortMappings::parse(DEFAULT_PORT_MAPPINGS).unwrap();
+        let defaults = (PORT_MAPPINGS.default)();
+        assert_eq!(
+            defaults,
+            PortMappings::parse("8080:*->*, 443:*->443, 80:*->443").unwrap()
+        );
         let m = |x: u16, y| defaults.map(&x.to_string(), y);
         assert_eq!(m(8080, 444), 444);
         assert_eq!(m(443, 444), 443);
@@ -478,22 +543,35 @@ mod tests {
         let c = IngressConfig::resolve(Some(&file), env, &[("timebudget".into(), "50s".into())])
             .unwrap();
         assert_eq!(c.time_budget, Duration::from_secs(50));
-        assert_eq!(
-            env_name("RequestMemoryLimit"),
-            "BUSGATE_HTTP_INGRESS_REQUEST_MEMORY_LIMIT"
-        );
+        for (property, env) in [
+            (PORTS.property, PORTS.env),
+            (PORT_MAPPINGS.property, PORT_MAPPINGS.env),
+            (TIME_BUDGET.property, TIME_BUDGET.env),
+            (REQUEST_MEMORY_LIMIT.property, REQUEST_MEMORY_LIMIT.env),
+            (ALLOWED_ORIGINS.property, ALLOWED_ORIGINS.env),
+            (READ_HEADER_TIMEOUT.property, READ_HEADER_TIMEOUT.env),
+            (READ_TIMEOUT.property, READ_TIMEOUT.env),
+            (WRITE_TIMEOUT.property, WRITE_TIMEOUT.env),
+            (MAX_HEADER_BYTES.property, MAX_HEADER_BYTES.env),
+            (TRUSTED_PROXIES.property, TRUSTED_PROXIES.env),
+            (TRUST_TRACE_CONTEXT.property, TRUST_TRACE_CONTEXT.env),
+            (BLOCKED_PATHS.property, BLOCKED_PATHS.env),
+            (ACCESS_LOG.property, ACCESS_LOG.env),
+        ] {
+            assert_eq!(env, env_name_of(ENV_PREFIX, property), "{property}");
+        }
 
         let none = |_: &str| None;
         for (name, value) in [
-            (PORTS, "80,x"),
-            (PORTS, ""),
-            (TIME_BUDGET, "soon"),
-            (READ_TIMEOUT, "10ms"),
-            (REQUEST_MEMORY_LIMIT, "0"),
-            (MAX_HEADER_BYTES, "10"),
-            (TRUSTED_PROXIES, "localhost"),
-            (PORT_MAPPINGS, "1->2"),
-            (TRUST_TRACE_CONTEXT, "x"),
+            (PORTS.property, "80,x"),
+            (PORTS.property, ""),
+            (TIME_BUDGET.property, "soon"),
+            (READ_TIMEOUT.property, "10ms"),
+            (REQUEST_MEMORY_LIMIT.property, "0"),
+            (MAX_HEADER_BYTES.property, "10"),
+            (TRUSTED_PROXIES.property, "localhost"),
+            (PORT_MAPPINGS.property, "1->2"),
+            (TRUST_TRACE_CONTEXT.property, "x"),
         ] {
             let err =
                 IngressConfig::resolve(None, none, &[(name.into(), value.into())]).unwrap_err();

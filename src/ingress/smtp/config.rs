@@ -2,74 +2,117 @@
 //! ingress's: `config.yaml` (`smtp.ingress.core:`), then `BUSGATE_SMTP_INGRESS_*` environment
 //! variables, then CLI overrides, and validated at start with the name of the bad setting.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_bool, parse_duration, ConfigError, ConfigFile, PropertyTable};
+use crate::config::{
+    boolean, duration, int_in, ConfigError, ConfigFile, PropertyTable, Setting, Sources,
+};
+use crate::connector::DEFAULT_CALL_BUDGET;
 
 /// The ingress's hostname on the bus.
 pub const HOSTNAME: &str = "smtp.ingress.core";
 
-pub const PORT: &str = "Port";
-pub const DEFAULT_PORT: &str = "25";
+/// The port to listen on; 0 binds a free one (tests).
+pub const PORT: Setting<u16> = Setting {
+    property: "Port",
+    env: "BUSGATE_SMTP_INGRESS_PORT",
+    default: || 25,
+    parse: |v| int_in(v, 0, 65535).map(|p| p as u16),
+};
 
-pub const ENABLED: &str = "Enabled";
-pub const DEFAULT_ENABLED: &str = "true";
+/// Whether the SMTP ingress runs at all.
+pub const ENABLED: Setting<bool> = Setting {
+    property: "Enabled",
+    env: "BUSGATE_SMTP_INGRESS_ENABLED",
+    default: || true,
+    parse: boolean,
+};
 
-pub const MAX_SIZE: &str = "MaxSize";
-/// Megabytes of one message (`MB << 20` bytes); 0 means no limit.
-pub const DEFAULT_MAX_SIZE: &str = "10";
+/// Bytes of one message, set in megabytes; 0 (`None`) means no limit.
+pub const MAX_SIZE: Setting<Option<usize>> = Setting {
+    property: "MaxSize",
+    env: "BUSGATE_SMTP_INGRESS_MAX_SIZE",
+    default: || Some(10 << 20),
+    parse: |v| int_in(v, 0, 1024).map(|mb| (mb > 0).then_some((mb as usize) << 20)),
+};
 
-pub const MAX_CLIENTS: &str = "MaxClients";
 /// Concurrent connections; one more is answered `421` and closed.
-pub const DEFAULT_MAX_CLIENTS: &str = "128";
+pub const MAX_CLIENTS: Setting<usize> = Setting {
+    property: "MaxClients",
+    env: "BUSGATE_SMTP_INGRESS_MAX_CLIENTS",
+    default: || 128,
+    parse: |v| int_in(v, 1, 1024).map(|n| n as usize),
+};
 
-pub const WORKERS: &str = "Workers";
 /// Messages being parsed and delivered at once (Microbus's save workers).
-pub const DEFAULT_WORKERS: &str = "8";
+pub const WORKERS: Setting<usize> = Setting {
+    property: "Workers",
+    env: "BUSGATE_SMTP_INGRESS_WORKERS",
+    default: || 8,
+    parse: |v| int_in(v, 1, 1024).map(|n| n as usize),
+};
 
-pub const IDLE_TIMEOUT: &str = "IdleTimeout";
 /// How long a connection may stay silent (between commands or inside DATA) before `421`.
-pub const DEFAULT_IDLE_TIMEOUT: &str = "5m";
+pub const IDLE_TIMEOUT: Setting<Duration> = Setting {
+    property: "IdleTimeout",
+    env: "BUSGATE_SMTP_INGRESS_IDLE_TIMEOUT",
+    default: || Duration::from_secs(5 * 60),
+    parse: |v| {
+        let d = duration(v)?;
+        if d < Duration::from_millis(100) {
+            return Err("must be at least 100ms".to_owned());
+        }
+        Ok(d)
+    },
+};
 
-pub const TIME_BUDGET: &str = "TimeBudget";
 /// Budget of the `on-incoming-email` event; sinks that have not answered by then defer the mail.
-pub const DEFAULT_TIME_BUDGET: &str = "20s";
+pub const TIME_BUDGET: Setting<Duration> = Setting {
+    property: "TimeBudget",
+    env: "BUSGATE_SMTP_INGRESS_TIME_BUDGET",
+    default: || DEFAULT_CALL_BUDGET,
+    parse: |v| {
+        let d = duration(v)?;
+        if d.is_zero() {
+            return Err("must be more than 0".to_owned());
+        }
+        Ok(d)
+    },
+};
 
-pub const REQUIRE_SINK: &str = "RequireSink";
 /// `250` only once a sink has answered the event without error; otherwise `451` (retry later).
-pub const DEFAULT_REQUIRE_SINK: &str = "true";
+pub const REQUIRE_SINK: Setting<bool> = Setting {
+    property: "RequireSink",
+    env: "BUSGATE_SMTP_INGRESS_REQUIRE_SINK",
+    default: || true,
+    parse: boolean,
+};
 
-/// Every property with its default, in the order they are documented.
-pub const PROPERTIES: [(&str, &str); 8] = [
-    (PORT, DEFAULT_PORT),
-    (ENABLED, DEFAULT_ENABLED),
-    (MAX_SIZE, DEFAULT_MAX_SIZE),
-    (MAX_CLIENTS, DEFAULT_MAX_CLIENTS),
-    (WORKERS, DEFAULT_WORKERS),
-    (IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT),
-    (TIME_BUDGET, DEFAULT_TIME_BUDGET),
-    (REQUIRE_SINK, DEFAULT_REQUIRE_SINK),
+/// This component's properties, in the order they are documented.
+pub const PROPERTIES: [&str; 8] = [
+    PORT.property,
+    ENABLED.property,
+    MAX_SIZE.property,
+    MAX_CLIENTS.property,
+    WORKERS.property,
+    IDLE_TIMEOUT.property,
+    TIME_BUDGET.property,
+    REQUIRE_SINK.property,
 ];
 
 /// Prefix of the environment variables that override properties: `MaxSize` is
 /// `BUSGATE_SMTP_INGRESS_MAX_SIZE`.
 pub const ENV_PREFIX: &str = "BUSGATE_SMTP_INGRESS_";
 
-/// This component's settings table (host, environment prefix, properties and defaults).
+/// This component's `config.yaml` side: its host and its properties.
 pub const SETTINGS: PropertyTable = PropertyTable {
     host: HOSTNAME,
     env_prefix: ENV_PREFIX,
     component: "SMTP ingress",
     properties: &PROPERTIES,
 };
-
-/// The environment variable of a property.
-pub fn env_name(property: &str) -> String {
-    SETTINGS.env_name(property)
-}
 
 /// The validated settings of the SMTP ingress.
 #[derive(Debug, Clone)]
@@ -93,17 +136,8 @@ pub struct SmtpConfig {
 
 impl Default for SmtpConfig {
     fn default() -> Self {
-        SmtpConfig::from_properties(&BTreeMap::new()).expect("the defaults are valid")
+        SmtpConfig::resolve(None, |_| None, &[]).expect("the defaults are valid")
     }
-}
-
-fn int_in(name: &str, value: &str, lo: u64, hi: u64) -> Result<u64, ConfigError> {
-    value
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n >= lo && *n <= hi)
-        .ok_or_else(|| ConfigError::new(name, value, &format!("an integer in [{lo},{hi}]")))
 }
 
 impl SmtpConfig {
@@ -113,44 +147,16 @@ impl SmtpConfig {
         lookup: impl Fn(&str) -> Option<String>,
         overrides: &[(String, String)],
     ) -> Result<SmtpConfig, ConfigError> {
-        let props = SETTINGS.layer(file, lookup, overrides)?;
-        SmtpConfig::from_properties(&props)
-    }
-
-    /// Build from property values; a missing property takes its default.
-    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<SmtpConfig, ConfigError> {
-        let get = |name: &str| SETTINGS.get(props, name);
-        let boolean = |name: &str| parse_bool(name, &get(name));
-        // Port 0 binds a free port (tests); Microbus's range is [1,65535].
-        let port = int_in(PORT, &get(PORT), 0, 65535)? as u16;
-        let max_mb = int_in(MAX_SIZE, &get(MAX_SIZE), 0, 1024)? as usize;
-        let idle = get(IDLE_TIMEOUT);
-        let idle_timeout = parse_duration(IDLE_TIMEOUT, &idle)?;
-        if idle_timeout < Duration::from_millis(100) {
-            return Err(ConfigError::new(
-                IDLE_TIMEOUT,
-                &idle,
-                "must be at least 100ms",
-            ));
-        }
-        let budget = get(TIME_BUDGET);
-        let time_budget = parse_duration(TIME_BUDGET, &budget)?;
-        if time_budget.is_zero() {
-            return Err(ConfigError::new(
-                TIME_BUDGET,
-                &budget,
-                "must be more than 0",
-            ));
-        }
+        let from = Sources::new(&SETTINGS, file, &lookup, overrides)?;
         Ok(SmtpConfig {
-            port,
-            enabled: boolean(ENABLED)?,
-            max_size: (max_mb > 0).then_some(max_mb << 20),
-            max_clients: int_in(MAX_CLIENTS, &get(MAX_CLIENTS), 1, 1024)? as usize,
-            workers: int_in(WORKERS, &get(WORKERS), 1, 1024)? as usize,
-            idle_timeout,
-            time_budget,
-            require_sink: boolean(REQUIRE_SINK)?,
+            port: from.read(&PORT)?,
+            enabled: from.read(&ENABLED)?,
+            max_size: from.read(&MAX_SIZE)?,
+            max_clients: from.read(&MAX_CLIENTS)?,
+            workers: from.read(&WORKERS)?,
+            idle_timeout: from.read(&IDLE_TIMEOUT)?,
+            time_budget: from.read(&TIME_BUDGET)?,
+            require_sink: from.read(&REQUIRE_SINK)?,
             cert_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             bind_ip: IpAddr::from([0, 0, 0, 0]),
             server_name: HOSTNAME.to_owned(),
@@ -161,6 +167,7 @@ impl SmtpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::env_name_of;
 
     #[test]
     fn defaults_match_microbus() {
@@ -184,19 +191,30 @@ mod tests {
         assert_eq!(c.max_size, Some(2 << 20));
         let c = SmtpConfig::resolve(Some(&file), env, &[("maxsize".into(), "0".into())]).unwrap();
         assert_eq!(c.max_size, None);
-        assert_eq!(env_name("MaxClients"), "BUSGATE_SMTP_INGRESS_MAX_CLIENTS");
-        assert_eq!(env_name("RequireSink"), "BUSGATE_SMTP_INGRESS_REQUIRE_SINK");
+        assert_eq!(MAX_CLIENTS.env, "BUSGATE_SMTP_INGRESS_MAX_CLIENTS");
+        for (property, env) in [
+            (PORT.property, PORT.env),
+            (ENABLED.property, ENABLED.env),
+            (MAX_SIZE.property, MAX_SIZE.env),
+            (MAX_CLIENTS.property, MAX_CLIENTS.env),
+            (WORKERS.property, WORKERS.env),
+            (IDLE_TIMEOUT.property, IDLE_TIMEOUT.env),
+            (TIME_BUDGET.property, TIME_BUDGET.env),
+            (REQUIRE_SINK.property, REQUIRE_SINK.env),
+        ] {
+            assert_eq!(env, env_name_of(ENV_PREFIX, property), "{property}");
+        }
         let none = |_: &str| None;
         for (name, value) in [
-            (PORT, "70000"),
-            (PORT, "x"),
-            (ENABLED, "maybe"),
-            (MAX_SIZE, "2000"),
-            (MAX_CLIENTS, "0"),
-            (WORKERS, "0"),
-            (IDLE_TIMEOUT, "1ms"),
-            (TIME_BUDGET, "0"),
-            (REQUIRE_SINK, "x"),
+            (PORT.property, "70000"),
+            (PORT.property, "x"),
+            (ENABLED.property, "maybe"),
+            (MAX_SIZE.property, "2000"),
+            (MAX_CLIENTS.property, "0"),
+            (WORKERS.property, "0"),
+            (IDLE_TIMEOUT.property, "1ms"),
+            (TIME_BUDGET.property, "0"),
+            (REQUIRE_SINK.property, "x"),
         ] {
             let err = SmtpConfig::resolve(None, none, &[(name.into(), value.into())]).unwrap_err();
             assert_eq!(err.name, name, "{value}");

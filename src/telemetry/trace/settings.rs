@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::config::{parse_duration, ConfigError};
+use crate::config::{duration, ConfigError, Setting, Sources};
 
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const ENV_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
@@ -75,86 +75,136 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// The OTLP transport.
+pub const PROTOCOL: Setting<OtlpProtocol> = Setting {
+    property: "",
+    env: ENV_OTLP_PROTOCOL,
+    default: || OtlpProtocol::HttpProtobuf,
+    parse: |v| match v {
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        _ => Err("expected http/protobuf or grpc".to_owned()),
+    },
+};
+
+/// The traces endpoint, used as is; wins over the base endpoint.
+pub const TRACES_ENDPOINT: Setting<Option<String>> = endpoint(ENV_OTLP_TRACES_ENDPOINT);
+/// The base endpoint: `/v1/traces` is added over HTTP. Neither set keeps tracing local (ids
+/// in logs, nothing sent).
+pub const ENDPOINT: Setting<Option<String>> = endpoint(ENV_OTLP_ENDPOINT);
+
+/// PROD also keeps traces with a span slower than this.
+pub const SLOW_TRACE_THRESHOLD: Setting<Duration> = Setting {
+    property: "",
+    env: ENV_SLOW_TRACE_THRESHOLD,
+    default: || DEFAULT_SLOW_TRACE_THRESHOLD,
+    parse: duration,
+};
+
+/// PROD's tail buffer, in spans per service (see [`DEFAULT_TAIL_BUFFER_SPANS`]).
+pub const TAIL_BUFFER_SPANS: Setting<usize> = Setting {
+    property: "",
+    env: ENV_TAIL_BUFFER_SPANS,
+    default: || DEFAULT_TAIL_BUFFER_SPANS,
+    parse: |v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| "expected a number of spans above 0".to_owned())
+    },
+};
+
+/// Headers of the traces export; win over the general ones.
+pub const TRACES_HEADERS: Setting<Option<Vec<(HeaderName, HeaderValue)>>> =
+    headers(ENV_OTLP_TRACES_HEADERS);
+pub const HEADERS: Setting<Option<Vec<(HeaderName, HeaderValue)>>> = headers(ENV_OTLP_HEADERS);
+
+/// Certificates of the traces export; win over the general ones.
+pub const TRACES_CERTIFICATE: Setting<Option<std::path::PathBuf>> =
+    certificate(ENV_OTLP_TRACES_CERTIFICATE);
+pub const CERTIFICATE: Setting<Option<std::path::PathBuf>> = certificate(ENV_OTLP_CERTIFICATE);
+
+/// Telemetry at all: `off` turns spans and metrics off (for comparison benchmarks); anything
+/// else leaves them on.
+pub const TELEMETRY: Setting<bool> = Setting {
+    property: "",
+    env: ENV_TELEMETRY,
+    default: || true,
+    parse: |v| Ok(!v.eq_ignore_ascii_case("off")),
+};
+
+const fn endpoint(env: &'static str) -> Setting<Option<String>> {
+    Setting {
+        property: "",
+        env,
+        default: || None,
+        parse: |v| {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err("expected an http:// or https:// URL".to_owned());
+            }
+            Ok(Some(v.to_owned()))
+        },
+    }
+}
+
+const fn headers(env: &'static str) -> Setting<Option<Vec<(HeaderName, HeaderValue)>>> {
+    Setting {
+        property: "",
+        env,
+        default: || None,
+        parse: |v| parse_headers(v).map(Some),
+    }
+}
+
+const fn certificate(env: &'static str) -> Setting<Option<std::path::PathBuf>> {
+    Setting {
+        property: "",
+        env,
+        default: || None,
+        parse: |v| {
+            if !std::path::Path::new(v).is_file() {
+                return Err("expected a readable PEM file".to_owned());
+            }
+            Ok(Some(std::path::PathBuf::from(v)))
+        },
+    }
+}
+
 impl TelemetryConfig {
     /// The standard `OTEL_EXPORTER_OTLP_*` variables: a signal endpoint is used as is, a base
     /// endpoint gets `/v1/traces` over HTTP.
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<TelemetryConfig, ConfigError> {
-        let get = |k: &str| {
+        // Values are trimmed, and an empty one is an unset one.
+        let set = |k: &str| {
             lookup(k)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let protocol = match get(ENV_OTLP_PROTOCOL).as_deref() {
-            None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-            Some("grpc") => OtlpProtocol::Grpc,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    ENV_OTLP_PROTOCOL,
-                    other,
-                    "expected http/protobuf or grpc",
-                ))
-            }
-        };
-        let endpoint = match (get(ENV_OTLP_TRACES_ENDPOINT), get(ENV_OTLP_ENDPOINT)) {
-            (Some(signal), _) => Some(signal),
-            (None, Some(base)) => Some(match protocol {
+        let from = Sources::environment(&set);
+        let protocol = from.read(&PROTOCOL)?;
+        let endpoint = match from.read(&TRACES_ENDPOINT)? {
+            Some(signal) => Some(signal),
+            None => from.read(&ENDPOINT)?.map(|base| match protocol {
                 OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
                 OtlpProtocol::Grpc => base,
             }),
-            (None, None) => None,
         };
-        if let Some(e) = &endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(ConfigError::new(
-                    ENV_OTLP_ENDPOINT,
-                    e,
-                    "expected an http:// or https:// URL",
-                ));
-            }
-        }
-        let slow_trace_threshold = match get(ENV_SLOW_TRACE_THRESHOLD) {
-            Some(v) => parse_duration(ENV_SLOW_TRACE_THRESHOLD, &v)?,
-            None => DEFAULT_SLOW_TRACE_THRESHOLD,
+        let headers = match from.read(&TRACES_HEADERS)? {
+            Some(h) => h,
+            None => from.read(&HEADERS)?.unwrap_or_default(),
         };
-        let tail_buffer_spans = match get(ENV_TAIL_BUFFER_SPANS) {
-            Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ConfigError::new(
-                    ENV_TAIL_BUFFER_SPANS,
-                    &v,
-                    "expected a number of spans above 0",
-                )
-            })?,
-            None => DEFAULT_TAIL_BUFFER_SPANS,
+        let ca_file = match from.read(&TRACES_CERTIFICATE)? {
+            Some(path) => Some(path),
+            None => from.read(&CERTIFICATE)?,
         };
-        let headers = match (get(ENV_OTLP_TRACES_HEADERS), get(ENV_OTLP_HEADERS)) {
-            (Some(v), _) => parse_headers(ENV_OTLP_TRACES_HEADERS, &v)?,
-            (None, Some(v)) => parse_headers(ENV_OTLP_HEADERS, &v)?,
-            (None, None) => Vec::new(),
-        };
-        let ca_file = match (get(ENV_OTLP_TRACES_CERTIFICATE), get(ENV_OTLP_CERTIFICATE)) {
-            (Some(path), _) => Some((ENV_OTLP_TRACES_CERTIFICATE, path)),
-            (None, Some(path)) => Some((ENV_OTLP_CERTIFICATE, path)),
-            (None, None) => None,
-        };
-        let ca_file = match ca_file {
-            Some((name, path)) if !std::path::Path::new(&path).is_file() => {
-                return Err(ConfigError::new(
-                    name,
-                    &path,
-                    "expected a readable PEM file",
-                ));
-            }
-            other => other.map(|(_, path)| std::path::PathBuf::from(path)),
-        };
-        let enabled = !get(ENV_TELEMETRY).is_some_and(|v| v.eq_ignore_ascii_case("off"));
         Ok(TelemetryConfig {
-            enabled,
+            enabled: from.read(&TELEMETRY)?,
             endpoint,
             protocol,
-            slow_trace_threshold,
-            tail_buffer_spans,
+            slow_trace_threshold: from.read(&SLOW_TRACE_THRESHOLD)?,
+            tail_buffer_spans: from.read(&TAIL_BUFFER_SPANS)?,
             headers,
             ca_file,
         })
@@ -162,27 +212,24 @@ impl TelemetryConfig {
 }
 
 /// `key=value` pairs separated by commas, values percent-encoded (the OTLP exporter spec).
-fn parse_headers(
-    variable: &'static str,
-    raw: &str,
-) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
-    let bad = |why: &str| ConfigError::new(variable, raw, why);
+fn parse_headers(raw: &str) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     raw.split(',')
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| {
             let (key, value) = pair
                 .split_once('=')
-                .ok_or_else(|| bad("expected key=value pairs separated by commas"))?;
+                .ok_or("expected key=value pairs separated by commas")?;
             let value = percent_encoding::percent_decode_str(value.trim())
                 .decode_utf8()
-                .map_err(|_| bad("a value is not UTF-8 once percent-decoded"))?;
+                .map_err(|_| "a value is not UTF-8 once percent-decoded")?;
             let name = HeaderName::from_bytes(key.trim().as_bytes())
-                .map_err(|_| bad("a key is not a valid HTTP header name"))?;
+                .map_err(|_| "a key is not a valid HTTP header name")?;
             let value = HeaderValue::from_str(&value)
-                .map_err(|_| bad("a value is not a valid HTTP header value"))?;
+                .map_err(|_| "a value is not a valid HTTP header value")?;
             Ok((name, value))
         })
-        .collect()
+        .collect::<Result<_, &str>>()
+        .map_err(str::to_owned)
 }
 
 #[cfg(test)]
