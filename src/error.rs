@@ -49,7 +49,86 @@ pub struct Error {
     status: StatusCode,
     message: String,
     stack: Vec<StackFrame>,
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    source: Cause,
+}
+
+/// The error another one was made from, kept in this process (the wire does not carry it),
+/// shared so that errors clone.
+#[derive(Clone, Default)]
+pub struct Cause(Option<Arc<dyn std::error::Error + Send + Sync>>);
+
+impl Cause {
+    pub fn of(source: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Some(Arc::new(source)))
+    }
+
+    /// For [`std::error::Error::source`].
+    pub fn get(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(source) => write!(f, "Some({source:?})"),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+/// An error of one layer: a kind callers match on, what was being done, and the error
+/// underneath. `TransportError` and `TelemetryError` are this, each with its own kinds.
+#[derive(Debug, Clone)]
+pub struct KindError<K> {
+    kind: K,
+    message: String,
+    cause: Cause,
+}
+
+impl<K: Copy + fmt::Debug> KindError<K> {
+    pub fn new(kind: K, message: impl Into<String>) -> KindError<K> {
+        KindError {
+            kind,
+            message: message.into(),
+            cause: Cause::default(),
+        }
+    }
+
+    /// `message` says what was being done; `source` says why it failed.
+    pub fn caused_by(
+        kind: K,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> KindError<K> {
+        KindError {
+            kind,
+            message: message.into(),
+            cause: Cause::of(source),
+        }
+    }
+
+    pub fn kind(&self) -> K {
+        self.kind
+    }
+}
+
+impl<K: fmt::Debug> fmt::Display for KindError<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)?;
+        match self.cause.get() {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<K: fmt::Debug> std::error::Error for KindError<K> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.get()
+    }
 }
 
 impl PartialEq for Error {
@@ -82,7 +161,7 @@ impl Error {
                 function: String::new(),
                 line: loc.line(),
             }],
-            source: None,
+            source: Cause::default(),
         }
     }
 
@@ -172,21 +251,21 @@ impl Error {
                     }),
                 message: b.error,
                 stack: b.stack,
-                source: None,
+                source: Cause::default(),
             },
             None => Error {
                 kind: ErrorKind::Remote,
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
                 stack: Vec::new(),
-                source: None,
+                source: Cause::default(),
             },
         }
     }
 
     /// The same error, remembering the error it was made from (see [`std::error::Error::source`]).
     pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
-        self.source = Some(Arc::new(source));
+        self.source = Cause::of(source);
         self
     }
 
@@ -259,15 +338,37 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
+        self.source.get()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_error_says_what_failed_and_keeps_why() {
+        use std::error::Error as _;
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Kind {
+            Connect,
+            Disconnected,
+        }
+        let e = KindError::caused_by(
+            Kind::Connect,
+            "cannot connect to NATS at nats://x:4222",
+            std::io::Error::other("refused"),
+        );
+        assert_eq!(e.kind(), Kind::Connect);
+        assert_eq!(
+            e.to_string(),
+            "Connect: cannot connect to NATS at nats://x:4222: refused"
+        );
+        assert_eq!(e.source().unwrap().to_string(), "refused");
+        let plain = KindError::new(Kind::Disconnected, "closed");
+        assert_eq!(plain.to_string(), "Disconnected: closed");
+        assert!(plain.source().is_none());
+    }
 
     #[test]
     fn an_error_keeps_its_source_in_process_only() {

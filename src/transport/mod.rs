@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use inproc::InProcBus;
-pub use message::{BusMessage, ConnectionState, ErrorSource, TransportError, TransportErrorKind};
+pub use message::{BusMessage, ConnectionState, TransportError, TransportErrorKind};
 pub use nats::{NatsBus, NatsOptions, Refused};
 
 /// Which bus to connect to: each connector opens its own connection (named `<id>.<host>`).
