@@ -74,6 +74,15 @@ fn mirror(counter: Arc<AtomicUsize>) -> Service {
                 .body(Bytes::from(body))
                 .unwrap())
         })
+        .get("/hop", |_ctx: Ctx, _req| async {
+            Ok(Response::builder()
+                .header("Keep-Alive", "timeout=99")
+                .header("Proxy-Connection", "close")
+                .header("Trailer", "X-Checksum")
+                .header("X-Kept", "yes")
+                .body(Bytes::from_static(b"hop"))
+                .unwrap())
+        })
         .get("/size", |_ctx: Ctx, req: Request<Bytes>| async move {
             let n: usize = query(&req, "n").unwrap().parse().unwrap();
             let mut b = Response::builder();
@@ -375,6 +384,47 @@ async fn cors() {
     // Without an Origin, no CORS headers at all.
     let res = get(s.addr, "/mirror.test/count").await;
     assert!(res.header("access-control-allow-origin").is_none());
+    s.stop().await;
+}
+
+/// Headers of one hop (RFC 9110 §7.6.1) and `Host` stay on their hop, in both directions;
+/// every other header crosses, repeated ones with all their values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stay_on_their_hop() {
+    let s = stack_with(&[]).await;
+    let res = request(
+        s.addr,
+        "GET",
+        "/mirror.test/headers",
+        &[
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("X-Kept", "yes"),
+            ("X-Twice", "1"),
+            ("X-Twice", "2"),
+        ],
+        b"",
+    )
+    .await;
+    let t = res.text();
+    for gone in ["keep-alive:", "proxy-connection:", "te:", "connection:"] {
+        assert!(!t.contains(&format!("\n{gone}")), "{gone} crossed: {t}");
+    }
+    assert!(t.contains("x-kept: yes"), "{t}");
+    assert!(t.contains("x-twice: 1\nx-twice: 2"), "{t}");
+    assert!(
+        t.contains("host: mirror.test:443"),
+        "the bus request's own Host: {t}"
+    );
+    assert!(!t.contains(&format!("\nhost: {}", s.addr)), "{t}");
+
+    let res = get(s.addr, "/mirror.test/hop").await;
+    assert_eq!(res.text(), "hop");
+    assert_eq!(res.header("x-kept"), Some("yes"));
+    for gone in ["keep-alive", "proxy-connection", "trailer"] {
+        assert!(res.header(gone).is_none(), "{gone} crossed back");
+    }
     s.stop().await;
 }
 
