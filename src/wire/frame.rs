@@ -148,22 +148,28 @@ pub fn set_static(headers: &mut HeaderMap, name: &'static str, value: &'static s
     );
 }
 
+/// `name` starts with `prefix`, in any case (without lowercasing `name` into a new string:
+/// these run for every header of every request).
+fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
 /// Whether a header is internal to the bus and must never cross the ingress.
 pub fn is_internal_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with(MICROBUS_PREFIX) || lower == "traceparent" || lower == "tracestate"
+    starts_with_ignore_case(name, MICROBUS_PREFIX)
+        || name.eq_ignore_ascii_case("traceparent")
+        || name.eq_ignore_ascii_case("tracestate")
 }
 
 /// Whether a header of an inbound request is propagated to outgoing calls (reference §1.4).
 pub fn is_propagated_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("x-forwarded-")
-        || lower.starts_with(BAGGAGE_PREFIX)
-        || lower == "accept-language"
-        || lower == CLOCK_SHIFT
+    starts_with_ignore_case(name, "x-forwarded-")
+        || starts_with_ignore_case(name, BAGGAGE_PREFIX)
+        || name.eq_ignore_ascii_case("accept-language")
+        || name.eq_ignore_ascii_case(CLOCK_SHIFT)
 }
 
-/// Go's canonical header case: upper-case the first letter and every letter after `-`.
 /// The frame's header names (and the trace context's), made once: decoding looks a received
 /// name up here (in any case) instead of lowercasing it into a new allocation.
 static KNOWN_HEADER_NAMES: std::sync::LazyLock<Vec<http::HeaderName>> =
@@ -195,11 +201,18 @@ static KNOWN_HEADER_NAMES: std::sync::LazyLock<Vec<http::HeaderName>> =
 
 /// The shared name of a frame header received as `name` (any case); `None` for other names.
 pub fn known_header_name(name: &str) -> Option<&'static http::HeaderName> {
+    // Every known name starts with m, t or x: most other headers are turned away by their
+    // first byte instead of a comparison with each known name.
+    let first = name.as_bytes().first()?.to_ascii_lowercase();
+    if !matches!(first, b'm' | b't' | b'x') {
+        return None;
+    }
     KNOWN_HEADER_NAMES
         .iter()
         .find(|known| known.as_str().eq_ignore_ascii_case(name))
 }
 
+/// Go's canonical header case: upper-case the first letter and every letter after `-`.
 pub fn canonical_header_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut upper = true;
@@ -217,6 +230,56 @@ pub fn canonical_header_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_names_start_with_the_letters_the_lookup_lets_through() {
+        for known in KNOWN_HEADER_NAMES.iter() {
+            assert!(
+                matches!(known.as_str().as_bytes()[0], b'm' | b't' | b'x'),
+                "{known}: known_header_name would never find it"
+            );
+        }
+        assert!(known_header_name("").is_none());
+        assert!(known_header_name("Content-Type").is_none());
+    }
+
+    #[test]
+    fn internal_and_propagated_headers_in_any_case() {
+        for internal in [
+            "Microbus-Msg-Id",
+            "MICROBUS-X",
+            "microbus-",
+            "TraceParent",
+            "tracestate",
+        ] {
+            assert!(is_internal_header(internal), "{internal}");
+        }
+        for not in [
+            "Microbus",
+            "X-Microbus-Msg-Id",
+            "traceparents",
+            "",
+            "Content-Type",
+        ] {
+            assert!(!is_internal_header(not), "{not}");
+        }
+        for propagated in [
+            "X-Forwarded-For",
+            "Microbus-Baggage-Role",
+            "Accept-Language",
+            "MICROBUS-CLOCK-SHIFT",
+        ] {
+            assert!(is_propagated_header(propagated), "{propagated}");
+        }
+        for not in [
+            "X-Forwarded",
+            "Microbus-Baggage",
+            "Accept",
+            "Microbus-Msg-Id",
+        ] {
+            assert!(!is_propagated_header(not), "{not}");
+        }
+    }
 
     #[test]
     fn known_names_in_any_case() {
