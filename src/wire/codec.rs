@@ -121,16 +121,17 @@ fn header_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
+/// Headers sorted by name as Go writes them, each name's values in their order. The pairs are
+/// sorted (stably) rather than the names: looking each name up again hashed it once more.
 fn write_sorted_headers(out: &mut BytesMut, headers: &HeaderMap, skip: &[HeaderName]) {
-    let mut names: Vec<&HeaderName> = headers.keys().filter(|k| !skip.contains(k)).collect();
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    for name in names {
-        for value in headers.get_all(name) {
-            put_canonical_name(out, name.as_str());
-            out.put_slice(b": ");
-            out.put_slice(value.as_bytes());
-            out.put_slice(b"\r\n");
-        }
+    let mut pairs: Vec<(&HeaderName, &HeaderValue)> =
+        headers.iter().filter(|(k, _)| !skip.contains(k)).collect();
+    pairs.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    for (name, value) in pairs {
+        put_canonical_name(out, name.as_str());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
     }
 }
 
