@@ -207,10 +207,29 @@ pub fn known_header_name(name: &str) -> Option<&'static http::HeaderName> {
     if !matches!(first, b'm' | b't' | b'x') {
         return None;
     }
+    // As busgate and Go write them (canonical case) or as HTTP/2 would (lower case): one hash.
+    if let Some(known) = KNOWN_BY_SPELLING.get(name) {
+        return Some(known);
+    }
     KNOWN_HEADER_NAMES
         .iter()
         .find(|known| known.as_str().eq_ignore_ascii_case(name))
 }
+
+/// The known names in lower and canonical case.
+static KNOWN_BY_SPELLING: std::sync::LazyLock<
+    std::collections::HashMap<String, &'static http::HeaderName, fnv::FnvBuildHasher>,
+> = std::sync::LazyLock::new(|| {
+    KNOWN_HEADER_NAMES
+        .iter()
+        .flat_map(|known| {
+            [
+                (known.as_str().to_owned(), known),
+                (canonical_header_name(known.as_str()), known),
+            ]
+        })
+        .collect()
+});
 
 /// Go's canonical header case: upper-case the first letter and every letter after `-`.
 pub fn canonical_header_name(name: &str) -> String {
@@ -241,6 +260,16 @@ mod tests {
         }
         assert!(known_header_name("").is_none());
         assert!(known_header_name("Content-Type").is_none());
+        assert!(known_header_name("Microbus-Baggage-Role").is_none());
+        for known in KNOWN_HEADER_NAMES.iter() {
+            for spelling in [
+                known.as_str().to_owned(),
+                canonical_header_name(known.as_str()),
+                known.as_str().to_ascii_uppercase(),
+            ] {
+                assert_eq!(known_header_name(&spelling), Some(known), "{spelling}");
+            }
+        }
     }
 
     #[test]
