@@ -107,6 +107,11 @@ pub struct Setting<T: 'static> {
 }
 
 impl<T> Setting<T> {
+    /// Its property and its environment variable, for the component's [`PropertyTable`].
+    pub const fn names(&self) -> (&'static str, &'static str) {
+        (self.property, self.env)
+    }
+
     /// The name errors give: the property, or the environment variable of an
     /// environment-only setting.
     pub fn name(&self) -> &'static str {
@@ -120,7 +125,9 @@ impl<T> Setting<T> {
 
 /// The environment variable busgate's convention gives a property under `prefix`:
 /// `MaxHeaderBytes` under `BUSGATE_HTTP_INGRESS_` is `BUSGATE_HTTP_INGRESS_MAX_HEADER_BYTES`.
-pub fn env_name_of(prefix: &str, property: &str) -> String {
+/// The components' tables are checked against it.
+#[cfg(test)]
+pub(crate) fn env_name_of(prefix: &str, property: &str) -> String {
     let mut out = String::from(prefix);
     for (i, c) in property.chars().enumerate() {
         if c.is_ascii_uppercase() && i > 0 {
@@ -136,30 +143,32 @@ pub fn env_name_of(prefix: &str, property: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct PropertyTable {
     pub host: &'static str,
-    /// The prefix of its properties' environment variables ([`env_name_of`]).
+    /// The prefix its variables share: another variable under it is a misspelling.
     pub env_prefix: &'static str,
     /// Named in errors: "unknown HTTP ingress property".
     pub component: &'static str,
-    pub properties: &'static [&'static str],
+    /// Each property and its environment variable ([`Setting::names`]).
+    pub properties: &'static [(&'static str, &'static str)],
 }
 
 impl PropertyTable {
+    fn property_names(&self) -> impl Iterator<Item = &'static str> {
+        self.properties.iter().map(|(property, _)| *property)
+    }
+
     /// Properties written under this component's host that it does not have.
     pub fn unknown_in(&self, file: &ConfigFile) -> Vec<UnknownProperty> {
-        file.unknown_properties(self.host, self.properties)
+        let known: Vec<&'static str> = self.property_names().collect();
+        file.unknown_properties(self.host, &known)
     }
 
     /// Of `names` (the environment's variables), those under this component's prefix that
     /// are no property's, each with the nearest known one: a misspelt variable would be
     /// ignored silently.
     pub fn unknown_env(&self, names: impl Iterator<Item = String>) -> Vec<UnknownProperty> {
-        let known: Vec<String> = self
-            .properties
-            .iter()
-            .map(|p| env_name_of(self.env_prefix, p))
-            .collect();
+        let known: Vec<&'static str> = self.properties.iter().map(|(_, env)| *env).collect();
         names
-            .filter(|n| n.starts_with(self.env_prefix) && !known.contains(n))
+            .filter(|n| n.starts_with(self.env_prefix) && !known.contains(&n.as_str()))
             .map(|n| UnknownProperty {
                 host: self.host.to_owned(),
                 nearest: nearest(&known, &n),
@@ -191,8 +200,7 @@ impl<'a> Sources<'a> {
             .iter()
             .map(|(name, value)| {
                 let property = table
-                    .properties
-                    .iter()
+                    .property_names()
                     .find(|p| p.eq_ignore_ascii_case(name))
                     .ok_or_else(|| {
                         ConfigError::new(
@@ -201,7 +209,7 @@ impl<'a> Sources<'a> {
                             &format!("unknown {} property", table.component),
                         )
                     })?;
-                Ok((*property, value.as_str()))
+                Ok((property, value.as_str()))
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Sources {
@@ -224,7 +232,7 @@ impl<'a> Sources<'a> {
     }
 
     /// The text that sets `setting`, from the most specific source that has it.
-    pub fn text<T>(&self, setting: &Setting<T>) -> Option<String> {
+    fn text<T>(&self, setting: &Setting<T>) -> Option<String> {
         let property = setting.property;
         let flag = self
             .flags
@@ -419,7 +427,8 @@ mod unknown_property_tests {
         host: "unit.test",
         env_prefix: "BUSGATE_UNIT_",
         component: "unit test",
-        properties: &["TimeBudget", "Ports"],
+        // A variable need not follow the naming convention: the table says which it is.
+        properties: &[BUDGET.names(), ("Ports", "BUSGATE_UNIT_PORT_LIST")],
     };
 
     const BUDGET: Setting<std::time::Duration> = Setting {
@@ -462,6 +471,7 @@ mod unknown_property_tests {
     fn misspelt_variables_are_named_with_the_nearest_known_one() {
         let vars = [
             "BUSGATE_UNIT_TIME_BUDGET",
+            "BUSGATE_UNIT_PORT_LIST",
             "BUSGATE_UNIT_TIMEBUDGET",
             "BUSGATE_UNIT_COLOUR",
             "BUSGATE_OTHER_PORTS",

@@ -282,7 +282,7 @@ pub fn config(data: &[u8]) {
             let Ok(file) = ConfigFile::parse(&text) else {
                 return;
             };
-            let known: Vec<&'static str> = HTTP_PROPERTIES.to_vec();
+            let known: Vec<&'static str> = HTTP_PROPERTIES.iter().map(|(p, _)| *p).collect();
             for unknown in file.unknown_properties("http.ingress.core", &known) {
                 if let Some(nearest) = unknown.nearest {
                     assert!(known.contains(&nearest.as_str()));

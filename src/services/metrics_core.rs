@@ -33,7 +33,7 @@ pub const SETTINGS: PropertyTable = PropertyTable {
     host: HOSTNAME,
     env_prefix: "BUSGATE_METRICS_",
     component: "metrics.core",
-    properties: &[SECRET_KEY.property],
+    properties: &[SECRET_KEY.names()],
 };
 pub const ENV_SECRET_KEY: &str = "BUSGATE_METRICS_SECRET_KEY";
 /// Prometheus tells how long it will wait; we answer a little before that: a tenth of it,

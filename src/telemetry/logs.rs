@@ -110,29 +110,21 @@ impl Visit for TextVisitor<'_> {
         if name == "message" || name.starts_with("r#") || self.writer.has_ansi_escapes() {
             return self.by_default(|v| v.record_str(field, value));
         }
-        if LOG_SPAN_FIELDS.contains(&name)
-            && !value.is_empty()
-            && needs_no_escape(value)
-            && !value.contains(' ')
-        {
-            // As `%value` was written before these fields were strings.
-            self.result = (|| {
-                self.pad()?;
-                self.writer.write_str(name)?;
-                self.writer.write_char('=')?;
-                self.writer.write_str(value)
-            })();
-        } else if needs_no_escape(value) {
-            self.result = (|| {
-                self.pad()?;
-                self.writer.write_str(name)?;
-                self.writer.write_str("=\"")?;
-                self.writer.write_str(value)?;
-                self.writer.write_char('"')
-            })();
-        } else {
-            self.by_default(|v| v.record_str(field, value));
+        if !needs_no_escape(value) {
+            return self.by_default(|v| v.record_str(field, value));
         }
+        // A log span's own fields bare, as `%value` wrote them before they were strings; any
+        // other plain string quoted, as `Debug` writes it.
+        let bare = LOG_SPAN_FIELDS.contains(&name) && !value.is_empty() && !value.contains(' ');
+        let quote = if bare { "" } else { "\"" };
+        self.result = (|| {
+            self.pad()?;
+            self.writer.write_str(name)?;
+            self.writer.write_char('=')?;
+            self.writer.write_str(quote)?;
+            self.writer.write_str(value)?;
+            self.writer.write_str(quote)
+        })();
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {

@@ -131,16 +131,7 @@ pub const TRUSTED_PROXIES: Setting<HashSet<IpAddr>> = Setting {
             IpAddr::from(Ipv6Addr::LOCALHOST),
         ])
     },
-    parse: |v| {
-        v.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse::<IpAddr>()
-                    .map_err(|_| "expected IP addresses".to_owned())
-            })
-            .collect()
-    },
+    parse: |v| comma_separated(v, "expected IP addresses"),
 };
 
 /// Listener ports whose incoming `traceparent` is continued.
@@ -150,16 +141,7 @@ pub const TRUST_TRACE_CONTEXT: Setting<HashSet<u16>> = Setting {
     // Only the development port: on the public 443/80 every request starts a new trace, so
     // outsiders cannot join or forge traces.
     default: || HashSet::from([8080]),
-    parse: |v| {
-        v.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse::<u16>()
-                    .map_err(|_| "expected ports like 8080".to_owned())
-            })
-            .collect()
-    },
+    parse: |v| comma_separated(v, "expected ports like 8080"),
 };
 
 /// Paths answered 404 without touching the bus: exact paths and `*.ext` extensions, one per
@@ -245,6 +227,18 @@ pub const ACCESS_LOG: Setting<bool> = Setting {
     parse: boolean,
 };
 
+/// A comma-separated set (blanks ignored); `why` when an item does not parse.
+fn comma_separated<T: std::str::FromStr + Eq + std::hash::Hash>(
+    v: &str,
+    why: &str,
+) -> Result<HashSet<T>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| item.parse::<T>().map_err(|_| why.to_owned()))
+        .collect()
+}
+
 fn at_least_1s(v: &str) -> Result<Duration, String> {
     let d = duration(v)?;
     if d < Duration::from_secs(1) {
@@ -253,21 +247,21 @@ fn at_least_1s(v: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// This component's properties, in the order they are documented.
-pub const PROPERTIES: [&str; 13] = [
-    PORTS.property,
-    PORT_MAPPINGS.property,
-    TIME_BUDGET.property,
-    REQUEST_MEMORY_LIMIT.property,
-    ALLOWED_ORIGINS.property,
-    READ_HEADER_TIMEOUT.property,
-    READ_TIMEOUT.property,
-    WRITE_TIMEOUT.property,
-    MAX_HEADER_BYTES.property,
-    TRUSTED_PROXIES.property,
-    TRUST_TRACE_CONTEXT.property,
-    BLOCKED_PATHS.property,
-    ACCESS_LOG.property,
+/// This component's properties and their variables, in the order they are documented.
+pub const PROPERTIES: [(&str, &str); 13] = [
+    PORTS.names(),
+    PORT_MAPPINGS.names(),
+    TIME_BUDGET.names(),
+    REQUEST_MEMORY_LIMIT.names(),
+    ALLOWED_ORIGINS.names(),
+    READ_HEADER_TIMEOUT.names(),
+    READ_TIMEOUT.names(),
+    WRITE_TIMEOUT.names(),
+    MAX_HEADER_BYTES.names(),
+    TRUSTED_PROXIES.names(),
+    TRUST_TRACE_CONTEXT.names(),
+    BLOCKED_PATHS.names(),
+    ACCESS_LOG.names(),
 ];
 
 /// Prefix of the environment variables that override properties: `Ports` is
@@ -543,21 +537,7 @@ mod tests {
         let c = IngressConfig::resolve(Some(&file), env, &[("timebudget".into(), "50s".into())])
             .unwrap();
         assert_eq!(c.time_budget, Duration::from_secs(50));
-        for (property, env) in [
-            (PORTS.property, PORTS.env),
-            (PORT_MAPPINGS.property, PORT_MAPPINGS.env),
-            (TIME_BUDGET.property, TIME_BUDGET.env),
-            (REQUEST_MEMORY_LIMIT.property, REQUEST_MEMORY_LIMIT.env),
-            (ALLOWED_ORIGINS.property, ALLOWED_ORIGINS.env),
-            (READ_HEADER_TIMEOUT.property, READ_HEADER_TIMEOUT.env),
-            (READ_TIMEOUT.property, READ_TIMEOUT.env),
-            (WRITE_TIMEOUT.property, WRITE_TIMEOUT.env),
-            (MAX_HEADER_BYTES.property, MAX_HEADER_BYTES.env),
-            (TRUSTED_PROXIES.property, TRUSTED_PROXIES.env),
-            (TRUST_TRACE_CONTEXT.property, TRUST_TRACE_CONTEXT.env),
-            (BLOCKED_PATHS.property, BLOCKED_PATHS.env),
-            (ACCESS_LOG.property, ACCESS_LOG.env),
-        ] {
+        for (property, env) in PROPERTIES {
             assert_eq!(env, env_name_of(ENV_PREFIX, property), "{property}");
         }
 

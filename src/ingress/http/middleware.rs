@@ -288,7 +288,7 @@ fn request_stages(shared: &Shared, req: &mut Request, unwind: &mut Unwind) -> Op
     if let Some(res) = blocked_paths(shared, req) {
         return Some(res);
     }
-    unwind.access_log = access_log(shared, req);
+    unwind.access_log = Some(access_log(shared, req));
     if let Some(res) = secure_redirect(shared, req) {
         return Some(res);
     }
@@ -395,12 +395,12 @@ fn path_and_query(uri: &Uri) -> &str {
 /// "Request received" for every request but metrics scrapes when `AccessLog` is on; the URI
 /// is kept for [`access_log_result`] (a clone shares its bytes: no copy unless a line is
 /// written).
-fn access_log(shared: &Shared, req: &Request) -> Option<Uri> {
+fn access_log(shared: &Shared, req: &Request) -> Uri {
     let uri = req.uri();
     if shared.config.access_log && !path_and_query(uri).starts_with("/metrics.core") {
         tracing::info!(path = truncated(path_and_query(uri), 512), method = %req.method(), "Request received");
     }
-    Some(uri.clone())
+    uri.clone()
 }
 
 /// "Serving" with the error when one happened: 404 at INFO, other 4xx at WARN, 5xx at ERROR.

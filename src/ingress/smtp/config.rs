@@ -90,16 +90,16 @@ pub const REQUIRE_SINK: Setting<bool> = Setting {
     parse: boolean,
 };
 
-/// This component's properties, in the order they are documented.
-pub const PROPERTIES: [&str; 8] = [
-    PORT.property,
-    ENABLED.property,
-    MAX_SIZE.property,
-    MAX_CLIENTS.property,
-    WORKERS.property,
-    IDLE_TIMEOUT.property,
-    TIME_BUDGET.property,
-    REQUIRE_SINK.property,
+/// This component's properties and their variables, in the order they are documented.
+pub const PROPERTIES: [(&str, &str); 8] = [
+    PORT.names(),
+    ENABLED.names(),
+    MAX_SIZE.names(),
+    MAX_CLIENTS.names(),
+    WORKERS.names(),
+    IDLE_TIMEOUT.names(),
+    TIME_BUDGET.names(),
+    REQUIRE_SINK.names(),
 ];
 
 /// Prefix of the environment variables that override properties: `MaxSize` is
@@ -192,16 +192,7 @@ mod tests {
         let c = SmtpConfig::resolve(Some(&file), env, &[("maxsize".into(), "0".into())]).unwrap();
         assert_eq!(c.max_size, None);
         assert_eq!(MAX_CLIENTS.env, "BUSGATE_SMTP_INGRESS_MAX_CLIENTS");
-        for (property, env) in [
-            (PORT.property, PORT.env),
-            (ENABLED.property, ENABLED.env),
-            (MAX_SIZE.property, MAX_SIZE.env),
-            (MAX_CLIENTS.property, MAX_CLIENTS.env),
-            (WORKERS.property, WORKERS.env),
-            (IDLE_TIMEOUT.property, IDLE_TIMEOUT.env),
-            (TIME_BUDGET.property, TIME_BUDGET.env),
-            (REQUIRE_SINK.property, REQUIRE_SINK.env),
-        ] {
+        for (property, env) in PROPERTIES {
             assert_eq!(env, env_name_of(ENV_PREFIX, property), "{property}");
         }
         let none = |_: &str| None;
