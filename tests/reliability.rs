@@ -468,18 +468,18 @@ async fn late_peer(bus_url: &str, plane: &str, delay: Duration) -> tokio::task::
                 busgate::wire::response_subject(plane_of(&msg.subject), &from_host, &from_id)
                     .unwrap();
             let mut h = HeaderMap::new();
-            frame::set(&mut h, frame::MSG_ID, &msg_id);
-            frame::set(&mut h, frame::FROM_HOST, "slow.test");
-            frame::set(&mut h, frame::FROM_ID, "latepeer");
-            frame::set(&mut h, frame::QUEUE, "slow.test");
-            frame::set(&mut h, frame::OP_CODE, "Ack");
+            frame::set(&mut h, frame::names::MSG_ID, &msg_id);
+            frame::set(&mut h, frame::names::FROM_HOST, "slow.test");
+            frame::set(&mut h, frame::names::FROM_ID, "latepeer");
+            frame::set(&mut h, frame::names::QUEUE, "slow.test");
+            frame::set(&mut h, frame::names::OP_CODE, "Ack");
             nc.publish(inbox.clone(), codec::encode_ack(StatusCode::ACCEPTED, &h))
                 .await
                 .unwrap();
             let nc = nc.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                frame::set(&mut h, frame::OP_CODE, "Res");
+                frame::set(&mut h, frame::names::OP_CODE, "Res");
                 let mut res = http::Response::new(Bytes::from_static(b"too late"));
                 *res.headers_mut() = h;
                 let _ = nc.publish(inbox, codec::encode_response(&res)).await;

@@ -115,10 +115,10 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
         propagate(inbound, headers);
     }
     inner.own_frame.put_sender(headers, true);
-    frame::set_static(headers, frame::OP_CODE, OpCode::Req.as_str());
+    frame::set_static(headers, frame::names::OP_CODE, OpCode::Req.as_str());
     frame::set(
         headers,
-        frame::CALL_DEPTH,
+        frame::names::CALL_DEPTH,
         itoa::Buffer::new().format(ctx.depth + 1),
     );
     let fragments = split_body(req.body(), inner.max_fragment);
@@ -167,7 +167,7 @@ async fn publish_fragment(
             index: index + 1,
             total,
         };
-        frame::set(req.headers_mut(), frame::FRAGMENT, &fr.render());
+        frame::set(req.headers_mut(), frame::names::FRAGMENT, &fr.render());
     }
     let budget_ms = out
         .deadline
@@ -179,8 +179,8 @@ async fn publish_fragment(
     if out.budgeted {
         frame::set(
             req.headers_mut(),
-            frame::TIME_BUDGET,
-            &budget_ms.to_string(),
+            frame::names::TIME_BUDGET,
+            itoa::Buffer::new().format(budget_ms),
         );
     }
     *req.body_mut() = out.fragments[index].clone();
@@ -334,7 +334,7 @@ pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Respon
     let inner = &ctx.conn.inner;
     let out = prepare(ctx, &mut req)?;
     let (waiter, mut rx) = register(inner);
-    frame::set(req.headers_mut(), frame::MSG_ID, &waiter.msg_id);
+    frame::set(req.headers_mut(), frame::names::MSG_ID, &waiter.msg_id);
     let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
     let result = unicast_exchange(inner, &mut req, &out, &mut rx, &mut observed).await;
     match &result {
@@ -392,7 +392,7 @@ pub(crate) async fn multicast(
         Err(e) => return vec![Err(e)],
     };
     let (waiter, mut rx) = register(inner);
-    frame::set(req.headers_mut(), frame::MSG_ID, &waiter.msg_id);
+    frame::set(req.headers_mut(), frame::names::MSG_ID, &waiter.msg_id);
     let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
     let results = multicast_exchange(
         inner,

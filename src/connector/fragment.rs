@@ -138,7 +138,7 @@ impl<T: Fragmented> Defragmenter<T> {
             body.extend_from_slice(&part);
         }
         let headers = whole.headers_mut();
-        headers.remove(frame::FRAGMENT);
+        headers.remove(frame::names::FRAGMENT);
         headers.insert(CONTENT_LENGTH, HeaderValue::from(total));
         whole.set_body(body.freeze());
         DefragOutcome::Complete(whole)

@@ -251,21 +251,21 @@ impl OwnFrame {
 
     /// `Microbus-From-Host`, `-From-Id` and, when `with_version`, `-From-Version`.
     pub fn put_sender(&self, headers: &mut HeaderMap, with_version: bool) {
-        put(headers, wire::frame::FROM_HOST, &self.from_host);
-        put(headers, wire::frame::FROM_ID, &self.from_id);
+        put(headers, wire::frame::names::FROM_HOST, &self.from_host);
+        put(headers, wire::frame::names::FROM_ID, &self.from_id);
         if with_version {
-            put(headers, wire::frame::FROM_VERSION, &self.from_version);
+            put(headers, wire::frame::names::FROM_VERSION, &self.from_version);
         }
     }
 
     pub fn put_locality(&self, headers: &mut HeaderMap) {
-        put(headers, wire::frame::LOCALITY, &self.locality);
+        put(headers, wire::frame::names::LOCALITY, &self.locality);
     }
 }
 
-fn put(headers: &mut HeaderMap, name: &'static str, value: &Option<HeaderValue>) {
+fn put(headers: &mut HeaderMap, name: HeaderName, value: &Option<HeaderValue>) {
     if let Some(v) = value {
-        headers.insert(HeaderName::from_static(name), v.clone());
+        headers.insert(name, v.clone());
     }
 }
 

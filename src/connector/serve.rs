@@ -401,10 +401,10 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
 
 fn reply_headers(inner: &Inner, reply: &ReplyTo, op: OpCode) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(8);
-    frame::set(&mut h, frame::MSG_ID, &reply.msg_id);
+    frame::set(&mut h, frame::names::MSG_ID, &reply.msg_id);
     inner.own_frame.put_sender(&mut h, op != OpCode::Ack);
-    frame::set(&mut h, frame::QUEUE, &reply.queue);
-    frame::set_static(&mut h, frame::OP_CODE, op.as_str());
+    frame::set(&mut h, frame::names::QUEUE, &reply.queue);
+    frame::set_static(&mut h, frame::names::OP_CODE, op.as_str());
     inner.own_frame.put_locality(&mut h);
     h
 }
@@ -441,7 +441,7 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
                 index: i + 1,
                 total,
             };
-            frame::set(res.headers_mut(), frame::FRAGMENT, &fr.render());
+            frame::set(res.headers_mut(), frame::names::FRAGMENT, &fr.render());
         }
         *res.body_mut() = part;
         let payload = codec::encode_response(&res);
@@ -454,15 +454,16 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
 
 /// A handler must not forge the frame headers that route its own response.
 fn strip_frame_headers(headers: &mut HeaderMap) {
+    use frame::names::*;
     for name in [
-        frame::MSG_ID,
-        frame::FROM_HOST,
-        frame::FROM_ID,
-        frame::FROM_VERSION,
-        frame::QUEUE,
-        frame::OP_CODE,
-        frame::FRAGMENT,
-        frame::LOCALITY,
+        MSG_ID,
+        FROM_HOST,
+        FROM_ID,
+        FROM_VERSION,
+        QUEUE,
+        OP_CODE,
+        FRAGMENT,
+        LOCALITY,
     ] {
         headers.remove(name);
     }

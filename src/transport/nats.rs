@@ -382,7 +382,9 @@ impl NatsBus {
     }
 
     pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        // The client keeps the negotiated limit in an atomic (updated on every INFO); `server_info`
+        // would clone the whole INFO for one field.
+        self.client.max_payload()
     }
 
     pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {

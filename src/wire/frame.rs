@@ -67,8 +67,9 @@ impl Fragment {
     }
 }
 
-/// The frame headers as parsed names: a lookup by `&str` parses (lowercases) the name first.
-mod parsed {
+/// The frame headers as parsed names, made at compile time: a lookup or insert by `&str`
+/// parses (and looks up) the name first, every time.
+pub mod names {
     use http::header::HeaderName;
     pub const MSG_ID: HeaderName = HeaderName::from_static(super::MSG_ID);
     pub const FROM_HOST: HeaderName = HeaderName::from_static(super::FROM_HOST);
@@ -80,6 +81,7 @@ mod parsed {
     pub const QUEUE: HeaderName = HeaderName::from_static(super::QUEUE);
     pub const FRAGMENT: HeaderName = HeaderName::from_static(super::FRAGMENT);
     pub const LOCALITY: HeaderName = HeaderName::from_static(super::LOCALITY);
+    pub const CLOCK_SHIFT: HeaderName = HeaderName::from_static(super::CLOCK_SHIFT);
 }
 
 /// Typed read access to the frame headers of a message.
@@ -94,58 +96,55 @@ impl<'a> Frame<'a> {
         self.0.get(name).and_then(|v| v.to_str().ok())
     }
     pub fn msg_id(&self) -> Option<&'a str> {
-        self.known(&parsed::MSG_ID).filter(|s| !s.is_empty())
+        self.known(&names::MSG_ID).filter(|s| !s.is_empty())
     }
     pub fn from_host(&self) -> Option<&'a str> {
-        self.known(&parsed::FROM_HOST).filter(|s| !s.is_empty())
+        self.known(&names::FROM_HOST).filter(|s| !s.is_empty())
     }
     pub fn from_id(&self) -> Option<&'a str> {
-        self.known(&parsed::FROM_ID).filter(|s| !s.is_empty())
+        self.known(&names::FROM_ID).filter(|s| !s.is_empty())
     }
     pub fn from_version(&self) -> u32 {
-        self.known(&parsed::FROM_VERSION)
+        self.known(&names::FROM_VERSION)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     }
     pub fn op_code(&self) -> Option<OpCode> {
-        self.known(&parsed::OP_CODE).and_then(OpCode::parse)
+        self.known(&names::OP_CODE).and_then(OpCode::parse)
     }
     pub fn queue(&self) -> Option<&'a str> {
-        self.known(&parsed::QUEUE)
+        self.known(&names::QUEUE)
     }
     pub fn locality(&self) -> Option<&'a str> {
-        self.known(&parsed::LOCALITY).filter(|s| !s.is_empty())
+        self.known(&names::LOCALITY).filter(|s| !s.is_empty())
     }
     /// Milliseconds left, when the header is present and positive.
     pub fn time_budget_ms(&self) -> Option<u64> {
-        self.known(&parsed::TIME_BUDGET)
+        self.known(&names::TIME_BUDGET)
             .and_then(|s| s.trim().parse::<i64>().ok())
             .filter(|ms| *ms > 0)
             .map(|ms| ms as u64)
     }
     pub fn call_depth(&self) -> u32 {
-        self.known(&parsed::CALL_DEPTH)
+        self.known(&names::CALL_DEPTH)
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     }
     pub fn fragment(&self) -> Option<Fragment> {
-        self.known(&parsed::FRAGMENT).and_then(Fragment::parse)
+        self.known(&names::FRAGMENT).and_then(Fragment::parse)
     }
 }
 
 /// Set a frame header; the value must be header-safe (callers pass ids, numbers and hostnames).
-pub fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+pub fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 
 /// Set a frame header to a constant (an op code): no copy of the value.
-pub fn set_static(headers: &mut HeaderMap, name: &'static str, value: &'static str) {
-    headers.insert(
-        HeaderName::from_static(name),
-        HeaderValue::from_static(value),
-    );
+pub fn set_static(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
+    headers.insert(name, HeaderValue::from_static(value));
 }
 
 /// `name` starts with `prefix`, in any case (without lowercasing `name` into a new string:

@@ -11,12 +11,22 @@ pub fn is_valid_hostname(host: &str) -> bool {
     if host.is_empty() || host.len() > MAX_HOSTNAME_LEN {
         return false;
     }
-    host.split('.').all(|label| {
-        !label.is_empty()
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    })
+    // One pass over the bytes (this runs several times per request): a dot may only end a
+    // non-empty label, and the last label must not be empty either.
+    let mut label_empty = true;
+    for &b in host.as_bytes() {
+        if b == b'.' {
+            if label_empty {
+                return false;
+            }
+            label_empty = true;
+        } else if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            label_empty = false;
+        } else {
+            return false;
+        }
+    }
+    !label_empty
 }
 
 /// Whether `host` may be a service's own hostname: valid, and not `all` or `*.all`.
@@ -53,6 +63,33 @@ mod tests {
             assert!(!is_valid_hostname(bad), "{bad}");
         }
         assert!(!is_valid_hostname(&"a".repeat(254)));
+        assert!(is_valid_hostname(&"a".repeat(253)));
+    }
+
+    #[test]
+    fn agrees_with_the_label_rule() {
+        // The one-pass check against the rule as written: non-empty labels of [a-zA-Z0-9_-].
+        let by_labels = |host: &str| {
+            !host.is_empty()
+                && host.len() <= MAX_HOSTNAME_LEN
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
+        };
+        let alphabet = ["a", "Z", "0", "_", "-", ".", "*", " ", "é", ">"];
+        let mut hosts = vec![String::new()];
+        for _ in 0..4 {
+            hosts = hosts
+                .iter()
+                .flat_map(|h| alphabet.iter().map(move |c| format!("{h}{c}")))
+                .collect();
+            for host in &hosts {
+                assert_eq!(is_valid_hostname(host), by_labels(host), "{host:?}");
+            }
+        }
     }
 
     #[test]

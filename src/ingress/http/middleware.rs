@@ -248,7 +248,7 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     }
     if let Ok(v) = HeaderValue::from_str(&timing) {
         res.headers_mut()
-            .insert(HeaderName::from_static("server-timing"), v);
+            .insert(SERVER_TIMING, v);
     }
     res
 }
@@ -495,6 +495,7 @@ fn cors_headers(res: &mut Response, origin: HeaderValue) {
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, star);
 }
 
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
