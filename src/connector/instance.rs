@@ -254,7 +254,11 @@ impl OwnFrame {
         put(headers, wire::frame::names::FROM_HOST, &self.from_host);
         put(headers, wire::frame::names::FROM_ID, &self.from_id);
         if with_version {
-            put(headers, wire::frame::names::FROM_VERSION, &self.from_version);
+            put(
+                headers,
+                wire::frame::names::FROM_VERSION,
+                &self.from_version,
+            );
         }
     }
 

@@ -247,8 +247,7 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
         push_millis(&mut timing, *bus);
     }
     if let Ok(v) = HeaderValue::from_str(&timing) {
-        res.headers_mut()
-            .insert(SERVER_TIMING, v);
+        res.headers_mut().insert(SERVER_TIMING, v);
     }
     res
 }
