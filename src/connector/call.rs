@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -98,19 +98,12 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
 
     let headers = req.headers_mut();
     // The connector owns the frame; a caller cannot forge it.
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            let k = k.as_str();
-            k.starts_with(frame::MICROBUS_PREFIX)
-                && !k.starts_with(frame::BAGGAGE_PREFIX)
-                && k != frame::CLOCK_SHIFT
-        })
-        .cloned()
-        .collect();
-    for k in forged {
-        headers.remove(k);
-    }
+    frame::remove_headers(headers, |k| {
+        let k = k.as_str();
+        k.starts_with(frame::MICROBUS_PREFIX)
+            && !k.starts_with(frame::BAGGAGE_PREFIX)
+            && k != frame::CLOCK_SHIFT
+    });
     if let Some(inbound) = &ctx.frame {
         propagate(inbound, headers);
     }

@@ -399,18 +399,19 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
     Error::panic(format!("handler panicked: {msg}"))
 }
 
-fn reply_headers(inner: &Inner, reply: &ReplyTo, op: OpCode) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(8);
-    frame::set(&mut h, frame::names::MSG_ID, &reply.msg_id);
-    inner.own_frame.put_sender(&mut h, op != OpCode::Ack);
-    frame::set(&mut h, frame::names::QUEUE, &reply.queue);
-    frame::set_static(&mut h, frame::names::OP_CODE, op.as_str());
-    inner.own_frame.put_locality(&mut h);
-    h
+/// The frame of a reply, put straight into its headers (no map of its own to merge).
+fn put_reply_headers(h: &mut HeaderMap, inner: &Inner, reply: &ReplyTo, op: OpCode) {
+    frame::set(h, frame::names::MSG_ID, &reply.msg_id);
+    inner.own_frame.put_sender(h, op != OpCode::Ack);
+    frame::set(h, frame::names::QUEUE, &reply.queue);
+    frame::set_static(h, frame::names::OP_CODE, op.as_str());
+    inner.own_frame.put_locality(h);
 }
 
 async fn publish_ack(inner: &Inner, reply: &ReplyTo, status: StatusCode) {
-    let payload = codec::encode_ack(status, &reply_headers(inner, reply, OpCode::Ack));
+    let mut headers = HeaderMap::with_capacity(8);
+    put_reply_headers(&mut headers, inner, reply, OpCode::Ack);
+    let payload = codec::encode_ack(status, &headers);
     if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
         tracing::warn!(host = %inner.hostname, error = %e, "cannot publish ack");
     }
@@ -419,15 +420,14 @@ async fn publish_ack(inner: &Inner, reply: &ReplyTo, status: StatusCode) {
 async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>, Error>) {
     let mut res = match result {
         Ok(mut res) => {
-            let own = reply_headers(inner, reply, OpCode::Res);
             strip_frame_headers(res.headers_mut());
-            res.headers_mut().extend(own);
+            put_reply_headers(res.headers_mut(), inner, reply, OpCode::Res);
             res
         }
         Err(e) => {
             let mut res = Response::new(Bytes::from(e.to_body().to_json()));
             *res.status_mut() = e.status();
-            *res.headers_mut() = reply_headers(inner, reply, OpCode::Err);
+            put_reply_headers(res.headers_mut(), inner, reply, OpCode::Err);
             res.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             res
@@ -455,7 +455,7 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
 /// A handler must not forge the frame headers that route its own response.
 fn strip_frame_headers(headers: &mut HeaderMap) {
     use frame::names::*;
-    for name in [
+    let routing = [
         MSG_ID,
         FROM_HOST,
         FROM_ID,
@@ -464,7 +464,8 @@ fn strip_frame_headers(headers: &mut HeaderMap) {
         OP_CODE,
         FRAGMENT,
         LOCALITY,
-    ] {
-        headers.remove(name);
-    }
+    ];
+    frame::remove_headers(headers, |name| {
+        name.as_str().starts_with(frame::MICROBUS_PREFIX) && routing.contains(name)
+    });
 }

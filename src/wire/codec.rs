@@ -149,12 +149,13 @@ pub fn decode_request(payload: Bytes) -> Result<Request<Bytes>, WireError> {
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| WireError::InvalidMethod(parsed.method.unwrap_or_default().to_owned()))?;
-    let headers = collect_headers(parsed.headers, |v| {
+    let mut framing = Framing::default();
+    let headers = collect_headers(parsed.headers, Some(&mut framing), |v| {
         HeaderValue::from_maybe_shared(payload.slice_ref(v))
     })?;
     let target = parsed.path.unwrap_or_default();
     let uri = absolute_uri(target, &headers)?;
-    let body = read_body(&payload, head_len, &headers, BodyWithoutLength::Empty)?;
+    let body = read_body(&payload, head_len, &framing, BodyWithoutLength::Empty)?;
 
     let mut req = Request::new(body);
     *req.method_mut() = method;
@@ -162,7 +163,7 @@ pub fn decode_request(payload: Bytes) -> Result<Request<Bytes>, WireError> {
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     let len = req.body().len();
-    fix_length(req.headers_mut(), len);
+    put_length(req.headers_mut(), len);
     Ok(req)
 }
 
@@ -180,7 +181,8 @@ pub fn decode_response(payload: Bytes) -> Result<Response<Bytes>, WireError> {
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code)
         .map_err(|_| WireError::Malformed(format!("invalid status code {code}")))?;
-    let headers = collect_headers(parsed.headers, |v| {
+    let mut framing = Framing::default();
+    let headers = collect_headers(parsed.headers, Some(&mut framing), |v| {
         HeaderValue::from_maybe_shared(payload.slice_ref(v))
     })?;
     let no_body = status.is_informational()
@@ -189,13 +191,13 @@ pub fn decode_response(payload: Bytes) -> Result<Response<Bytes>, WireError> {
     let body = if no_body {
         Bytes::new()
     } else {
-        read_body(&payload, head_len, &headers, BodyWithoutLength::ToEnd)?
+        read_body(&payload, head_len, &framing, BodyWithoutLength::ToEnd)?
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
     *res.headers_mut() = headers;
     let len = res.body().len();
-    fix_length(res.headers_mut(), len);
+    put_length(res.headers_mut(), len);
     Ok(res)
 }
 
@@ -207,7 +209,9 @@ pub fn decode_request_headers(payload: &[u8]) -> Result<HeaderMap, WireError> {
         .parse_with_uninit_headers(payload, &mut slots)
         .map_err(malformed)?
     {
-        httparse::Status::Complete(_) => collect_headers(parsed.headers, HeaderValue::from_bytes),
+        httparse::Status::Complete(_) => {
+            collect_headers(parsed.headers, None, HeaderValue::from_bytes)
+        }
         httparse::Status::Partial => Err(WireError::Truncated),
     }
 }
@@ -227,15 +231,65 @@ fn malformed(e: httparse::Error) -> WireError {
     }
 }
 
+/// The framing headers of a received message, read from the parsed head: the decoded message
+/// carries its own exact `Content-Length` and no `Transfer-Encoding`, so they never enter its
+/// map (putting them in, looking them up and removing them again hashed each several times).
+struct Framing<'a> {
+    /// The `Content-Length` values agreed on, or the first fault among them in order.
+    content_length: Result<Option<usize>, WireError>,
+    /// The first `Transfer-Encoding`, as `HeaderMap::get` would have returned it.
+    transfer_encoding: Option<&'a [u8]>,
+}
+
+impl Default for Framing<'_> {
+    fn default() -> Self {
+        Framing {
+            content_length: Ok(None),
+            transfer_encoding: None,
+        }
+    }
+}
+
+impl<'a> Framing<'a> {
+    /// Take `h` if it is a framing header.
+    fn take(&mut self, h: &httparse::Header<'a>) -> bool {
+        if h.name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str()) {
+            if let Ok(found) = self.content_length {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok());
+                self.content_length = match (n, found) {
+                    (None, _) => Err(WireError::Malformed("invalid Content-Length".into())),
+                    (Some(n), Some(f)) if f != n => Err(WireError::ConflictingFraming),
+                    (Some(n), _) => Ok(Some(n)),
+                };
+            }
+            true
+        } else if h.name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str()) {
+            self.transfer_encoding.get_or_insert(h.value);
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The headers of a parsed message, each value made by `value_of` (from the payload's shared
 /// bytes where there is one: no copy); the names of
 /// the Microbus frame are taken from a table instead of being lowercased anew each time.
-fn collect_headers(
-    raw: &[httparse::Header<'_>],
+/// With `framing`, `Content-Length` and `Transfer-Encoding` go there instead of the map.
+fn collect_headers<'a>(
+    raw: &[httparse::Header<'a>],
+    mut framing: Option<&mut Framing<'a>>,
     value_of: impl Fn(&[u8]) -> Result<HeaderValue, http::header::InvalidHeaderValue>,
 ) -> Result<HeaderMap, WireError> {
     let mut headers = HeaderMap::with_capacity(raw.len());
     for h in raw {
+        if let Some(framing) = framing.as_deref_mut() {
+            if framing.take(h) {
+                continue;
+            }
+        }
         let name = match frame::known_header_name(h.name) {
             Some(name) => name.clone(),
             None => HeaderName::from_bytes(h.name.as_bytes())
@@ -282,14 +336,16 @@ enum BodyWithoutLength {
 fn read_body(
     payload: &Bytes,
     head_len: usize,
-    headers: &HeaderMap,
+    framing: &Framing<'_>,
     without_length: BodyWithoutLength,
 ) -> Result<Bytes, WireError> {
     let rest = payload.slice(head_len..);
-    let content_length = content_length(headers)?;
-    let chunked = match headers.get(TRANSFER_ENCODING) {
+    let content_length = framing.content_length.clone()?;
+    let chunked = match framing.transfer_encoding {
         None => false,
         Some(te) => {
+            // Read as the map's value would have been (rare: only chunked bodies come here).
+            let te = HeaderValue::from_bytes(te).unwrap_or(HeaderValue::from_static(""));
             let te = te.to_str().unwrap_or_default().trim().to_ascii_lowercase();
             if te != "chunked" {
                 return Err(WireError::UnsupportedTransferEncoding(te));
@@ -311,22 +367,6 @@ fn read_body(
             BodyWithoutLength::ToEnd => rest,
         }),
     }
-}
-
-fn content_length(headers: &HeaderMap) -> Result<Option<usize>, WireError> {
-    let mut found: Option<usize> = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        let n: usize = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| WireError::Malformed("invalid Content-Length".into()))?;
-        if found.is_some_and(|f| f != n) {
-            return Err(WireError::ConflictingFraming);
-        }
-        found = Some(n);
-    }
-    Ok(found)
 }
 
 fn decode_chunked(mut buf: &[u8]) -> Result<Bytes, WireError> {
@@ -355,8 +395,8 @@ fn decode_chunked(mut buf: &[u8]) -> Result<Bytes, WireError> {
     }
 }
 
-fn fix_length(headers: &mut HeaderMap, len: usize) {
-    headers.remove(TRANSFER_ENCODING);
+/// The decoded message's own length (its framing headers were kept out of the map).
+fn put_length(headers: &mut HeaderMap, len: usize) {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
@@ -513,5 +553,65 @@ X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
         let raw = format!("GET https://a:443/ HTTP/1.1\r\n{many}\r\n");
         assert!(decode_request(Bytes::from(raw)).is_err());
         assert!(decode_response(Bytes::from_static(b"HTTP/1.1 abc\r\n\r\n")).is_err());
+    }
+
+    #[test]
+    fn framing_faults_are_told_apart_and_agreeing_framing_is_read() {
+        let req = |head: &str, body: &str| {
+            decode_request(Bytes::from(format!(
+                "POST https://a:443/ HTTP/1.1\r\n{head}\r\n{body}"
+            )))
+        };
+        let malformed = WireError::Malformed("invalid Content-Length".into());
+        for (head, expected) in [
+            ("Content-Length: x\r\n", malformed.clone()),
+            (
+                "Content-Length: 2\r\nContent-Length: x\r\n",
+                malformed.clone(),
+            ),
+            // The first fault in order is the one told.
+            (
+                "Content-Length: 2\r\nContent-Length: 3\r\nContent-Length: x\r\n",
+                WireError::ConflictingFraming,
+            ),
+            (
+                "content-length: 2\r\nTransfer-Encoding: chunked\r\n",
+                WireError::ConflictingFraming,
+            ),
+            (
+                "Transfer-Encoding: GZip \r\n",
+                WireError::UnsupportedTransferEncoding("gzip".into()),
+            ),
+            // Only the first Transfer-Encoding counts, as `HeaderMap::get` read it.
+            (
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                WireError::UnsupportedTransferEncoding("gzip".into()),
+            ),
+        ] {
+            assert_eq!(req(head, "ab").unwrap_err(), expected, "{head:?}");
+        }
+        // Equal lengths agree; the decoded message has one exact length and no framing left.
+        let ok = req("Content-Length: 2\r\nCONTENT-LENGTH:  2 \r\n", "abcd").unwrap();
+        assert_eq!(ok.body().as_ref(), b"ab");
+        assert_eq!(ok.headers().get_all(CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(ok.headers()[CONTENT_LENGTH], "2");
+        let chunked = req("TRANSFER-ENCODING: Chunked\r\n", "2\r\nab\r\n0\r\n\r\n").unwrap();
+        assert_eq!(chunked.body().as_ref(), b"ab");
+        assert!(chunked.headers().get(TRANSFER_ENCODING).is_none());
+        assert_eq!(chunked.headers()[CONTENT_LENGTH], "2");
+        // A response without framing runs to the end; with a bad length it is refused.
+        let res = decode_response(Bytes::from_static(b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\nrest"));
+        let res = res.unwrap();
+        assert_eq!(res.body().as_ref(), b"rest");
+        assert_eq!(res.headers()[CONTENT_LENGTH], "4");
+        let bad = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+        assert_eq!(
+            decode_response(Bytes::from_static(bad)).unwrap_err(),
+            WireError::ConflictingFraming
+        );
+        // Head-only decoding keeps the framing headers as they came.
+        let head =
+            decode_request_headers(b"GET https://a:443/ HTTP/1.1\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(head.unwrap()[CONTENT_LENGTH], "7");
     }
 }

@@ -169,6 +169,32 @@ pub fn is_propagated_header(name: &str) -> bool {
         || name.eq_ignore_ascii_case(CLOCK_SHIFT)
 }
 
+/// Remove every header whose name `matches`. A `remove` hashes its name even when the header
+/// is absent, and these run several times per message: so the names are matched by a scan,
+/// only those present are removed, and when most of the map goes the rest moves to a new one.
+pub fn remove_headers(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) {
+    let names = headers.keys_len();
+    let matched = headers.keys().filter(|name| matches(name)).count();
+    if matched == 0 {
+        return;
+    }
+    if matched * 2 <= names {
+        while let Some(name) = headers.keys().find(|name| matches(name)).cloned() {
+            headers.remove(name);
+        }
+        return;
+    }
+    let old = std::mem::replace(headers, HeaderMap::with_capacity(names - matched));
+    // `None` is another value of the name before it (`HeaderMap`'s iteration order).
+    let mut keep = false;
+    headers.extend(old.into_iter().filter(|(name, _)| {
+        if let Some(name) = name {
+            keep = !matches(name);
+        }
+        keep
+    }));
+}
+
 /// The frame's header names (and the trace context's), made once: decoding looks a received
 /// name up here (in any case) instead of lowercasing it into a new allocation.
 static KNOWN_HEADER_NAMES: std::sync::LazyLock<Vec<http::HeaderName>> =
@@ -329,6 +355,55 @@ mod tests {
         assert_eq!(canonical_header_name("content-type"), "Content-Type");
         assert_eq!(canonical_header_name("x-forwarded-for"), "X-Forwarded-For");
         assert_eq!(canonical_header_name("traceparent"), "Traceparent");
+    }
+
+    #[test]
+    fn removes_exactly_the_matching_headers_and_keeps_the_order_of_values() {
+        let map = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        // A map's order across names is not kept by any removal; each name's values are.
+        let pairs = |h: &HeaderMap| -> std::collections::BTreeMap<String, Vec<String>> {
+            h.keys()
+                .map(|k| {
+                    let values = h.get_all(k).iter();
+                    let values = values.map(|v| v.to_str().unwrap().to_owned());
+                    (k.to_string(), values.collect())
+                })
+                .collect()
+        };
+        let all = [
+            ("a", "1"),
+            ("microbus-x", "2"),
+            ("b", "3"),
+            ("a", "4"),
+            ("microbus-y", "5"),
+            ("microbus-x", "6"),
+            ("c", "7"),
+        ];
+        // Every subset of the names removed, which takes both paths (few removed, most removed).
+        let names = ["a", "b", "c", "microbus-x", "microbus-y"];
+        for mask in 0..1u32 << names.len() {
+            let gone: Vec<&str> = (0..names.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| names[i])
+                .collect();
+            let mut h = map(&all);
+            remove_headers(&mut h, |n| gone.contains(&n.as_str()));
+            let expected: Vec<(&str, &str)> = all
+                .iter()
+                .copied()
+                .filter(|(k, _)| !gone.contains(k))
+                .collect();
+            assert_eq!(pairs(&h), pairs(&map(&expected)), "removing {gone:?}");
+        }
     }
 
     #[test]

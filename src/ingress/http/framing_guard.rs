@@ -94,7 +94,7 @@ impl<S> FramingGuard<S> {
                     return;
                 }
                 State::Head => {
-                    let Some(end) = find(&self.pending, b"\r\n\r\n") else {
+                    let Some(end) = find_blank_line(&self.pending) else {
                         if self.pending.len() > self.max_head {
                             // hyper will answer 431; stop following.
                             self.state = State::Passthrough;
@@ -154,7 +154,7 @@ impl<S> FramingGuard<S> {
                         self.state = State::Head;
                         continue;
                     }
-                    match find(&self.pending, b"\r\n\r\n") {
+                    match find_blank_line(&self.pending) {
                         Some(end) => {
                             let t = self.pending.split_to(end + 4);
                             self.ready.unsplit(t);
@@ -171,8 +171,11 @@ impl<S> FramingGuard<S> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the first `\r\n\r\n` starts. Fixed bytes compared in place: a slice comparison per
+/// position called `memcmp` for every byte of every head.
+fn find_blank_line(hay: &[u8]) -> Option<usize> {
+    hay.windows(4)
+        .position(|w| w[0] == b'\r' && w[1] == b'\n' && w[2] == b'\r' && w[3] == b'\n')
 }
 
 /// Decide how the body after `head` is framed, renaming a conflicting `Content-Length`.
@@ -405,6 +408,16 @@ GET /d HTTP/1.1\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\
                 "{piece}"
             );
             assert_eq!(text.len(), input.len());
+        }
+    }
+
+    #[test]
+    fn finds_the_first_blank_line() {
+        assert_eq!(find_blank_line(b"GET / HTTP/1.1\r\n\r\n"), Some(14));
+        assert_eq!(find_blank_line(b"\r\n\r\n\r\n\r\n"), Some(0));
+        assert_eq!(find_blank_line(b"a\r\nb: c\r\n\r\nbody\r\n\r\n"), Some(7));
+        for none in [&b""[..], b"\r\n\r", b"\n\r\n\r", b"a\r\n\nb", b"\r\r\n\n"] {
+            assert_eq!(find_blank_line(none), None, "{none:?}");
         }
     }
 }

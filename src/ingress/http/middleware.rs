@@ -33,7 +33,7 @@ use super::context::{
 use super::shared::Shared;
 use crate::error::Error;
 use crate::wire::error::truncated;
-use crate::wire::frame::is_internal_header;
+use crate::wire::frame::{self, is_internal_header};
 
 /// The whole middleware chain and the proxy, for one request that came in on `info`.
 ///
@@ -539,14 +539,7 @@ fn x_forward(shared: &Shared, req: &mut Request) {
 
 /// `Microbus-*`, `Traceparent` and `Tracestate` never cross the ingress, in either direction.
 fn strip_internal_headers(headers: &mut http::HeaderMap) {
-    let internal: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_internal_header(k.as_str()))
-        .cloned()
-        .collect();
-    for k in internal {
-        headers.remove(k);
-    }
+    frame::remove_headers(headers, |k| is_internal_header(k.as_str()));
 }
 
 /// `/` is the service `root`.

@@ -17,7 +17,7 @@ use super::context::{
 use super::shared::Shared;
 use crate::connector::CONTROL_PORT;
 use crate::error::Error;
-use crate::wire::is_valid_hostname;
+use crate::wire::{frame, is_valid_hostname};
 
 /// Headers that describe one hop's connection and never travel further.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -56,9 +56,9 @@ pub fn parse_target(path: &str) -> Option<Target<'_>> {
 /// `headers` without those of one hop and without `Host` (the bus request carries its own).
 /// Moved, not copied: a copy appended every header again (~24 per request, each hashed).
 fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
-    for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
-        headers.remove(name);
-    }
+    frame::remove_headers(&mut headers, |name| {
+        name == header::HOST || HOP_BY_HOP.contains(name)
+    });
     headers
 }
 
