@@ -454,18 +454,11 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
 
 /// A handler must not forge the frame headers that route its own response.
 fn strip_frame_headers(headers: &mut HeaderMap) {
-    use frame::names::*;
-    let routing = [
-        MSG_ID,
-        FROM_HOST,
-        FROM_ID,
-        FROM_VERSION,
-        QUEUE,
-        OP_CODE,
-        FRAGMENT,
-        LOCALITY,
-    ];
+    use frame::*;
     frame::remove_headers(headers, |name| {
-        name.as_str().starts_with(frame::MICROBUS_PREFIX) && routing.contains(name)
+        matches!(
+            name.as_str(),
+            MSG_ID | FROM_HOST | FROM_ID | FROM_VERSION | QUEUE | OP_CODE | FRAGMENT | LOCALITY
+        )
     });
 }

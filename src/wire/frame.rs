@@ -174,12 +174,20 @@ pub fn is_propagated_header(name: &str) -> bool {
 /// only those present are removed, and when most of the map goes the rest moves to a new one.
 pub fn remove_headers(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) {
     let names = headers.keys_len();
-    let matched = headers.keys().filter(|name| matches(name)).count();
+    // One scan, remembering the first few matches on the stack.
+    let mut found: [Option<HeaderName>; 4] = Default::default();
+    let mut matched = 0;
+    for name in headers.keys().filter(|name| matches(name)) {
+        if let Some(slot) = found.get_mut(matched) {
+            *slot = Some(name.clone());
+        }
+        matched += 1;
+    }
     if matched == 0 {
         return;
     }
-    if matched * 2 <= names {
-        while let Some(name) = headers.keys().find(|name| matches(name)).cloned() {
+    if matched <= found.len() && matched * 2 <= names {
+        for name in found.into_iter().flatten() {
             headers.remove(name);
         }
         return;
@@ -404,6 +412,19 @@ mod tests {
                 .collect();
             assert_eq!(pairs(&h), pairs(&map(&expected)), "removing {gone:?}");
         }
+        // More matches than the stack remembers, though fewer than half the names.
+        let many: Vec<(String, String)> =
+            (0..12).map(|i| (format!("h{i}"), i.to_string())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut h = map(&many);
+        let gone = ["h1", "h3", "h5", "h7", "h9"];
+        remove_headers(&mut h, |n| gone.contains(&n.as_str()));
+        let kept: Vec<(&str, &str)> = many
+            .iter()
+            .copied()
+            .filter(|(k, _)| !gone.contains(k))
+            .collect();
+        assert_eq!(pairs(&h), pairs(&map(&kept)));
     }
 
     #[test]
