@@ -94,7 +94,9 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
         ),
         e => Error::bad_request(e.to_string()),
     })?;
-    *req.uri_mut() = url.to_uri();
+    if !url.is_written_as(req.uri()) {
+        *req.uri_mut() = url.to_uri();
+    }
 
     let headers = req.headers_mut();
     // The connector owns the frame; a caller cannot forge it.

@@ -76,11 +76,18 @@ struct TextVisitor<'a> {
     result: std::fmt::Result,
 }
 
-/// Written as `"value"` by `Debug` without any escape.
-fn needs_no_escape(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
+/// `Some(has a space)` when `Debug` would write `value` as `"value"` without any escape; one
+/// pass over the bytes for both answers.
+fn plain_string(value: &str) -> Option<bool> {
+    let mut space = false;
+    for b in value.bytes() {
+        if b == b' ' {
+            space = true;
+        } else if !b.is_ascii_graphic() || b == b'"' || b == b'\\' {
+            return None;
+        }
+    }
+    Some(space)
 }
 
 impl TextVisitor<'_> {
@@ -88,7 +95,7 @@ impl TextVisitor<'_> {
         if std::mem::take(&mut self.is_empty) {
             Ok(())
         } else {
-            self.writer.write_char(' ')
+            self.writer.write_str(" ")
         }
     }
 
@@ -110,20 +117,24 @@ impl Visit for TextVisitor<'_> {
         if name == "message" || name.starts_with("r#") || self.writer.has_ansi_escapes() {
             return self.by_default(|v| v.record_str(field, value));
         }
-        if !needs_no_escape(value) {
+        let Some(has_space) = plain_string(value) else {
             return self.by_default(|v| v.record_str(field, value));
-        }
+        };
         // A log span's own fields bare, as `%value` wrote them before they were strings; any
-        // other plain string quoted, as `Debug` writes it.
-        let bare = LOG_SPAN_FIELDS.contains(&name) && !value.is_empty() && !value.contains(' ');
-        let quote = if bare { "" } else { "\"" };
+        // other plain string quoted, as `Debug` writes it. As few writes as can be: each goes
+        // through `dyn Write`.
+        let bare = !has_space && !value.is_empty() && LOG_SPAN_FIELDS.contains(&name);
         self.result = (|| {
             self.pad()?;
             self.writer.write_str(name)?;
-            self.writer.write_char('=')?;
-            self.writer.write_str(quote)?;
-            self.writer.write_str(value)?;
-            self.writer.write_str(quote)
+            if bare {
+                self.writer.write_str("=")?;
+                self.writer.write_str(value)
+            } else {
+                self.writer.write_str("=\"")?;
+                self.writer.write_str(value)?;
+                self.writer.write_str("\"")
+            }
         })();
     }
 

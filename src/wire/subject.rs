@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::error::WireError;
-use super::hostname::{is_valid_hostname, reverse_host};
+use super::hostname::is_valid_hostname;
 
 /// The plane used when none is configured (`MICROBUS_PLANE`).
 pub const DEFAULT_PLANE: &str = "microbus";
@@ -48,13 +48,32 @@ pub fn request_subject(
         return Err(WireError::InvalidHostname(host.to_owned()));
     }
     validate_method(method)?;
+    // Built in place, the subject its only allocation: this runs for every call.
     let mut subject = String::with_capacity(plane.len() + host.len() + path.len() + 24);
-    let _ = write!(subject, "{plane}.{port}.");
-    subject.push_str(&reverse_host(host));
+    subject.push_str(plane);
+    subject.push('.');
+    subject.push_str(itoa::Buffer::new().format(port));
+    subject.push('.');
+    push_reverse_host(&mut subject, host);
     subject.push_str(".|.");
-    subject.push_str(&method.to_ascii_uppercase());
+    let start = subject.len();
+    subject.push_str(method);
+    subject[start..].make_ascii_uppercase();
     push_path_tokens(&mut subject, path, false);
     check_length(subject)
+}
+
+/// `host`'s labels in reverse order, lower-cased, appended to `out`: `www.Example.com` →
+/// `com.example.www`.
+fn push_reverse_host(out: &mut String, host: &str) {
+    let start = out.len();
+    for (i, label) in host.rsplit('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(label);
+    }
+    out[start..].make_ascii_lowercase();
 }
 
 /// The subject a subscription for `host:port` with `method` and the path `spec` listens on.
@@ -81,7 +100,7 @@ pub fn subscription_subject(
         let _ = write!(subject, "{port}");
     }
     subject.push('.');
-    subject.push_str(&reverse_host(host));
+    push_reverse_host(&mut subject, host);
     subject.push_str(".|.");
     let method = method.to_ascii_uppercase();
     if method == ANY_METHOD {
@@ -102,11 +121,15 @@ pub fn response_subject(plane: &str, host: &str, id: &str) -> Result<String, Wir
     if !is_valid_instance_id(id) {
         return Err(WireError::InvalidInstanceId(id.to_owned()));
     }
-    Ok(format!(
-        "{plane}.r.{}.{}",
-        reverse_host(host),
-        id.to_ascii_lowercase()
-    ))
+    let mut subject = String::with_capacity(plane.len() + host.len() + id.len() + 4);
+    subject.push_str(plane);
+    subject.push_str(".r.");
+    push_reverse_host(&mut subject, host);
+    subject.push('.');
+    let start = subject.len();
+    subject.push_str(id);
+    subject[start..].make_ascii_lowercase();
+    Ok(subject)
 }
 
 /// Instance ids are generated as 10 chars of `[0-9a-v]`; peers may use other alphanumerics,
@@ -177,6 +200,14 @@ fn push_path_tokens(subject: &mut String, path: &str, is_subscription: bool) {
 /// Escape one path segment per code point: `A-Za-z0-9-` stay, `.` becomes `_`, anything else
 /// becomes `%` and at least four lower-case hex digits (Go's `%04x` of the rune).
 fn escape_segment(subject: &mut String, segment: &str) {
+    if segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        // Most segments are plain words: one copy.
+        subject.push_str(segment);
+        return;
+    }
     for c in segment.chars() {
         match c {
             'A'..='Z' | 'a'..='z' | '0'..='9' | '-' => subject.push(c),
@@ -313,5 +344,14 @@ mod tests {
             request_subject("p", 443, "a.b", "GET", &long),
             Err(WireError::SubjectTooLong(_))
         ));
+    }
+
+    #[test]
+    fn methods_and_plain_segments_in_any_case() {
+        assert_eq!(
+            request_subject("p", 8080, "A.b-C.d_e", "pAtCh", "/Some-Word/42/x.y").unwrap(),
+            "p.8080.d_e.b-c.a.|.PATCH.Some-Word.42.x_y"
+        );
+        assert_eq!(response_subject("p", "A.B", "Id9").unwrap(), "p.r.b.a.id9");
     }
 }

@@ -54,10 +54,22 @@ impl BusUrl {
     }
 
     /// The path with percent-escapes decoded, as the subject codec expects (Go's `URL.Path`).
-    pub fn decoded_path(&self) -> String {
-        percent_decode_str(&self.path)
-            .decode_utf8_lossy()
-            .into_owned()
+    pub fn decoded_path(&self) -> std::borrow::Cow<'_, str> {
+        percent_decode_str(&self.path).decode_utf8_lossy()
+    }
+
+    /// Whether `uri` is already written as [`BusUrl::to_uri`] would write this URL (a
+    /// rendering and a parse saved for every call that already has it).
+    pub fn is_written_as(&self, uri: &Uri) -> bool {
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        uri.scheme_str() == Some("https")
+            && authority.host() == self.host
+            && authority.port_u16() == Some(self.port)
+            && authority.as_str().len() == self.host.len() + 1 + port_digits(self.port)
+            && uri.path() == self.path
+            && uri.query() == self.query.as_deref()
     }
 
     /// `https://host:port/path?query`, the form written on the wire.
@@ -70,6 +82,10 @@ impl BusUrl {
         // Every part was validated or came out of a parsed Uri.
         s.parse().expect("a BusUrl always renders a valid URI")
     }
+}
+
+fn port_digits(port: u16) -> usize {
+    itoa::Buffer::new().format(port).len()
 }
 
 #[cfg(test)]
@@ -108,6 +124,27 @@ mod tests {
             "https://a..b/",
         ] {
             assert!(BusUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn written_as_exactly_when_rendering_gives_the_same_uri() {
+        for text in [
+            "https://a.b:443/x?y=1",
+            "https://a.b/x",
+            "https://A.b:443/x",
+            "http://a.b:443/x",
+            "https://a.b:0443/x",
+            "https://a.b:443",
+            "https://a.b:443/x?",
+            "https://a.b:443/x?y=2",
+            "https://a.b:8080/x%20y",
+            "https://a.b:0/",
+        ] {
+            let uri: Uri = text.parse().unwrap();
+            let url = BusUrl::from_uri(&uri).unwrap();
+            let same = url.to_uri().to_string() == uri.to_string();
+            assert_eq!(url.is_written_as(&uri), same, "{text}");
         }
     }
 }
