@@ -273,9 +273,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     }
     let deadline = budget.map(|b| Instant::now() + b - NETWORK_HOP);
     let started = std::time::Instant::now();
-    let port = BusUrl::from_uri(req.uri())
-        .map(|u| u.port)
-        .unwrap_or(ep.route.port);
+    let port = BusUrl::port_of(req.uri()).unwrap_or(ep.route.port);
     let method = req.method().as_str().to_owned();
     let mut span = inner.tracer.start(
         &trace::extract(req.headers()),

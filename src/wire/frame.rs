@@ -240,26 +240,33 @@ pub fn known_header_name(name: &str) -> Option<&'static http::HeaderName> {
     if !matches!(first, b'm' | b't' | b'x') {
         return None;
     }
-    // As busgate and Go write them (canonical case) or as HTTP/2 would (lower case): one hash.
-    if let Some(known) = KNOWN_BY_SPELLING.get(name) {
-        return Some(known);
-    }
-    KNOWN_HEADER_NAMES
-        .iter()
-        .find(|known| known.as_str().eq_ignore_ascii_case(name))
+    // One candidate at most shares the name's length, last byte and tenth byte (tested): found
+    // by comparing small integers, then confirmed against the spellings busgate and Go write
+    // (canonical case) and HTTP/2 would (lower case) byte for byte, any other case last (a
+    // case-insensitive comparison goes byte by byte).
+    let key = spelling_key(name);
+    let (_, known, canonical) = KNOWN_BY_KEY.iter().find(|(k, _, _)| *k == key)?;
+    (name == canonical || name == known.as_str() || known.as_str().eq_ignore_ascii_case(name))
+        .then_some(*known)
 }
 
-/// The known names in lower and canonical case.
-static KNOWN_BY_SPELLING: std::sync::LazyLock<
-    std::collections::HashMap<String, &'static http::HeaderName, fnv::FnvBuildHasher>,
-> = std::sync::LazyLock::new(|| {
+/// Length, last byte and tenth byte (after `microbus-`), in lower case, as one integer.
+fn spelling_key(name: &str) -> u32 {
+    let bytes = name.as_bytes();
+    let last = bytes.last().map_or(0, u8::to_ascii_lowercase);
+    let tenth = bytes.get(9).map_or(0, u8::to_ascii_lowercase);
+    ((bytes.len().min(0xffff) as u32) << 16) | (u32::from(last) << 8) | u32::from(tenth)
+}
+
+type KnownSpelling = (u32, &'static http::HeaderName, String);
+
+/// Each known name by its spelling key, with its canonical spelling.
+static KNOWN_BY_KEY: std::sync::LazyLock<Vec<KnownSpelling>> = std::sync::LazyLock::new(|| {
     KNOWN_HEADER_NAMES
         .iter()
-        .flat_map(|known| {
-            [
-                (known.as_str().to_owned(), known),
-                (canonical_header_name(known.as_str()), known),
-            ]
+        .map(|known| {
+            let canonical = canonical_header_name(known.as_str());
+            (spelling_key(known.as_str()), known, canonical)
         })
         .collect()
 });
@@ -282,6 +289,17 @@ pub fn canonical_header_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_two_known_names_share_a_spelling_key() {
+        let mut keys: Vec<u32> = KNOWN_HEADER_NAMES
+            .iter()
+            .map(|known| spelling_key(known.as_str()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), KNOWN_HEADER_NAMES.len());
+    }
 
     #[test]
     fn known_names_start_with_the_letters_the_lookup_lets_through() {

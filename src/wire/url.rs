@@ -26,21 +26,8 @@ impl BusUrl {
     }
 
     pub fn from_uri(uri: &Uri) -> Result<BusUrl, WireError> {
-        let invalid = || WireError::InvalidUrl(truncated(&uri.to_string(), 256).to_owned());
-        let default_port = match uri.scheme_str() {
-            Some("https") | None => 443,
-            Some("http") => 80,
-            Some(_) => return Err(invalid()),
-        };
-        let authority = uri.authority().ok_or_else(invalid)?;
-        if authority.as_str().contains('@') {
-            return Err(invalid());
-        }
-        let host = authority.host().to_ascii_lowercase();
-        if !is_valid_hostname(&host) {
-            return Err(WireError::InvalidHostname(host));
-        }
-        let port = authority.port_u16().unwrap_or(default_port);
+        let (host, port) = Self::host_and_port(uri)?;
+        let host = host.to_ascii_lowercase();
         let path = match uri.path() {
             "" => "/".to_owned(),
             p => p.to_owned(),
@@ -51,6 +38,31 @@ impl BusUrl {
             path,
             query: uri.query().map(str::to_owned),
         })
+    }
+
+    /// The port of the bus URL `uri` would parse to, without copying its parts.
+    pub fn port_of(uri: &Uri) -> Result<u16, WireError> {
+        Self::host_and_port(uri).map(|(_, port)| port)
+    }
+
+    /// The validated host (in its own case) and port, the default filled in.
+    fn host_and_port(uri: &Uri) -> Result<(&str, u16), WireError> {
+        let invalid = || WireError::InvalidUrl(truncated(&uri.to_string(), 256).to_owned());
+        let default_port = match uri.scheme_str() {
+            Some("https") | None => 443,
+            Some("http") => 80,
+            Some(_) => return Err(invalid()),
+        };
+        let authority = uri.authority().ok_or_else(invalid)?;
+        if authority.as_str().contains('@') {
+            return Err(invalid());
+        }
+        // Valid in any case: the check allows both.
+        let host = authority.host();
+        if !is_valid_hostname(host) {
+            return Err(WireError::InvalidHostname(host.to_ascii_lowercase()));
+        }
+        Ok((host, authority.port_u16().unwrap_or(default_port)))
     }
 
     /// The path with percent-escapes decoded, as the subject codec expects (Go's `URL.Path`).
@@ -116,6 +128,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
+        for bad in ["ftp://a.b/", "https://u@a.b/", "https://a..b/", "/x"] {
+            let uri: Uri = bad.parse().unwrap();
+            assert_eq!(
+                BusUrl::port_of(&uri),
+                BusUrl::from_uri(&uri).map(|u| u.port),
+                "{bad}"
+            );
+            assert!(BusUrl::port_of(&uri).is_err(), "{bad}");
+        }
         for bad in [
             "ftp://a.b/",
             "https://a*b/",
@@ -145,6 +166,7 @@ mod tests {
             let url = BusUrl::from_uri(&uri).unwrap();
             let same = url.to_uri().to_string() == uri.to_string();
             assert_eq!(url.is_written_as(&uri), same, "{text}");
+            assert_eq!(BusUrl::port_of(&uri), Ok(url.port), "{text}");
         }
     }
 }
