@@ -19,6 +19,7 @@ use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, Span, SpanKind, Status};
 use crate::transport::{Refused, Subscription, TransportError, TransportErrorKind};
+use crate::wire::codec::Reply;
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
@@ -500,12 +501,28 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             _ = inner.stop_inbox.cancelled() => break,
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
-        let res = match codec::decode_response(msg.payload) {
-            Ok(res) => res,
+        let reply = match codec::decode_reply(msg.payload) {
+            Ok(reply) => reply,
             Err(e) => {
                 tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed response");
                 continue;
             }
+        };
+        let res = match reply {
+            Reply::Ack(ack) => {
+                let (Some(msg_id), Some(from_id)) = (ack.msg_id, ack.from_id) else {
+                    tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
+                    continue;
+                };
+                let delivery = Delivery::Ack {
+                    proceed: ack.status == StatusCode::CONTINUE,
+                    from_id,
+                    queue: ack.queue,
+                };
+                deliver(&inner, &msg_id, delivery);
+                continue;
+            }
+            Reply::Response(res) => res,
         };
         let f = Frame(res.headers());
         let (Some(msg_id), Some(from_id)) = (f.msg_id(), f.from_id()) else {
@@ -514,53 +531,51 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
         };
         let (msg_id, from_id) = (msg_id.to_owned(), from_id.to_owned());
         let queue = f.queue().map(str::to_owned);
-        let delivery = match f.op_code() {
-            Some(OpCode::Ack) => Delivery::Ack {
-                proceed: res.status() == StatusCode::CONTINUE,
+        let delivery = match f.fragment().filter(|fr| fr.total > 1) {
+            None => Delivery::Response {
                 from_id,
                 queue,
+                res,
             },
-            _ => match f.fragment().filter(|fr| fr.total > 1) {
-                None => Delivery::Response {
-                    from_id,
-                    queue,
-                    res,
-                },
-                Some(fr) => {
-                    let key = format!("{from_id}|{msg_id}");
-                    match inner.response_defrag.add(key, fr, res) {
-                        DefragOutcome::Complete(res) => Delivery::Response {
-                            from_id,
-                            queue,
-                            res,
-                        },
-                        DefragOutcome::Pending => continue,
-                        DefragOutcome::Orphan | DefragOutcome::Rejected(_) => {
-                            tracing::warn!(host = %inner.hostname, %msg_id, "dropping response fragment");
-                            continue;
-                        }
+            Some(fr) => {
+                let key = format!("{from_id}|{msg_id}");
+                match inner.response_defrag.add(key, fr, res) {
+                    DefragOutcome::Complete(res) => Delivery::Response {
+                        from_id,
+                        queue,
+                        res,
+                    },
+                    DefragOutcome::Pending => continue,
+                    DefragOutcome::Orphan | DefragOutcome::Rejected(_) => {
+                        tracing::warn!(host = %inner.hostname, %msg_id, "dropping response fragment");
+                        continue;
                     }
                 }
-            },
-        };
-        let waiter = inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .get(&msg_id)
-            .cloned();
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(delivery);
             }
-            None => {
-                if matches!(delivery, Delivery::Response { .. }) {
-                    inner.known_responders.late_response(&msg_id);
-                    inner.metrics.count_late_response();
-                    tracing::debug!(host = %inner.hostname, %msg_id, "Response received after timeout");
-                }
+        };
+        deliver(&inner, &msg_id, delivery);
+    }
+    sub.drain().await;
+}
+
+/// Hand a reply to the call waiting for `msg_id`; a response nobody waits for is a late one.
+fn deliver(inner: &Inner, msg_id: &str, delivery: Delivery) {
+    let waiter = inner
+        .pending
+        .lock()
+        .expect("pending lock")
+        .get(msg_id)
+        .cloned();
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(delivery);
+        }
+        None => {
+            if matches!(delivery, Delivery::Response { .. }) {
+                inner.known_responders.late_response(msg_id);
+                inner.metrics.count_late_response();
+                tracing::debug!(host = %inner.hostname, %msg_id, "Response received after timeout");
             }
         }
     }
-    sub.drain().await;
 }
