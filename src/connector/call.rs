@@ -19,8 +19,8 @@ use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, Span, SpanKind, Status};
 use crate::transport::{Refused, Subscription, TransportError, TransportErrorKind};
-use crate::wire::codec::Reply;
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
+use crate::wire::reply::{decode_reply, Reply};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
 
@@ -501,7 +501,7 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             _ = inner.stop_inbox.cancelled() => break,
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
-        let reply = match codec::decode_reply(msg.payload) {
+        let reply = match decode_reply(msg.payload) {
             Ok(reply) => reply,
             Err(e) => {
                 tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed response");

@@ -189,85 +189,13 @@ pub fn decode_response(payload: Bytes) -> Result<Response<Bytes>, WireError> {
     response_from_head(&payload, &parsed, status, head_len)
 }
 
-/// What arrives in a response inbox: an ack, of which only the status and the frame are read,
-/// or a response.
-#[derive(Debug)]
-pub enum Reply {
-    Ack(AckFrame),
-    Response(Response<Bytes>),
-}
-
-/// An ack's status and the frame headers its caller reads (each the first value, when it is
-/// text, as [`super::Frame`] reads them).
-#[derive(Debug, PartialEq, Eq)]
-pub struct AckFrame {
-    pub status: StatusCode,
-    pub msg_id: Option<String>,
-    pub from_id: Option<String>,
-    pub queue: Option<String>,
-}
-
-/// Decode a message of a response inbox. An ack (`Microbus-Op-Code: Ack`) is read from the
-/// parsed head without building a header map (one of every call's two replies); it is refused
-/// exactly when [`decode_response`] would refuse it.
-pub fn decode_reply(payload: Bytes) -> Result<Reply, WireError> {
-    let mut slots = header_slots();
-    let mut parsed = httparse::Response::new(&mut []);
-    let (status, head_len) = parse_response_head(&payload, &mut parsed, &mut slots)?;
-    let first = |name: &HeaderName| {
-        parsed
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
-            .map(|h| h.value)
-    };
-    if first(&frame::names::OP_CODE).and_then(header_text) != Some(frame::OpCode::Ack.as_str()) {
-        return response_from_head(&payload, &parsed, status, head_len).map(Reply::Response);
-    }
-    // What building the map would have refused: names beyond `HeaderName`'s limit, framing.
-    if let Some(h) = parsed
-        .headers
-        .iter()
-        .find(|h| h.name.len() > MAX_HEADER_NAME_LEN)
-    {
-        return Err(WireError::InvalidHeader(h.name.to_owned()));
-    }
-    let mut framing = Framing::default();
-    for h in parsed.headers.iter() {
-        framing.take(h);
-    }
-    if !has_no_body(status) {
-        read_body(&payload, head_len, &framing, BodyWithoutLength::ToEnd)?;
-    }
-    let text = |name: &HeaderName| first(name).and_then(header_text).map(str::to_owned);
-    let non_empty = |name: &HeaderName| text(name).filter(|v| !v.is_empty());
-    Ok(Reply::Ack(AckFrame {
-        status,
-        msg_id: non_empty(&frame::names::MSG_ID),
-        from_id: non_empty(&frame::names::FROM_ID),
-        queue: text(&frame::names::QUEUE),
-    }))
-}
-
-/// Longest header name `HeaderName` takes.
-const MAX_HEADER_NAME_LEN: usize = (1 << 16) - 1;
-
-/// A header value as text, as `HeaderValue::to_str` reads it: visible ASCII and tabs only.
-fn header_text(value: &[u8]) -> Option<&str> {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-        .then(|| std::str::from_utf8(value).ok())
-        .flatten()
-}
-
-fn has_no_body(status: StatusCode) -> bool {
+pub(super) fn has_no_body(status: StatusCode) -> bool {
     status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
 }
 
-fn parse_response_head<'h, 'b>(
+pub(super) fn parse_response_head<'h, 'b>(
     payload: &'b [u8],
     parsed: &mut httparse::Response<'h, 'b>,
     slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
@@ -285,7 +213,7 @@ fn parse_response_head<'h, 'b>(
     Ok((status, head_len))
 }
 
-fn response_from_head(
+pub(super) fn response_from_head(
     payload: &Bytes,
     parsed: &httparse::Response<'_, '_>,
     status: StatusCode,
@@ -325,7 +253,7 @@ pub fn decode_request_headers(payload: &[u8]) -> Result<HeaderMap, WireError> {
 
 /// Room for [`MAX_HEADERS`] parsed headers, uninitialised: initialising them wrote 8 KiB for
 /// every message decoded, three times per call.
-fn header_slots<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+pub(super) fn header_slots<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
     [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
@@ -341,7 +269,7 @@ fn malformed(e: httparse::Error) -> WireError {
 /// The framing headers of a received message, read from the parsed head: the decoded message
 /// carries its own exact `Content-Length` and no `Transfer-Encoding`, so they never enter its
 /// map (putting them in, looking them up and removing them again hashed each several times).
-struct Framing<'a> {
+pub(super) struct Framing<'a> {
     /// The `Content-Length` values agreed on, or the first fault among them in order.
     content_length: Result<Option<usize>, WireError>,
     /// The first `Transfer-Encoding`, as `HeaderMap::get` would have returned it.
@@ -359,7 +287,7 @@ impl Default for Framing<'_> {
 
 impl<'a> Framing<'a> {
     /// Take `h` if it is a framing header.
-    fn take(&mut self, h: &httparse::Header<'a>) -> bool {
+    pub(super) fn take(&mut self, h: &httparse::Header<'a>) -> bool {
         if h.name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str()) {
             if let Ok(found) = self.content_length {
                 let n = std::str::from_utf8(h.value)
@@ -433,14 +361,14 @@ fn absolute_uri(target: &str, headers: &HeaderMap) -> Result<Uri, WireError> {
 }
 
 #[derive(Clone, Copy)]
-enum BodyWithoutLength {
+pub(super) enum BodyWithoutLength {
     /// Requests without framing headers have no body.
     Empty,
     /// Responses without framing headers run to the end of the payload.
     ToEnd,
 }
 
-fn read_body(
+pub(super) fn read_body(
     payload: &Bytes,
     head_len: usize,
     framing: &Framing<'_>,
@@ -508,7 +436,7 @@ fn put_length(headers: &mut HeaderMap, len: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Bytes> {
@@ -533,7 +461,7 @@ Microbus-Time-Budget: 19750\r\n\
 \r\n\
 Hello";
 
-    const GOLDEN_ACK: &str = "HTTP/1.1 202 Accepted\r\n\
+    pub(crate) const GOLDEN_ACK: &str = "HTTP/1.1 202 Accepted\r\n\
 Connection: close\r\n\
 Microbus-From-Host: beta.example\r\n\
 Microbus-From-Id: rouq0u0mf4\r\n\
@@ -543,7 +471,7 @@ Microbus-Op-Code: Ack\r\n\
 Microbus-Queue: beta.example\r\n\
 \r\n";
 
-    const GOLDEN_RESPONSE: &str = "HTTP/1.1 200 OK\r\n\
+    pub(crate) const GOLDEN_RESPONSE: &str = "HTTP/1.1 200 OK\r\n\
 Content-Length: 5\r\n\
 Content-Type: text/plain\r\n\
 Microbus-From-Host: beta.example\r\n\
@@ -747,60 +675,6 @@ X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
             for b in names {
                 let by_key = sort_key(a).cmp(&sort_key(b)).then_with(|| a.cmp(b));
                 assert_eq!(by_key, a.cmp(b), "{a:?} vs {b:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn replies_read_acks_as_the_full_decoder_and_frame_would() {
-        use frame::Frame;
-        let ack =
-            |extra: &str| format!("HTTP/1.1 202 Accepted\r\nConnection: close\r\n{extra}\r\n");
-        let cases = [
-            GOLDEN_ACK.to_owned(),
-            GOLDEN_RESPONSE.to_owned(),
-            ack("microbus-op-code: Ack\r\nmicrobus-msg-id: m1\r\nMICROBUS-FROM-ID: f1\r\n"),
-            ack("Microbus-Op-Code: ack\r\nMicrobus-Msg-Id: m1\r\nMicrobus-From-Id: f1\r\n"),
-            ack("Microbus-Op-Code: Res\r\nMicrobus-Op-Code: Ack\r\nMicrobus-Msg-Id: m1\r\n"),
-            ack("Microbus-Op-Code: Ack\r\nMicrobus-Msg-Id: \r\nMicrobus-From-Id: f1\r\n"),
-            ack("Microbus-Op-Code: Ack\r\nMicrobus-Msg-Id: a\r\nMicrobus-Msg-Id: b\r\n"),
-            ack("Microbus-Op-Code: Ack\r\nMicrobus-Msg-Id: naïve\r\nMicrobus-Queue: \r\n"),
-            ack("Microbus-Op-Code: Ack\r\nContent-Length: 1\r\nContent-Length: 2\r\n"),
-            ack("Microbus-Op-Code: Ack\r\nContent-Length: x\r\n"),
-            ack("Microbus-Op-Code: Ack\r\nTransfer-Encoding: gzip\r\n"),
-            ack("Microbus-Op-Code: Ack\r\nContent-Length: 9\r\n"),
-            "HTTP/1.1 100 Continue\r\nMicrobus-Op-Code: Ack\r\nContent-Length: x\r\n\r\n"
-                .to_owned(),
-            "HTTP/1.1 100 Continue\r\nMicrobus-Op-Code: Ack\r\nMicrobus-Msg-Id: m\r\n\r\n"
-                .to_owned(),
-            "HTTP/1.1 1000 Odd\r\nMicrobus-Op-Code: Ack\r\n\r\n".to_owned(),
-            "HTTP/1.1 202 Accepted\r\nMicrobus-Op-Code: Ack\r\n".to_owned(),
-            "HTTP/1.1 202 Accepted\r\nBad Name: x\r\nMicrobus-Op-Code: Ack\r\n\r\n".to_owned(),
-        ];
-        for case in cases {
-            let bytes = Bytes::from(case.clone().into_bytes());
-            let full = decode_response(bytes.clone());
-            match (decode_reply(bytes), full) {
-                (Err(a), Err(b)) => assert_eq!(a, b, "{case:?}"),
-                (Ok(Reply::Ack(ack)), Ok(res)) => {
-                    let f = Frame(res.headers());
-                    assert_eq!(f.op_code(), Some(frame::OpCode::Ack), "{case:?}");
-                    let expected = AckFrame {
-                        status: res.status(),
-                        msg_id: f.msg_id().map(str::to_owned),
-                        from_id: f.from_id().map(str::to_owned),
-                        queue: f.queue().map(str::to_owned),
-                    };
-                    assert_eq!(ack, expected, "{case:?}");
-                }
-                (Ok(Reply::Response(a)), Ok(b)) => {
-                    assert_ne!(Frame(b.headers()).op_code(), Some(frame::OpCode::Ack));
-                    assert_eq!(
-                        (a.status(), a.headers(), a.body()),
-                        (b.status(), b.headers(), b.body())
-                    );
-                }
-                (reply, full) => panic!("{case:?}: {reply:?} but {full:?}"),
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod error_body;
 pub mod frame;
 pub mod hostname;
+pub mod reply;
 pub mod subject;
 pub mod url;
 
