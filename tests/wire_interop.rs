@@ -81,7 +81,16 @@ Microbus-Time-Budget: 19750\r\n\r\n5\r\nHello\r\n0\r\n\r\n";
     )
     .await
     .unwrap();
-    let ack = codec::decode_response(next_within(&mut inbox, 2000).await.unwrap().payload).unwrap();
+    let ack = next_within(&mut inbox, 2000).await.unwrap().payload;
+    // Byte for byte the shape of Microbus's hand-written ack (reference §1.6).
+    let expected = format!(
+        "HTTP/1.1 202 Accepted\r\nConnection: close\r\nMicrobus-From-Host: beta.example\r\n\
+Microbus-From-Id: {}\r\nMicrobus-Msg-Id: 3t0gkasY\r\nMicrobus-Op-Code: Ack\r\n\
+Microbus-Queue: beta.example\r\n\r\n",
+        svc.id()
+    );
+    assert_eq!(String::from_utf8_lossy(&ack), expected);
+    let ack = codec::decode_response(ack).unwrap();
     assert_eq!(ack.status(), StatusCode::ACCEPTED);
     let f = Frame(ack.headers());
     assert_eq!(f.op_code(), Some(OpCode::Ack));

@@ -407,12 +407,37 @@ fn put_reply_headers(h: &mut HeaderMap, inner: &Inner, reply: &ReplyTo, op: OpCo
 }
 
 async fn publish_ack(inner: &Inner, reply: &ReplyTo, status: StatusCode) {
-    let mut headers = HeaderMap::with_capacity(8);
-    put_reply_headers(&mut headers, inner, reply, OpCode::Ack);
-    let payload = codec::encode_ack(status, &headers);
+    let payload = ack_payload(inner, reply, status);
     if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
         tracing::warn!(host = %inner.hostname, error = %e, "cannot publish ack");
     }
+}
+
+/// The ack: the frame [`put_reply_headers`] gives an `Ack`, in the encoder's order, written
+/// without a header map.
+fn ack_payload(inner: &Inner, reply: &ReplyTo, status: StatusCode) -> Bytes {
+    let own = &inner.own_frame;
+    let frame = [
+        ("Microbus-From-Host", header_bytes(&own.from_host)),
+        ("Microbus-From-Id", header_bytes(&own.from_id)),
+        ("Microbus-Locality", header_bytes(&own.locality)),
+        ("Microbus-Msg-Id", Some(reply.msg_id.as_bytes())),
+        ("Microbus-Op-Code", Some(OpCode::Ack.as_str().as_bytes())),
+        ("Microbus-Queue", Some(reply.queue.as_bytes())),
+    ];
+    let mut present: [(&str, &[u8]); 6] = [("", &[]); 6];
+    let mut n = 0;
+    for (name, v) in frame {
+        if let Some(v) = v {
+            present[n] = (name, v);
+            n += 1;
+        }
+    }
+    codec::encode_ack_frame(status, &present[..n])
+}
+
+fn header_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
+    value.as_ref().map(HeaderValue::as_bytes)
 }
 
 async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>, Error>) {

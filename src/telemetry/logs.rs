@@ -66,14 +66,22 @@ impl<'a> MakeVisitor<Writer<'a>> for TextFields {
             writer,
             is_empty: true,
             result: Ok(()),
+            pending: [0; PENDING_CAPACITY],
+            pending_len: 0,
         }
     }
 }
+
+/// Bytes of plain fields gathered before one write: a span's fields go into a `String` of the
+/// fmt layer's that starts empty, and writing them piece by piece grew it five times a span.
+const PENDING_CAPACITY: usize = 256;
 
 struct TextVisitor<'a> {
     writer: Writer<'a>,
     is_empty: bool,
     result: std::fmt::Result,
+    pending: [u8; PENDING_CAPACITY],
+    pending_len: usize,
 }
 
 /// `Some(has a space)` when `Debug` would write `value` as `"value"` without any escape; one
@@ -95,12 +103,38 @@ impl TextVisitor<'_> {
         if std::mem::take(&mut self.is_empty) {
             Ok(())
         } else {
-            self.writer.write_str(" ")
+            self.put(" ")
         }
+    }
+
+    /// `text` gathered for the next write (or written at once when it does not fit).
+    fn put(&mut self, text: &str) -> std::fmt::Result {
+        let end = self.pending_len + text.len();
+        if end <= PENDING_CAPACITY {
+            self.pending[self.pending_len..end].copy_from_slice(text.as_bytes());
+            self.pending_len = end;
+            return Ok(());
+        }
+        self.flush()?;
+        self.writer.write_str(text)
+    }
+
+    fn flush(&mut self) -> std::fmt::Result {
+        let gathered = &self.pending[..std::mem::take(&mut self.pending_len)];
+        // Whole `str`s were put: valid UTF-8.
+        let text = std::str::from_utf8(gathered).map_err(|_| std::fmt::Error)?;
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.writer.write_str(text)
     }
 
     /// Anything but a plain string: the default visitor, one field at a time.
     fn by_default(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if let Err(e) = self.flush() {
+            self.result = Err(e);
+            return;
+        }
         let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
         record(&mut visitor);
         self.result = visitor.finish();
@@ -126,14 +160,14 @@ impl Visit for TextVisitor<'_> {
         let bare = !has_space && !value.is_empty() && LOG_SPAN_FIELDS.contains(&name);
         self.result = (|| {
             self.pad()?;
-            self.writer.write_str(name)?;
+            self.put(name)?;
             if bare {
-                self.writer.write_str("=")?;
-                self.writer.write_str(value)
+                self.put("=")?;
+                self.put(value)
             } else {
-                self.writer.write_str("=\"")?;
-                self.writer.write_str(value)?;
-                self.writer.write_str("\"")
+                self.put("=\"")?;
+                self.put(value)?;
+                self.put("\"")
             }
         })();
     }
@@ -152,13 +186,18 @@ impl Visit for TextVisitor<'_> {
 }
 
 impl VisitOutput<std::fmt::Result> for TextVisitor<'_> {
-    fn finish(self) -> std::fmt::Result {
-        self.result
+    fn finish(mut self) -> std::fmt::Result {
+        self.result?;
+        self.flush()
     }
 }
 
 impl VisitFmt for TextVisitor<'_> {
     fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        // Whatever is written there comes after what was gathered.
+        if let Err(e) = self.flush() {
+            self.result = Err(e);
+        }
         &mut self.writer
     }
 }
@@ -296,11 +335,16 @@ mod tests {
     #[test]
     fn text_fields_write_what_the_default_writes() {
         let error = std::io::Error::other("disk \"full\"");
+        // Longer than the visitor gathers before a write, alone and after other fields.
+        let long = "l".repeat(PENDING_CAPACITY + 44);
         let emit = || {
             let span =
                 tracing::error_span!("bus", host = "calc.example", id = "a1b2", trace_id = "00ff");
             let _entered = span.enter();
+            let wide = tracing::error_span!("wide", a = long.as_str(), b = long.as_str());
+            let _wide = wide.enter();
             for value in [
+                long.as_str(),
                 "plain",
                 "with space",
                 "quote\"d",
@@ -327,6 +371,7 @@ mod tests {
             "bus{host=calc.example id=a1b2 trace_id=00ff}",
         );
         let theirs = theirs.replace(r#"host="plain""#, "host=plain");
+        let theirs = theirs.replace(&format!("host=\"{long}\""), &format!("host={long}"));
         assert_eq!(ours, theirs);
         assert!(
             ours.contains("bus{host=calc.example id=a1b2 trace_id=00ff}"),

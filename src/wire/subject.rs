@@ -56,11 +56,16 @@ pub fn request_subject(
     subject.push('.');
     push_reverse_host(&mut subject, host);
     subject.push_str(".|.");
-    let start = subject.len();
-    subject.push_str(method);
-    subject[start..].make_ascii_uppercase();
+    push_in_case(&mut subject, method, str::make_ascii_uppercase);
     push_path_tokens(&mut subject, path, false);
     check_length(subject)
+}
+
+/// `text` appended to `out` and brought to a case there (no `String` of its own).
+fn push_in_case(out: &mut String, text: &str, to_case: fn(&mut str)) {
+    let start = out.len();
+    out.push_str(text);
+    to_case(&mut out[start..]);
 }
 
 /// `host`'s labels in reverse order, lower-cased, appended to `out`: `www.Example.com` →
@@ -73,7 +78,7 @@ fn push_reverse_host(out: &mut String, host: &str) {
         }
         out.push_str(label);
     }
-    out[start..].make_ascii_lowercase();
+    str::make_ascii_lowercase(&mut out[start..]);
 }
 
 /// The subject a subscription for `host:port` with `method` and the path `spec` listens on.
@@ -126,9 +131,7 @@ pub fn response_subject(plane: &str, host: &str, id: &str) -> Result<String, Wir
     subject.push_str(".r.");
     push_reverse_host(&mut subject, host);
     subject.push('.');
-    let start = subject.len();
-    subject.push_str(id);
-    subject[start..].make_ascii_lowercase();
+    push_in_case(&mut subject, id, str::make_ascii_lowercase);
     Ok(subject)
 }
 
