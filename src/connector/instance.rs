@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fnv::FnvBuildHasher;
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use serde::de::DeserializeOwned;
@@ -198,7 +199,7 @@ impl Service {
             deployment: config.deployment,
             bus,
             max_fragment: max_payload - FRAGMENT_HEADROOM,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             request_defrag: Defragmenter::new(),
             response_defrag: Defragmenter::new(),
             known_responders: KnownResponders::default(),
@@ -284,7 +285,9 @@ pub(crate) struct Inner {
     pub bus: Bus,
     pub max_fragment: usize,
     /// Outstanding calls by message id.
-    pub pending: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Delivery>>>,
+    /// FNV: hashed four times a call, and only this connector's own random ids are inserted.
+    pub pending:
+        Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Delivery>, FnvBuildHasher>>,
     pub request_defrag: Defragmenter<Request<Bytes>>,
     pub response_defrag: Defragmenter<Response<Bytes>>,
     pub(crate) known_responders: KnownResponders,

@@ -551,9 +551,12 @@ impl ServiceMetrics {
 }
 
 /// Live instances by id: log lines find their service's counters here.
-fn live() -> &'static Mutex<HashMap<String, Weak<ServiceMetrics>>> {
-    static LIVE: OnceLock<Mutex<HashMap<String, Weak<ServiceMetrics>>>> = OnceLock::new();
-    LIVE.get_or_init(|| Mutex::new(HashMap::new()))
+/// Looked up for every log span; keys are this process's own instance ids.
+type LiveServices = Mutex<HashMap<String, Weak<ServiceMetrics>, FnvBuildHasher>>;
+
+fn live() -> &'static LiveServices {
+    static LIVE: OnceLock<LiveServices> = OnceLock::new();
+    LIVE.get_or_init(|| Mutex::new(HashMap::default()))
 }
 
 /// The registry of the process itself: process metrics and log lines outside any service.

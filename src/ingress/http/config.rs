@@ -3,6 +3,8 @@
 //! validated at start with the name of the bad setting.
 
 use std::collections::{HashMap, HashSet};
+
+use fnv::FnvBuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -282,11 +284,13 @@ pub type PortRule = ((Option<u16>, Option<u16>), Option<u16>);
 /// `x:y->z` rules: external port x, requested internal port y, forced internal port z; `None`
 /// stands for `*`. Kept as numbers so that mapping a request builds no string.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PortMappings(HashMap<(Option<u16>, Option<u16>), Option<u16>>);
+/// Looked up four times a request: FNV, as the keys are the operator's own ports (no table a
+/// client can grow, so SipHash's flooding resistance buys nothing).
+pub struct PortMappings(HashMap<(Option<u16>, Option<u16>), Option<u16>, FnvBuildHasher>);
 
 impl PortMappings {
     pub fn parse(value: &str) -> Result<PortMappings, String> {
-        let mut rules = HashMap::new();
+        let mut rules = HashMap::default();
         for rule in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             let bad = || format!("expected x:y->z, e.g. 443:*->443 (not '{rule}')");
             let (from, to) = rule.split_once("->").ok_or_else(bad)?;
@@ -354,9 +358,10 @@ impl AllowedOrigins {
 
 /// Exact paths and `*.ext` extensions that get a 404.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Looked up for every request; FNV, as the sets are configuration that clients cannot grow.
 pub struct BlockedPaths {
-    exact: HashSet<String>,
-    extensions: HashSet<String>,
+    exact: HashSet<String, FnvBuildHasher>,
+    extensions: HashSet<String, FnvBuildHasher>,
 }
 
 impl BlockedPaths {
