@@ -262,10 +262,6 @@ impl OwnFrame {
             );
         }
     }
-
-    pub fn put_locality(&self, headers: &mut HeaderMap) {
-        put(headers, wire::frame::names::LOCALITY, &self.locality);
-    }
 }
 
 fn put(headers: &mut HeaderMap, name: HeaderName, value: &Option<HeaderValue>) {

@@ -397,43 +397,55 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
     Error::panic(format!("handler panicked: {msg}"))
 }
 
-/// The frame of a reply, put straight into its headers (no map of its own to merge).
-fn put_reply_headers(h: &mut HeaderMap, inner: &Inner, reply: &ReplyTo, op: OpCode) {
-    frame::set(h, frame::names::MSG_ID, &reply.msg_id);
-    inner.own_frame.put_sender(h, op != OpCode::Ack);
-    frame::set(h, frame::names::QUEUE, &reply.queue);
-    frame::set_static(h, frame::names::OP_CODE, op.as_str());
-    inner.own_frame.put_locality(h);
+/// A reply's frame as (lower-case name, value) pairs in the encoder's order, written into the
+/// payload without entering a header map: `From-Host`, `-Id`, `-Version` (not on acks),
+/// `Locality` when there is one, `Msg-Id`, `Op-Code`, `Queue`.
+struct ReplyFrame<'a> {
+    pairs: [(&'static str, &'a [u8]); 7],
+    len: usize,
+}
+
+impl<'a> ReplyFrame<'a> {
+    fn new(inner: &'a Inner, reply: &'a ReplyTo, op: OpCode) -> ReplyFrame<'a> {
+        let own = &inner.own_frame;
+        let version = if op == OpCode::Ack {
+            None
+        } else {
+            header_bytes(&own.from_version)
+        };
+        let all = [
+            (frame::FROM_HOST, header_bytes(&own.from_host)),
+            (frame::FROM_ID, header_bytes(&own.from_id)),
+            (frame::FROM_VERSION, version),
+            (frame::LOCALITY, header_bytes(&own.locality)),
+            (frame::MSG_ID, Some(reply.msg_id.as_bytes())),
+            (frame::OP_CODE, Some(op.as_str().as_bytes())),
+            (frame::QUEUE, Some(reply.queue.as_bytes())),
+        ];
+        let mut out = ReplyFrame {
+            pairs: [("", &[]); 7],
+            len: 0,
+        };
+        for (name, value) in all {
+            if let Some(value) = value {
+                out.pairs[out.len] = (name, value);
+                out.len += 1;
+            }
+        }
+        out
+    }
+
+    fn pairs(&self) -> &[(&'static str, &'a [u8])] {
+        &self.pairs[..self.len]
+    }
 }
 
 async fn publish_ack(inner: &Inner, reply: &ReplyTo, status: StatusCode) {
-    let payload = ack_payload(inner, reply, status);
+    let payload =
+        codec::encode_ack_frame(status, ReplyFrame::new(inner, reply, OpCode::Ack).pairs());
     if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
         tracing::warn!(host = %inner.hostname, error = %e, "cannot publish ack");
     }
-}
-
-/// The ack: the frame [`put_reply_headers`] gives an `Ack`, in the encoder's order, written
-/// without a header map.
-fn ack_payload(inner: &Inner, reply: &ReplyTo, status: StatusCode) -> Bytes {
-    let own = &inner.own_frame;
-    let frame = [
-        ("Microbus-From-Host", header_bytes(&own.from_host)),
-        ("Microbus-From-Id", header_bytes(&own.from_id)),
-        ("Microbus-Locality", header_bytes(&own.locality)),
-        ("Microbus-Msg-Id", Some(reply.msg_id.as_bytes())),
-        ("Microbus-Op-Code", Some(OpCode::Ack.as_str().as_bytes())),
-        ("Microbus-Queue", Some(reply.queue.as_bytes())),
-    ];
-    let mut present: [(&str, &[u8]); 6] = [("", &[]); 6];
-    let mut n = 0;
-    for (name, v) in frame {
-        if let Some(v) = v {
-            present[n] = (name, v);
-            n += 1;
-        }
-    }
-    codec::encode_ack_frame(status, &present[..n])
 }
 
 fn header_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
@@ -441,21 +453,20 @@ fn header_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
 }
 
 async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>, Error>) {
-    let mut res = match result {
+    let (mut res, op) = match result {
         Ok(mut res) => {
             strip_frame_headers(res.headers_mut());
-            put_reply_headers(res.headers_mut(), inner, reply, OpCode::Res);
-            res
+            (res, OpCode::Res)
         }
         Err(e) => {
             let mut res = Response::new(Bytes::from(e.to_body().to_json()));
             *res.status_mut() = e.status();
-            put_reply_headers(res.headers_mut(), inner, reply, OpCode::Err);
             res.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            res
+            (res, OpCode::Err)
         }
     };
+    let own = ReplyFrame::new(inner, reply, op);
     let parts = split_body(res.body(), inner.max_fragment);
     let total = parts.len();
     for (i, part) in parts.into_iter().enumerate() {
@@ -467,7 +478,7 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
             frame::set(res.headers_mut(), frame::names::FRAGMENT, &fr.render());
         }
         *res.body_mut() = part;
-        let payload = codec::encode_response(&res);
+        let payload = codec::encode_response_with_frame(&res, own.pairs());
         if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
             tracing::warn!(host = %inner.hostname, error = %e, "cannot publish response");
             return;

@@ -49,6 +49,7 @@ pub fn encode_request(req: &Request<Bytes>) -> Result<Bytes, WireError> {
         &mut out,
         req.headers(),
         &[HOST, CONTENT_LENGTH, TRANSFER_ENCODING],
+        &[],
     );
     out.put_slice(b"\r\n");
     out.put_slice(body);
@@ -57,14 +58,23 @@ pub fn encode_request(req: &Request<Bytes>) -> Result<Bytes, WireError> {
 
 /// Encode a response: status line, `Content-Length`, headers sorted by name, body.
 pub fn encode_response(res: &Response<Bytes>) -> Bytes {
+    encode_response_with_frame(res, &[])
+}
+
+/// Encode a response with `frame`'s (lower-case name, value) pairs written among its headers,
+/// each in its sorted place: a reply's frame never has to enter the response's map.
+pub fn encode_response_with_frame(res: &Response<Bytes>, frame: &[(&str, &[u8])]) -> Bytes {
     let body = res.body();
-    let mut out = BytesMut::with_capacity(128 + body.len() + header_bytes(res.headers()));
+    let frame_bytes: usize = frame.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let head = header_bytes(res.headers()) + frame_bytes;
+    let mut out = BytesMut::with_capacity(128 + body.len() + head);
     write_status_line(&mut out, res.status());
     put_content_length(&mut out, body.len());
     write_sorted_headers(
         &mut out,
         res.headers(),
         &[CONTENT_LENGTH, TRANSFER_ENCODING],
+        frame,
     );
     out.put_slice(b"\r\n");
     out.put_slice(body);
@@ -76,12 +86,12 @@ pub fn encode_ack(status: StatusCode, headers: &HeaderMap) -> Bytes {
     let mut out = BytesMut::with_capacity(64 + header_bytes(headers));
     write_status_line(&mut out, status);
     out.put_slice(b"Connection: close\r\n");
-    write_sorted_headers(&mut out, headers, &[CONTENT_LENGTH, TRANSFER_ENCODING]);
+    write_sorted_headers(&mut out, headers, &[CONTENT_LENGTH, TRANSFER_ENCODING], &[]);
     out.put_slice(b"\r\n");
     out.freeze()
 }
 
-/// Encode an ack from its frame, given as (canonical name, value) pairs in sorted order, as
+/// Encode an ack from its frame, given as (lower-case name, value) pairs in sorted order, as
 /// [`encode_ack`] would write the same headers: straight into the payload, with no map to
 /// fill and sort (one ack per call). A value a header could not carry is left out, as
 /// `frame::set` leaves it out of a map.
@@ -92,12 +102,8 @@ pub fn encode_ack_frame(status: StatusCode, frame: &[(&str, &[u8])]) -> Bytes {
     write_status_line(&mut out, status);
     out.put_slice(b"Connection: close\r\n");
     for (name, value) in frame {
-        // `HeaderValue::from_bytes`'s rule, without making (and allocating) the value.
-        if value
-            .iter()
-            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-        {
-            out.put_slice(name.as_bytes());
+        if is_header_value(value) {
+            put_canonical_name(&mut out, name);
             out.put_slice(b": ");
             out.put_slice(value);
             out.put_slice(b"\r\n");
@@ -105,6 +111,13 @@ pub fn encode_ack_frame(status: StatusCode, frame: &[(&str, &[u8])]) -> Bytes {
     }
     out.put_slice(b"\r\n");
     out.freeze()
+}
+
+/// `HeaderValue::from_bytes`'s rule, without making (and allocating) the value.
+fn is_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 fn write_status_line(out: &mut BytesMut, status: StatusCode) {
@@ -152,18 +165,28 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 /// Each name is keyed by its first 16 bytes read big-endian (zero-padded), so that most
 /// comparisons are one integer comparison instead of a `memcmp` call: same order, as a tie on
 /// the key falls back to the whole names.
-fn write_sorted_headers(out: &mut BytesMut, headers: &HeaderMap, skip: &[HeaderName]) {
-    let mut pairs: Vec<(u128, &str, &HeaderValue)> = Vec::with_capacity(headers.len());
+/// `frame`'s (lower-case name, value) pairs are sorted in with the map's, after any of the
+/// map's with the same name; a value a header could not carry is left out.
+fn write_sorted_headers(
+    out: &mut BytesMut,
+    headers: &HeaderMap,
+    skip: &[HeaderName],
+    frame: &[(&str, &[u8])],
+) {
+    let mut pairs: Vec<(u128, &str, &[u8])> = Vec::with_capacity(headers.len() + frame.len());
     for (name, value) in headers.iter() {
         if !skip.contains(name) {
-            pairs.push((sort_key(name.as_str()), name.as_str(), value));
+            pairs.push((sort_key(name.as_str()), name.as_str(), value.as_bytes()));
         }
+    }
+    for &(name, value) in frame.iter().filter(|(_, v)| is_header_value(v)) {
+        pairs.push((sort_key(name), name, value));
     }
     pairs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
     for (_, name, value) in pairs {
         put_canonical_name(out, name);
         out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
+        out.put_slice(value);
         out.put_slice(b"\r\n");
     }
 }
@@ -708,12 +731,12 @@ X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
     #[test]
     fn ack_frames_encode_as_the_map_would() {
         let frame: [(&str, &[u8]); 6] = [
-            ("Microbus-From-Host", b"beta.example"),
-            ("Microbus-From-Id", b"rouq0u0mf4"),
-            ("Microbus-Locality", b"1.b.west.us"),
-            ("Microbus-Msg-Id", b"3t0gkasY"),
-            ("Microbus-Op-Code", b"Ack"),
-            ("Microbus-Queue", b"beta.example"),
+            ("microbus-from-host", b"beta.example"),
+            ("microbus-from-id", b"rouq0u0mf4"),
+            ("microbus-locality", b"1.b.west.us"),
+            ("microbus-msg-id", b"3t0gkasY"),
+            ("microbus-op-code", b"Ack"),
+            ("microbus-queue", b"beta.example"),
         ];
         let direct = encode_ack_frame(StatusCode::ACCEPTED, &frame);
         assert_eq!(direct, GOLDEN_ACK.as_bytes());
@@ -725,19 +748,52 @@ X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
         assert_eq!(encode_ack(StatusCode::ACCEPTED, &map), direct);
         // The byte rule is `HeaderValue`'s, for every byte (38 bytes: the ack without headers).
         for b in 0..=255u8 {
-            let one: [(&str, &[u8]); 1] = [("X", &[b])];
+            let one: [(&str, &[u8]); 1] = [("x", &[b])];
             let written = encode_ack_frame(StatusCode::OK, &one).len() > 38;
             assert_eq!(written, HeaderValue::from_bytes(&[b]).is_ok(), "{b:#x}");
         }
         // A value no header could carry is left out, as `frame::set` leaves it out of a map.
         let bad: [(&str, &[u8]); 2] = [
-            ("Microbus-Msg-Id", b"a\r\nX: y"),
-            ("Microbus-Op-Code", b"Ack"),
+            ("microbus-msg-id", b"a\r\nX: y"),
+            ("microbus-op-code", b"Ack"),
         ];
         assert_eq!(
             encode_ack_frame(StatusCode::CONTINUE, &bad),
             "HTTP/1.1 100 Continue\r\nConnection: close\r\nMicrobus-Op-Code: Ack\r\n\r\n"
                 .as_bytes()
         );
+    }
+
+    #[test]
+    fn a_frame_beside_the_map_encodes_as_the_frame_in_the_map() {
+        let res = || {
+            let mut res = Response::new(Bytes::from_static(b"Hello"));
+            let h = res.headers_mut();
+            h.insert("content-type", HeaderValue::from_static("text/plain"));
+            h.append("x-multi", HeaderValue::from_static("1"));
+            h.append("x-multi", HeaderValue::from_static("2"));
+            h.insert("microbus-baggage-a", HeaderValue::from_static("b"));
+            res
+        };
+        let frame: [(&str, &[u8]); 6] = [
+            ("microbus-from-host", b"beta.example"),
+            ("microbus-from-id", b"rouq0u0mf4"),
+            ("microbus-from-version", b"3"),
+            ("microbus-msg-id", b"3t0gkasY"),
+            ("microbus-op-code", b"Res"),
+            ("microbus-queue", b"beta.example"),
+        ];
+        let mut in_map = res();
+        in_map.headers_mut().extend(frame.map(|(n, v)| {
+            (
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            )
+        }));
+        let direct = encode_response_with_frame(&res(), &frame);
+        assert_eq!(direct, encode_response(&in_map));
+        let bad: [(&str, &[u8]); 1] = [("microbus-msg-id", b"a\nb")];
+        let plain = encode_response(&res());
+        assert_eq!(encode_response_with_frame(&res(), &bad), plain);
     }
 }
