@@ -546,6 +546,21 @@ pub fn duration(value: &str) -> Result<std::time::Duration, String> {
     parse_duration("", value).map_err(|e| e.why)
 }
 
+/// A [`Setting`]'s parser for a Go-style duration of at least `min`.
+pub fn duration_at_least(
+    value: &str,
+    min: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    let d = duration(value)?;
+    if d < min {
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
 /// An integer in `min..=max`.
 pub fn int_in(value: &str, min: u64, max: u64) -> Result<u64, String> {
     value
@@ -609,5 +624,21 @@ mod file_tests {
         assert_eq!(parse_duration("T", "0").unwrap(), Duration::ZERO);
         let e = parse_duration("TimeBudget", "soon").unwrap_err();
         assert_eq!(e.name, "TimeBudget");
+    }
+
+    #[test]
+    fn durations_below_their_minimum_are_refused_with_the_minimum() {
+        use std::time::Duration;
+        let min = Duration::from_millis(100);
+        assert_eq!(duration_at_least("100ms", min), Ok(min));
+        assert_eq!(duration_at_least("2m", min), Ok(Duration::from_secs(120)));
+        for low in ["99ms", "0", "1us"] {
+            assert_eq!(
+                duration_at_least(low, min),
+                Err("must be at least 100ms".to_owned()),
+                "{low}"
+            );
+        }
+        assert!(duration_at_least("soon", min).is_err());
     }
 }

@@ -81,7 +81,6 @@ pub mod names {
     pub const QUEUE: HeaderName = HeaderName::from_static(super::QUEUE);
     pub const FRAGMENT: HeaderName = HeaderName::from_static(super::FRAGMENT);
     pub const LOCALITY: HeaderName = HeaderName::from_static(super::LOCALITY);
-    pub const CLOCK_SHIFT: HeaderName = HeaderName::from_static(super::CLOCK_SHIFT);
 }
 
 /// Typed read access to the frame headers of a message.

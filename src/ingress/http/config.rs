@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{boolean, duration, ConfigError, ConfigFile, PropertyTable, Setting, Sources};
+use crate::config::{
+    boolean, duration, duration_at_least, ConfigError, ConfigFile, PropertyTable, Setting, Sources,
+};
 use crate::connector::DEFAULT_CALL_BUDGET;
 
 /// The ingress's hostname on the bus.
@@ -242,11 +244,7 @@ fn comma_separated<T: std::str::FromStr + Eq + std::hash::Hash>(
 }
 
 fn at_least_1s(v: &str) -> Result<Duration, String> {
-    let d = duration(v)?;
-    if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".to_owned());
-    }
-    Ok(d)
+    duration_at_least(v, Duration::from_secs(1))
 }
 
 /// This component's properties and their variables, in the order they are documented.
@@ -564,5 +562,16 @@ mod tests {
         }
         let err = IngressConfig::resolve(None, none, &[("Bogus".into(), "1".into())]).unwrap_err();
         assert_eq!(err.name, "Bogus");
+    }
+
+    #[test]
+    fn timeouts_below_a_second_are_refused() {
+        for setting in [READ_HEADER_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT] {
+            assert_eq!((setting.parse)("1s"), Ok(Duration::from_secs(1)));
+            assert_eq!(
+                (setting.parse)("999ms"),
+                Err("must be at least 1s".to_owned())
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    boolean, duration, int_in, ConfigError, ConfigFile, PropertyTable, Setting, Sources,
+    boolean, duration_at_least, int_in, ConfigError, ConfigFile, PropertyTable, Setting, Sources,
 };
 use crate::connector::DEFAULT_CALL_BUDGET;
 
@@ -59,13 +59,7 @@ pub const IDLE_TIMEOUT: Setting<Duration> = Setting {
     property: "IdleTimeout",
     env: "BUSGATE_SMTP_INGRESS_IDLE_TIMEOUT",
     default: || Duration::from_secs(5 * 60),
-    parse: |v| {
-        let d = duration(v)?;
-        if d < Duration::from_millis(100) {
-            return Err("must be at least 100ms".to_owned());
-        }
-        Ok(d)
-    },
+    parse: |v| duration_at_least(v, Duration::from_millis(100)),
 };
 
 /// Budget of the `on-incoming-email` event; sinks that have not answered by then defer the mail.
@@ -73,13 +67,8 @@ pub const TIME_BUDGET: Setting<Duration> = Setting {
     property: "TimeBudget",
     env: "BUSGATE_SMTP_INGRESS_TIME_BUDGET",
     default: || DEFAULT_CALL_BUDGET,
-    parse: |v| {
-        let d = duration(v)?;
-        if d.is_zero() {
-            return Err("must be more than 0".to_owned());
-        }
-        Ok(d)
-    },
+    // Anything but zero.
+    parse: |v| duration_at_least(v, Duration::from_nanos(1)),
 };
 
 /// `250` only once a sink has answered the event without error; otherwise `451` (retry later).
@@ -212,5 +201,22 @@ mod tests {
         }
         let err = SmtpConfig::resolve(None, none, &[("Bogus".into(), "1".into())]).unwrap_err();
         assert_eq!(err.name, "Bogus");
+    }
+
+    #[test]
+    fn timeouts_below_their_minimum_are_refused() {
+        assert_eq!(
+            (IDLE_TIMEOUT.parse)("100ms"),
+            Ok(Duration::from_millis(100))
+        );
+        assert_eq!(
+            (IDLE_TIMEOUT.parse)("50ms"),
+            Err("must be at least 100ms".to_owned())
+        );
+        assert_eq!((TIME_BUDGET.parse)("1us"), Ok(Duration::from_micros(1)));
+        assert_eq!(
+            (TIME_BUDGET.parse)("0"),
+            Err("must be at least 1ns".to_owned())
+        );
     }
 }
