@@ -101,8 +101,11 @@ pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
 
 /// The 32-hex trace id of `cx`.
 pub fn trace_id(cx: &SpanContext) -> String {
-    // Twice per request (ingress and service log spans); `{:032x}` cost ~750 instructions.
-    hex::encode(cx.trace_id().to_bytes())
+    // Twice per request (ingress and service log spans): `{:032x}` cost ~750 instructions and
+    // `hex::encode` (a `String` collected from `char`s) ~1,200; written into a buffer, ~150.
+    let mut digits = [0u8; 32];
+    hex::encode_to_slice(cx.trace_id().to_bytes(), &mut digits).expect("32 digits for 16 bytes");
+    std::str::from_utf8(&digits).expect("hex digits").to_owned()
 }
 
 /// An OpenTelemetry context holding `cx` as a remote parent, for code that records its own
