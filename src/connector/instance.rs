@@ -29,6 +29,7 @@ use crate::config::Deployment;
 use crate::error::Error;
 use crate::telemetry;
 use crate::telemetry::error::TelemetryError;
+use crate::telemetry::log_scope::LogOwner;
 use crate::telemetry::metrics::ServiceMetrics;
 use crate::telemetry::trace::{ServiceIdentity, ServiceTracer, SpanContext};
 use crate::transport::{Bus, ConnectionState, TransportError};
@@ -189,8 +190,14 @@ impl Service {
             self.version,
             config.locality.as_deref(),
         );
+        let log_owner = Arc::new(LogOwner {
+            host: self.hostname.clone(),
+            id: id.clone(),
+            metrics: metrics.clone(),
+        });
         let inner = Arc::new(Inner {
             own_frame,
+            log_owner,
             hostname: self.hostname,
             version: self.version,
             id,
@@ -272,6 +279,8 @@ fn put(headers: &mut HeaderMap, name: HeaderName, value: &Option<HeaderValue>) {
 
 pub(crate) struct Inner {
     pub hostname: String,
+    /// Whom the log lines of this instance's requests belong to.
+    pub log_owner: Arc<LogOwner>,
     pub version: u32,
     pub id: String,
     pub plane: String,
@@ -314,6 +323,11 @@ impl Connector {
 
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Whom this instance's log lines belong to (see [`crate::telemetry::log_scope`]).
+    pub fn log_owner(&self) -> &Arc<LogOwner> {
+        &self.inner.log_owner
     }
 
     pub fn version(&self) -> u32 {

@@ -18,6 +18,7 @@ use super::instance::{force_trace, Connector, Ctx, Endpoint, Inner, StartError};
 use super::route::Queue;
 use crate::error::Error;
 use crate::telemetry::handler_spans;
+use crate::telemetry::log_scope::{RequestLog, ScopeKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, SpanKind, Status};
@@ -28,7 +29,6 @@ use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::BusUrl;
 use crate::wire::{self, codec, is_valid_hostname};
-use tracing::Instrument;
 
 /// Longest message id accepted from a peer (Microbus uses 8 characters).
 const MAX_MSG_ID_LEN: usize = 64;
@@ -294,14 +294,10 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         },
     );
     // Every log line of the handler carries the service, the instance and the trace.
-    // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
-    // (and its count) to this service and trace.
-    let trace_id = trace::trace_id(span.context());
-    let log_span = tracing::error_span!(
-        SERVICE_LOG_SPAN,
-        host = inner.hostname.as_str(),
-        id = inner.id.as_str(),
-        trace_id = trace_id.as_str(),
+    let log = RequestLog::open(
+        ScopeKind::Service,
+        &inner.log_owner,
+        span.context().trace_id(),
     );
     let conn = Connector {
         inner: inner.clone(),
@@ -313,7 +309,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         depth: f.call_depth(),
         otel: span.context().clone(),
     };
-    let handled = run_handler(&inner, &ep, ctx, req, deadline).instrument(log_span.clone());
+    let handled = log.scope(run_handler(&inner, &ep, ctx, req, deadline));
     // Spans the handler opens with `tracing` become children of this hop (exported with it).
     let result = if span.is_recording() && handler_spans::installed() {
         let cx = handler_spans::handler_context(&inner.tracer, span.context());
@@ -331,7 +327,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         Err(e) => {
             span.record_error(e);
             force_trace(&conn, span.context());
-            log_span.in_scope(|| {
+            log.in_scope(|| {
                 if e.status().is_server_error() {
                     tracing::error!(route = %ep.route.display(), status = code, error = %e, "Handling request");
                 } else {

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
-use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, JsonFields, Writer};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use super::log_scope::{self, ScopedJson, ScopedText};
 use super::metrics::{live_service, ProcessLogs, ServiceMetrics};
 use super::names::LOG_SPAN_FIELDS;
 use crate::config::Deployment;
@@ -25,6 +26,7 @@ pub const DEFAULT_LOG_FILTER: &str = "info";
 
 /// Install the global subscriber; a second call is a no-op (tests share a process).
 pub fn init(deployment: Deployment) {
+    let directives = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let text = matches!(deployment, Deployment::Local | Deployment::Testing);
@@ -36,19 +38,26 @@ pub fn init(deployment: Deployment) {
     let result = if text {
         tracing_subscriber::registry()
             .with(filter())
-            .with(fmt.fmt_fields(TextFields))
+            .with(
+                fmt.fmt_fields(TextFields)
+                    .event_format(ScopedText::default()),
+            )
             .with(LogCounter)
             .with(super::handler_spans::layer())
             .try_init()
     } else {
         tracing_subscriber::registry()
             .with(filter())
-            .with(fmt.json().with_current_span(true).with_span_list(false))
+            .with(
+                fmt.fmt_fields(JsonFields::new())
+                    .event_format(ScopedJson::default()),
+            )
             .with(LogCounter)
             .with(super::handler_spans::layer())
             .try_init()
     };
     if result.is_ok() {
+        log_scope::use_real_spans(log_scope::filter_selects_spans(&directives));
         super::handler_spans::mark_installed();
     }
 }
@@ -56,7 +65,7 @@ pub fn init(deployment: Deployment) {
 /// The text format's fields, as `tracing-subscriber`'s default writes them, with a direct path
 /// for plain strings: every request opens two log spans, and formatting their fields through
 /// `core::fmt` cost ~8k instructions per request.
-struct TextFields;
+pub(super) struct TextFields;
 
 impl<'a> MakeVisitor<Writer<'a>> for TextFields {
     type Visitor = TextVisitor<'a>;
@@ -76,7 +85,7 @@ impl<'a> MakeVisitor<Writer<'a>> for TextFields {
 /// fmt layer's that starts empty, and writing them piece by piece grew it five times a span.
 const PENDING_CAPACITY: usize = 256;
 
-struct TextVisitor<'a> {
+pub(super) struct TextVisitor<'a> {
     writer: Writer<'a>,
     is_empty: bool,
     result: std::fmt::Result,
@@ -274,12 +283,17 @@ where
             _ => "DEBUG",
         };
         let message = fields.message.as_deref().unwrap_or("");
+        // The nearest span's service, then the request scope's (outside every span, as the
+        // span it stands for was), then the line's own `id`.
         let from_span = ctx.event_scope(event).and_then(|scope| {
             scope
                 .into_iter()
                 .find_map(|span| span.extensions().get::<Owner>().map(|o| o.0.clone()))
         });
-        match from_span.or_else(|| fields.id.as_deref().and_then(live_service)) {
+        let owner = from_span
+            .or_else(log_scope::current_owner)
+            .or_else(|| fields.id.as_deref().and_then(live_service));
+        match owner {
             Some(owner) => owner.count_log(severity, message),
             None => ProcessLogs::get().count(severity, message),
         }
@@ -287,7 +301,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::fmt::format::{DefaultFields, FormatFields};
@@ -295,8 +309,9 @@ mod tests {
 
     use super::*;
 
+    /// A writer that keeps what the fmt layer writes, for comparing lines.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod exposition;
 pub mod handler_spans;
+pub mod log_scope;
 pub mod logs;
 pub mod metrics;
 pub mod names;

@@ -77,8 +77,9 @@ pub const RUNTIME_ALIVE_TASKS: &str = "busgate_runtime_alive_tasks";
 pub const OWN_TRACER_NAME: &str = "busgate";
 /// Instrumentation scope of the spans handlers open with `tracing`.
 pub const HANDLER_TRACER_NAME: &str = "busgate.handler";
-/// busgate's per-request `tracing` spans that carry service, instance and trace id to log
-/// lines; not exported (the hop's own span is).
+/// The names of busgate's per-request log scopes, written as spans before the log lines inside
+/// a request with the service, instance and trace id (`telemetry::log_scope`); real `tracing`
+/// spans only when `RUST_LOG` selects spans, and never exported (the hop's own span is).
 pub const SERVICE_LOG_SPAN: &str = "bus";
 pub const INGRESS_LOG_SPAN: &str = "http";
 /// The fields of those spans, recorded as `&str` and written bare (`host=calc.example`).

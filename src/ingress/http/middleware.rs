@@ -32,6 +32,7 @@ use super::context::{
 };
 use super::shared::Shared;
 use crate::error::Error;
+use crate::telemetry::log_scope::{RequestLog, ScopeKind};
 use crate::wire::error::truncated;
 use crate::wire::frame::{self, is_internal_header};
 
@@ -130,8 +131,6 @@ fn new_trace_id() -> String {
 /// `traceparent` only on trusted listeners; `Server-Timing` with total and bus time; the
 /// ingress metrics per listener and target.
 async fn telemetry(shared: &Shared, mut req: Request) -> Response {
-    use tracing::Instrument;
-
     use crate::telemetry::names::*;
     use crate::telemetry::trace::{self, SpanContext, SpanKind, Status};
 
@@ -181,22 +180,20 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
             }
         },
     );
-    let trace_id = trace::trace_id(span.context());
-    req.extensions_mut().insert(TraceId(trace_id.clone()));
+    req.extensions_mut()
+        .insert(TraceId(trace::trace_id(span.context())));
     req.extensions_mut()
         .insert(TraceContext(span.context().clone()));
 
     let listener = shared.metrics.listener(info.listen_port);
     listener.in_flight.inc();
-    // ERROR level so that the span exists whatever RUST_LOG keeps: it attributes every line
-    // (and its count) to this service and trace.
-    let log_span = tracing::error_span!(
-        crate::telemetry::names::INGRESS_LOG_SPAN,
-        host = shared.conn.hostname(),
-        id = shared.conn.id(),
-        trace_id = trace_id.as_str(),
+    // Every line written on the way carries the ingress, its instance and the trace.
+    let log = RequestLog::open(
+        ScopeKind::Ingress,
+        shared.conn.log_owner(),
+        span.context().trace_id(),
     );
-    let mut res = stages(shared, req).instrument(log_span).await;
+    let mut res = log.scope(stages(shared, req)).await;
     listener.in_flight.dec();
 
     let elapsed = started.elapsed();
