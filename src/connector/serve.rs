@@ -231,13 +231,12 @@ async fn accept_request(inner: &Inner, queue_label: &Arc<str>, payload: Bytes) -
         msg_id: msg_id.to_owned(),
         queue: queue_label.clone(),
     };
-    let key = format!("{from_id}|{msg_id}");
     let fragment = f.fragment().filter(|fr| fr.total > 1);
     // Reassemble inline: fragment 1 must be registered before its ack lets the caller send
     // the others, which arrive on another subscription.
     let req = match fragment {
         None => Some(req),
-        Some(fr) => match inner.request_defrag.add(key, fr, req) {
+        Some(fr) => match inner.request_defrag.add(format!("{from_id}|{msg_id}"), fr, req) {
             DefragOutcome::Complete(req) => Some(req),
             DefragOutcome::Pending => None,
             DefragOutcome::Orphan => {

@@ -70,14 +70,17 @@ fn push_in_case(out: &mut String, text: &str, to_case: fn(&mut str)) {
 
 /// `host`'s labels in reverse order, lower-cased, appended to `out`: `www.Example.com` →
 /// `com.example.www`.
+/// By bytes: `rsplit('.')` went through a char searcher, ~150 instructions a label (two
+/// subjects a call).
 fn push_reverse_host(out: &mut String, host: &str) {
     let start = out.len();
-    for (i, label) in host.rsplit('.').enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        out.push_str(label);
+    let mut end = host.len();
+    while let Some(dot) = host.as_bytes()[..end].iter().rposition(|&b| b == b'.') {
+        out.push_str(&host[dot + 1..end]);
+        out.push('.');
+        end = dot;
     }
+    out.push_str(&host[..end]);
     str::make_ascii_lowercase(&mut out[start..]);
 }
 
@@ -225,6 +228,16 @@ fn escape_segment(subject: &mut String, segment: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_reverse_as_rsplit_joined_does() {
+        for host in ["", ".", "a", "www.Example.COM", "a..b", "a.", ".a", "x.y.z.w.v"] {
+            let mut out = String::from("prefix.");
+            push_reverse_host(&mut out, host);
+            let labels: Vec<&str> = host.rsplit('.').collect();
+            assert_eq!(out, format!("prefix.{}", labels.join(".").to_ascii_lowercase()));
+        }
+    }
 
     // The worked examples of reference §1.2 (from connector/subjects_test.go).
     #[test]

@@ -83,28 +83,59 @@ fn ip_text(ip: IpAddr) -> IpText {
         bytes: [0; IP_TEXT_MAX],
         len: 0,
     };
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b".");
-                }
-                out.push(digits.format(octet).as_bytes());
-            }
+    out.push_ip(ip);
+    out
+}
+
+/// A socket address as `Display` writes it (`10.0.0.1:5432`, `[::1]:80`), IPv4 without the
+/// formatting machinery (every request's `X-Forwarded-For` is one).
+fn socket_text(addr: SocketAddr) -> IpText {
+    let mut out = IpText {
+        bytes: [0; IP_TEXT_MAX],
+        len: 0,
+    };
+    match addr {
+        SocketAddr::V4(v4) => {
+            out.push_ip(IpAddr::V4(*v4.ip()));
+            out.push(b":");
+            out.push(itoa::Buffer::new().format(v4.port()).as_bytes());
         }
-        IpAddr::V6(_) => {
+        SocketAddr::V6(_) => {
             use std::io::Write;
             let mut cursor = std::io::Cursor::new(&mut out.bytes[..]);
-            let _ = write!(cursor, "{ip}");
+            let _ = write!(cursor, "{addr}");
             out.len = cursor.position() as usize;
         }
     }
     out
 }
 
-/// The longest IPv6 text form with an embedded IPv4 address.
-const IP_TEXT_MAX: usize = 45;
+impl IpText {
+    fn push_ip(&mut self, ip: IpAddr) {
+        let out = self;
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b".");
+                    }
+                    out.push(digits.format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(_) => {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut out.bytes[..]);
+                let _ = write!(cursor, "{ip}");
+                out.len = cursor.position() as usize;
+            }
+        }
+    }
+}
+
+/// The longest socket address text: `[`, an IPv6 address with an embedded IPv4 one (45),
+/// `%` and a scope id (10), `]:` and a port (5).
+const IP_TEXT_MAX: usize = 64;
 
 struct IpText {
     bytes: [u8; IP_TEXT_MAX],
@@ -520,7 +551,7 @@ fn x_forward(shared: &Shared, req: &mut Request) {
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST, host);
         }
-        if let Ok(v) = HeaderValue::from_str(&info.peer.to_string()) {
+        if let Ok(v) = HeaderValue::from_str(socket_text(info.peer).as_str()) {
             headers.insert(X_FORWARDED_FOR, v);
         }
         headers.insert(
@@ -667,5 +698,29 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_text(ip).as_str(), ip.to_string());
         }
+    }
+
+    #[test]
+    fn socket_text_matches_display() {
+        for addr in [
+            "127.0.0.1:0",
+            "255.255.255.255:65535",
+            "10.20.3.4:8080",
+            "[::1]:80",
+            "[::ffff:192.168.100.200]:443",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(socket_text(addr).as_str(), addr.to_string());
+        }
+        let widest = std::net::SocketAddrV6::new(
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                .parse()
+                .unwrap(),
+            65535,
+            0,
+            u32::MAX,
+        );
+        let widest = SocketAddr::V6(widest);
+        assert_eq!(socket_text(widest).as_str(), widest.to_string());
     }
 }
