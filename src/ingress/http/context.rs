@@ -21,10 +21,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
 }
 
-/// The trace id shown on error pages: the id of the request's trace.
-#[derive(Debug, Clone)]
-pub struct TraceId(pub String);
-
 /// The ingress span of the request, parent of the bus call.
 #[derive(Debug, Clone)]
 pub struct TraceContext(pub crate::telemetry::trace::SpanContext);

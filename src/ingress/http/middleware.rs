@@ -28,7 +28,7 @@ use tower_http::compression::CompressionLayer;
 
 use super::context::{
     conn_info, error_response, BusTime, ConnInfo, Deadline, RequestBodySize, ResponseError,
-    TraceContext, TraceId,
+    TraceContext,
 };
 use super::shared::Shared;
 use crate::error::Error;
@@ -154,8 +154,9 @@ impl IpText {
     }
 }
 
-fn new_trace_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// The trace id of error pages written outside any span (none was started).
+fn new_trace_id() -> opentelemetry::trace::TraceId {
+    opentelemetry::trace::TraceId::from(rand::random::<u128>())
 }
 
 /// The root SERVER span of every request `:<port><path>`, continued from the client's
@@ -211,8 +212,6 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
             }
         },
     );
-    req.extensions_mut()
-        .insert(TraceId(trace::trace_id(span.context())));
     req.extensions_mut()
         .insert(TraceContext(span.context().clone()));
 
@@ -286,7 +285,7 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
 #[derive(Default)]
 struct Unwind {
     /// Error printer: the trace id and whether the client is local.
-    printer: Option<(TraceId, bool)>,
+    printer: Option<(opentelemetry::trace::TraceId, bool)>,
     /// Access log: the request's URI.
     access_log: Option<Uri>,
     /// CORS: the allowed origin to echo.
@@ -356,31 +355,36 @@ fn response_stages(unwind: Unwind, mut res: Response) -> Response {
         access_log_result(&uri, &res);
     }
     match unwind.printer {
-        Some((trace_id, local)) => print_error(&trace_id, local, res),
+        Some((trace_id, local)) => print_error(trace_id, local, res),
         None => res,
     }
 }
 
 /// Error printer, request half: the trace id every error page names, and whether the client
 /// may see the full error.
-fn error_printer(shared: &Shared, req: &mut Request) -> (TraceId, bool) {
+/// The trace id is the request span's (read from its context, written out only on an error
+/// page: as a `String` of its own it cost an allocation, a clone and two extension inserts).
+fn error_printer(shared: &Shared, req: &Request) -> (opentelemetry::trace::TraceId, bool) {
     let trace_id = req
         .extensions()
-        .get::<TraceId>()
-        .cloned()
-        .unwrap_or_else(|| TraceId(new_trace_id()));
-    req.extensions_mut().insert(trace_id.clone());
+        .get::<TraceContext>()
+        .map(|cx| cx.0.trace_id())
+        .unwrap_or_else(new_trace_id);
     (trace_id, client_ip(shared, req).is_loopback())
 }
 
 /// Renders an [`ResponseError`] as `text/plain`: the full error and stack for a client on
 /// localhost, `<status text> <trace id>` for anyone else; every error page names its trace.
-fn print_error(trace_id: &TraceId, local: bool, mut res: Response) -> Response {
+fn print_error(
+    trace_id: opentelemetry::trace::TraceId,
+    local: bool,
+    mut res: Response,
+) -> Response {
     // Left in place: the telemetry layer records it on the span.
     let Some(ResponseError(err)) = res.extensions().get::<ResponseError>().cloned() else {
         return res;
     };
-    let id = &trace_id.0;
+    let id = &trace_id;
     let body = if local {
         format!("{}\n\n{{trace/{id}}}", err.verbose())
     } else {
