@@ -236,7 +236,10 @@ async fn accept_request(inner: &Inner, queue_label: &Arc<str>, payload: Bytes) -
     // the others, which arrive on another subscription.
     let req = match fragment {
         None => Some(req),
-        Some(fr) => match inner.request_defrag.add(format!("{from_id}|{msg_id}"), fr, req) {
+        Some(fr) => match inner
+            .request_defrag
+            .add(format!("{from_id}|{msg_id}"), fr, req)
+        {
             DefragOutcome::Complete(req) => Some(req),
             DefragOutcome::Pending => None,
             DefragOutcome::Orphan => {

@@ -231,11 +231,23 @@ mod tests {
 
     #[test]
     fn hosts_reverse_as_rsplit_joined_does() {
-        for host in ["", ".", "a", "www.Example.COM", "a..b", "a.", ".a", "x.y.z.w.v"] {
+        for host in [
+            "",
+            ".",
+            "a",
+            "www.Example.COM",
+            "a..b",
+            "a.",
+            ".a",
+            "x.y.z.w.v",
+        ] {
             let mut out = String::from("prefix.");
             push_reverse_host(&mut out, host);
             let labels: Vec<&str> = host.rsplit('.').collect();
-            assert_eq!(out, format!("prefix.{}", labels.join(".").to_ascii_lowercase()));
+            assert_eq!(
+                out,
+                format!("prefix.{}", labels.join(".").to_ascii_lowercase())
+            );
         }
     }
 
