@@ -515,10 +515,16 @@ impl Connection {
                     _ => "PUB",
                 };
 
-                small_write!("{verb} {subject} ");
+                // busgate: the PUB line pushed piece by piece, not through `write!` (~700
+                // instructions a message in `core::fmt`; see PATCHED.md).
+                self.small_write_str(verb);
+                self.small_write_str(" ");
+                self.small_write_str(subject.as_str());
+                self.small_write_str(" ");
 
                 if let Some(respond) = respond {
-                    small_write!("{respond} ");
+                    self.small_write_str(respond.as_str());
+                    self.small_write_str(" ");
                 }
 
                 match headers {
@@ -527,12 +533,15 @@ impl Connection {
 
                         let headers_len = headers.len();
                         let total_len = headers_len + payload.len();
-                        small_write!("{headers_len} {total_len}\r\n");
+                        self.small_write_decimal(headers_len);
+                        self.small_write_str(" ");
+                        self.small_write_decimal(total_len);
+                        self.small_write_str("\r\n");
                         self.write(headers);
                     }
                     _ => {
-                        let payload_len = payload.len();
-                        small_write!("{payload_len}\r\n");
+                        self.small_write_decimal(payload.len());
+                        self.small_write_str("\r\n");
                     }
                 }
 
@@ -732,6 +741,28 @@ impl Connection {
     }
 
     /// Obtain an [`fmt::Write`]r for the small writes buffer.
+    /// busgate: `s` appended as [`Self::small_write`] would write it.
+    fn small_write_str(&mut self, s: &str) {
+        self.write_buf_len += s.len();
+        self.flattened_writes.extend_from_slice(s.as_bytes());
+    }
+
+    /// busgate: `n` in decimal, as `{n}` writes it.
+    fn small_write_decimal(&mut self, mut n: usize) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.write_buf_len += digits.len() - start;
+        self.flattened_writes.extend_from_slice(&digits[start..]);
+    }
+
     fn small_write(&mut self) -> impl fmt::Write + '_ {
         struct Writer<'a> {
             this: &'a mut Connection,
