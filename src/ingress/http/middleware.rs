@@ -22,10 +22,8 @@ use axum::response::Response;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
-use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tower_http::compression::CompressionLayer;
 
+use super::compression;
 use super::context::{
     conn_info, error_response, BusTime, ConnInfo, Deadline, RequestBodySize, ResponseError,
     TraceContext,
@@ -302,7 +300,7 @@ async fn stages(shared: &Shared, mut req: Request) -> Response {
     let mut unwind = Unwind::default();
     let res = match request_stages(shared, &mut req, &mut unwind) {
         Some(early) => early,
-        None => compression(shared, req).await,
+        None => compression::compress(req, |req| default_favicon(shared, req)).await,
     };
     response_stages(unwind, res)
 }
@@ -603,32 +601,6 @@ fn timeout(shared: &Shared, req: &mut Request) {
     let budget = asked.or(Some(shared.config.time_budget).filter(|b| !b.is_zero()));
     req.extensions_mut()
         .insert(Deadline(budget.map(|b| Instant::now() + b)));
-}
-
-/// Responses smaller than this are not worth compressing (Microbus's threshold).
-pub const COMPRESSION_MIN_BYTES: u64 = 1024;
-
-/// tower-http's compression (br, deflate, gzip) of responses over [`COMPRESSION_MIN_BYTES`],
-/// except media and event streams, around the default favicon and the proxy.
-async fn compression(shared: &Shared, req: Request) -> Response {
-    let compress_when = SizeAbove::new(COMPRESSION_MIN_BYTES)
-        .and(NotForContentType::const_new("image/"))
-        .and(NotForContentType::const_new("video/"))
-        .and(NotForContentType::const_new("audio/"))
-        .and(NotForContentType::const_new("text/event-stream"));
-    let inner = tower::service_fn(|req: Request| async move {
-        Ok::<_, std::convert::Infallible>(default_favicon(shared, req).await)
-    });
-    let compressed = CompressionLayer::new()
-        .br(true)
-        .deflate(true)
-        .gzip(true)
-        .compress_when(compress_when)
-        .layer(inner);
-    match compressed.oneshot(req).await {
-        Ok(res) => res.map(Body::new),
-        Err(never) => match never {},
-    }
 }
 
 static FAVICON: &[u8] = include_bytes!("favicon.ico");

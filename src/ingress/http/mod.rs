@@ -7,6 +7,7 @@
 //!                       ▸ cache control ▸ compression ▸ default favicon ▸ proxy ──bus──▶ service
 //! ```
 
+pub mod compression;
 pub mod config;
 pub mod context;
 pub mod framing_guard;
@@ -42,7 +43,7 @@ use crate::connector::BusConfig;
 use crate::connector::{Connector, Service, StartError};
 use metrics::IngressMetrics;
 
-pub use middleware::COMPRESSION_MIN_BYTES;
+pub use compression::COMPRESSION_MIN_BYTES;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
