@@ -133,7 +133,8 @@ mod tests {
     #[tokio::test]
     async fn without_accept_encoding_responses_are_what_tower_http_sends() {
         let big = vec![b'a'; COMPRESSION_MIN_BYTES as usize + 1];
-        let cases: Vec<(&[(&str, &str)], Vec<u8>)> = vec![
+        type Headers = &'static [(&'static str, &'static str)];
+        let cases: Vec<(Headers, Vec<u8>)> = vec![
             (&[], b"small".to_vec()),
             (&[], big.clone()),
             (&[("content-type", "text/plain")], big.clone()),
