@@ -25,8 +25,7 @@ use tokio::time::Instant;
 
 use super::compression;
 use super::context::{
-    conn_info, error_response, BusTime, ConnInfo, Deadline, RequestBodySize, ResponseError,
-    TraceContext,
+    conn_info, error_response, request_state, ConnInfo, Proxied, RequestState, ResponseError,
 };
 use super::shared::Shared;
 use crate::error::Error;
@@ -39,7 +38,7 @@ use crate::wire::frame::{self, is_internal_header};
 /// As axum's router did before: a response whose body size is known gets its
 /// `Content-Length`, and the response to a `HEAD` has no body.
 pub async fn handle(shared: &Shared, info: ConnInfo, mut req: Request) -> Response {
-    req.extensions_mut().insert(info);
+    req.extensions_mut().insert(RequestState::new(info));
     let head = req.method() == Method::HEAD;
     let mut res = telemetry(shared, req).await;
     if !res.headers().contains_key(header::CONTENT_LENGTH) {
@@ -210,8 +209,7 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
             }
         },
     );
-    req.extensions_mut()
-        .insert(TraceContext(span.context().clone()));
+    request_state(&mut req).trace = Some(span.context().clone());
 
     let listener = shared.metrics.listener(info.listen_port);
     listener.in_flight.inc();
@@ -229,11 +227,8 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     let response_size = axum::body::HttpBody::size_hint(res.body())
         .exact()
         .unwrap_or(0);
-    let request_size = res
-        .extensions()
-        .get::<RequestBodySize>()
-        .map(|s| s.0)
-        .unwrap_or(0);
+    let proxied = res.extensions().get::<Proxied>().copied();
+    let request_size = proxied.map_or(0, |p| p.request_body_size);
     span.set_int(A_HTTP_STATUS, status as i64);
     span.set_int(A_HTTP_REQUEST_BODY_SIZE, request_size as i64);
     span.set_int(A_HTTP_RESPONSE_BODY_SIZE, response_size as i64);
@@ -267,9 +262,9 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     let mut timing = String::with_capacity(40);
     timing.push_str("total;dur=");
     push_millis(&mut timing, elapsed);
-    if let Some(BusTime(bus)) = res.extensions().get::<BusTime>() {
+    if let Some(proxied) = proxied {
         timing.push_str(", bus;dur=");
-        push_millis(&mut timing, *bus);
+        push_millis(&mut timing, proxied.bus_time);
     }
     if let Ok(v) = HeaderValue::from_str(&timing) {
         res.headers_mut().insert(SERVER_TIMING, v);
@@ -365,8 +360,9 @@ fn response_stages(unwind: Unwind, mut res: Response) -> Response {
 fn error_printer(shared: &Shared, req: &Request) -> (opentelemetry::trace::TraceId, bool) {
     let trace_id = req
         .extensions()
-        .get::<TraceContext>()
-        .map(|cx| cx.0.trace_id())
+        .get::<RequestState>()
+        .and_then(|s| s.trace.as_ref())
+        .map(|cx| cx.trace_id())
         .unwrap_or_else(new_trace_id);
     (trace_id, client_ip(shared, req).is_loopback())
 }
@@ -599,8 +595,7 @@ fn timeout(shared: &Shared, req: &mut Request) {
         .filter(|s| *s > 0)
         .map(Duration::from_secs);
     let budget = asked.or(Some(shared.config.time_budget).filter(|b| !b.is_zero()));
-    req.extensions_mut()
-        .insert(Deadline(budget.map(|b| Instant::now() + b)));
+    request_state(req).deadline = budget.map(|b| Instant::now() + b);
 }
 
 static FAVICON: &[u8] = include_bytes!("favicon.ico");

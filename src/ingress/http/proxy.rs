@@ -11,9 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body_util::BodyExt;
 
-use super::context::{
-    empty_not_found, error_response, BusTime, ConnInfo, Deadline, RequestBodySize, TraceContext,
-};
+use super::context::{empty_not_found, error_response, Proxied, RequestState};
 use super::shared::Shared;
 use crate::connector::CONTROL_PORT;
 use crate::error::Error;
@@ -103,7 +101,8 @@ pub async fn proxy(shared: &Shared, req: Request) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return res;
     }
-    let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls);
+    let state = parts.extensions.get::<RequestState>();
+    let tls = state.is_some_and(|s| s.info.tls);
     let Some(target) = parse_target(parts.uri.path()) else {
         return empty_not_found();
     };
@@ -147,17 +146,17 @@ pub async fn proxy(shared: &Shared, req: Request) -> Response {
     };
     *bus_req.headers_mut() = end_to_end(std::mem::take(&mut parts.headers));
 
-    let request_size = RequestBodySize(bus_req.body().len());
+    let request_body_size = bus_req.body().len();
     let mut ctx = shared.conn.ctx();
-    if let Some(Deadline(Some(deadline))) = parts.extensions.get::<Deadline>() {
-        ctx = ctx.with_deadline(*deadline);
+    if let Some(deadline) = state.and_then(|s| s.deadline) {
+        ctx = ctx.with_deadline(deadline);
     }
-    if let Some(TraceContext(cx)) = parts.extensions.get::<TraceContext>() {
+    if let Some(cx) = state.and_then(|s| s.trace.as_ref()) {
         ctx = ctx.with_span_context(cx.clone());
     }
     let bus_started = std::time::Instant::now();
     let result = ctx.request(bus_req).await;
-    let bus_time = BusTime(bus_started.elapsed());
+    let bus_time = bus_started.elapsed();
     let mut out = match result {
         Ok(res) => {
             let (res_parts, res_body) = res.into_parts();
@@ -168,8 +167,10 @@ pub async fn proxy(shared: &Shared, req: Request) -> Response {
         }
         Err(e) => error_response(e),
     };
-    out.extensions_mut().insert(bus_time);
-    out.extensions_mut().insert(request_size);
+    out.extensions_mut().insert(Proxied {
+        bus_time,
+        request_body_size,
+    });
     out
 }
 
