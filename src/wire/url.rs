@@ -1,5 +1,6 @@
 //! Bus URLs: `https://host:port/path?query`, the address of every bus request.
 
+use http::uri::Authority;
 use http::Uri;
 use percent_encoding::percent_decode_str;
 
@@ -58,11 +59,11 @@ impl BusUrl {
             return Err(invalid());
         }
         // Valid in any case: the check allows both.
-        let host = authority.host();
+        let (host, port) = host_and_port_of(authority);
         if !is_valid_hostname(host) {
             return Err(WireError::InvalidHostname(host.to_ascii_lowercase()));
         }
-        Ok((host, authority.port_u16().unwrap_or(default_port)))
+        Ok((host, port.unwrap_or(default_port)))
     }
 
     /// The path with percent-escapes decoded, as the subject codec expects (Go's `URL.Path`).
@@ -77,8 +78,7 @@ impl BusUrl {
             return false;
         };
         uri.scheme_str() == Some("https")
-            && authority.host() == self.host
-            && authority.port_u16() == Some(self.port)
+            && host_and_port_of(authority) == (self.host.as_str(), Some(self.port))
             && authority.as_str().len() == self.host.len() + 1 + port_digits(self.port)
             && uri.path() == self.path
             && uri.query() == self.query.as_deref()
@@ -96,6 +96,20 @@ impl BusUrl {
     }
 }
 
+/// `authority.host()` and `authority.port_u16()`, by bytes for the common form
+/// `host[:port]`: http's own go through char searchers (`rsplit('@')`, `split(':')`,
+/// `rfind(':')`), ~500 instructions, twice a call.
+fn host_and_port_of(authority: &Authority) -> (&str, Option<u16>) {
+    let text = authority.as_str();
+    if text.bytes().any(|b| b == b'@' || b == b'[') {
+        return (authority.host(), authority.port_u16());
+    }
+    match text.bytes().position(|b| b == b':') {
+        Some(colon) => (&text[..colon], text[colon + 1..].parse().ok()),
+        None => (text, None),
+    }
+}
+
 fn port_digits(port: u16) -> usize {
     itoa::Buffer::new().format(port).len()
 }
@@ -103,6 +117,31 @@ fn port_digits(port: u16) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_port_as_http_reads_them() {
+        for text in [
+            "calc.example",
+            "calc.example:443",
+            "Calc.Example:8080",
+            "calc.example:",
+            "calc.example:99999",
+            "calc.example:+5",
+            "calc.example:0",
+            "1.2.3.4:80",
+            "[::1]",
+            "[::1]:8080",
+            "user@calc.example:81",
+            "user:pw@calc.example",
+        ] {
+            let authority: Authority = text.parse().unwrap();
+            assert_eq!(
+                host_and_port_of(&authority),
+                (authority.host(), authority.port_u16()),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn parses_and_defaults_ports() {
