@@ -276,14 +276,15 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     let deadline = budget.map(|b| Instant::now() + b - NETWORK_HOP);
     let started = std::time::Instant::now();
     let port = BusUrl::port_of(req.uri()).unwrap_or(ep.route.port);
-    let method = req.method().as_str().to_owned();
+    // A standard method is copied as its tag, not as a new `String`.
+    let method = req.method().clone();
     let mut span = inner.tracer.start(
         &trace::extract(req.headers()),
         SpanKind::Server,
         || trace::server_span_name(port, &ep.route.path),
         |a| {
             // The service's own name is the span's resource (`service.name`).
-            a.str(A_HTTP_METHOD, &method);
+            a.str(A_HTTP_METHOD, method.as_str());
             a.str(A_HTTP_ROUTE, &ep.route.path);
             a.str(A_URL_PATH, req.uri().path());
             a.int(A_SERVER_PORT, port as i64);
@@ -349,7 +350,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
             )
         },
         port,
-        &method,
+        method.as_str(),
         Outcome {
             code,
             failed: result.is_err(),

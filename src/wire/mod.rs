@@ -2,6 +2,7 @@
 //! codec, bus URLs and the error body. Pure functions, no I/O.
 
 pub mod codec;
+pub mod encode;
 pub mod error;
 pub mod error_body;
 pub mod frame;
