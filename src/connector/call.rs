@@ -12,14 +12,15 @@ use tokio::time::Instant;
 use super::defaults::*;
 use super::fragment::{split_body, DefragOutcome};
 use super::ids::new_msg_id;
-use super::inbox::Delivery;
+use super::inbox::{Delivery, Pending};
 use super::instance::{Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, Span, SpanKind, Status};
 use crate::transport::{Refused, Subscription, TransportError, TransportErrorKind};
-use crate::wire::frame::{self, Fragment, Frame, OpCode};
+use crate::wire::codec::Headers;
+use crate::wire::frame::{self, Fragment, OpCode};
 use crate::wire::reply::{decode_reply, Reply};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::{self, codec, BusUrl, WireError};
@@ -306,7 +307,7 @@ impl Observed {
     }
 }
 
-fn register(inner: &Inner) -> (Waiter<'_>, mpsc::UnboundedReceiver<Delivery>) {
+fn register<'a>(inner: &'a Inner, ctx: &Ctx) -> (Waiter<'a>, mpsc::UnboundedReceiver<Delivery>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut pending = inner.pending.lock().expect("pending lock");
     let msg_id = loop {
@@ -315,12 +316,12 @@ fn register(inner: &Inner) -> (Waiter<'_>, mpsc::UnboundedReceiver<Delivery>) {
             break id;
         }
     };
-    pending.insert(msg_id.clone(), tx);
+    pending.insert(msg_id.clone(), Pending { tx, kept: ctx.kept });
     (Waiter { inner, msg_id }, rx)
 }
 
-fn outcome(res: Response<Bytes>) -> Result<Response<Bytes>, Error> {
-    match Frame(res.headers()).op_code() {
+fn outcome(op_code: Option<OpCode>, res: Response<Bytes>) -> Result<Response<Bytes>, Error> {
+    match op_code {
         Some(OpCode::Err) => Err(Error::from_err_response(res.status(), res.body())),
         _ => Ok(res),
     }
@@ -329,7 +330,7 @@ fn outcome(res: Response<Bytes>) -> Result<Response<Bytes>, Error> {
 pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
     let inner = &ctx.conn.inner;
     let out = prepare(ctx, &mut req)?;
-    let (waiter, mut rx) = register(inner);
+    let (waiter, mut rx) = register(inner, ctx);
     frame::set(req.headers_mut(), frame::names::MSG_ID, &waiter.msg_id);
     let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
     let result = unicast_exchange(inner, &mut req, &out, &mut rx, &mut observed).await;
@@ -360,9 +361,9 @@ async fn unicast_exchange(
                     }
                     acked = true;
                 }
-                Some(Delivery::Response { res, .. }) => {
+                Some(Delivery::Response { res, op_code, .. }) => {
                     observed.ack(inner, &out.url.host);
-                    return outcome(res);
+                    return outcome(op_code, res);
                 }
                 None => return Err(Error::internal("response channel closed")),
             },
@@ -387,7 +388,7 @@ pub(crate) async fn multicast(
         Ok(out) => out,
         Err(e) => return vec![Err(e)],
     };
-    let (waiter, mut rx) = register(inner);
+    let (waiter, mut rx) = register(inner, ctx);
     frame::set(req.headers_mut(), frame::names::MSG_ID, &waiter.msg_id);
     let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
     let results = multicast_exchange(
@@ -475,11 +476,12 @@ async fn multicast_exchange(
             Some(Delivery::Response {
                 from_id,
                 queue,
+                op_code,
                 res,
             }) => {
                 acked.insert(from_id.clone());
                 responded.insert(from_id);
-                results.push(outcome(res));
+                results.push(outcome(op_code, res));
                 queue
             }
             None => return results,
@@ -501,40 +503,45 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             _ = inner.stop_inbox.cancelled() => break,
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
-        let reply = match decode_reply(msg.payload) {
+        let kept = |msg_id: Option<&str>| {
+            let pending = inner.pending.lock().expect("pending lock");
+            msg_id
+                .and_then(|id| pending.get(id))
+                .map_or(Headers::All, |p| p.kept)
+        };
+        let reply = match decode_reply(msg.payload, kept) {
             Ok(reply) => reply,
             Err(e) => {
                 tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed response");
                 continue;
             }
         };
-        let res = match reply {
+        let (res, frame) = match reply {
             Reply::Ack(ack) => {
-                let (Some(msg_id), Some(from_id)) = (ack.msg_id, ack.from_id) else {
+                let (Some(msg_id), Some(from_id)) = (ack.frame.msg_id, ack.frame.from_id) else {
                     tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
                     continue;
                 };
                 let delivery = Delivery::Ack {
                     proceed: ack.status == StatusCode::CONTINUE,
                     from_id,
-                    queue: ack.queue,
+                    queue: ack.frame.queue,
                 };
                 deliver(&inner, &msg_id, delivery);
                 continue;
             }
-            Reply::Response(res) => res,
+            Reply::Response(res, frame) => (res, frame),
         };
-        let f = Frame(res.headers());
-        let (Some(msg_id), Some(from_id)) = (f.msg_id(), f.from_id()) else {
+        let (Some(msg_id), Some(from_id)) = (frame.msg_id, frame.from_id) else {
             tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
             continue;
         };
-        let (msg_id, from_id) = (msg_id.to_owned(), from_id.to_owned());
-        let queue = f.queue().map(str::to_owned);
-        let delivery = match f.fragment().filter(|fr| fr.total > 1) {
+        let (queue, op_code) = (frame.queue, frame.op_code);
+        let delivery = match frame.fragment.filter(|fr| fr.total > 1) {
             None => Delivery::Response {
                 from_id,
                 queue,
+                op_code,
                 res,
             },
             Some(fr) => {
@@ -543,6 +550,7 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
                     DefragOutcome::Complete(res) => Delivery::Response {
                         from_id,
                         queue,
+                        op_code,
                         res,
                     },
                     DefragOutcome::Pending => continue,
@@ -565,7 +573,7 @@ fn deliver(inner: &Inner, msg_id: &str, delivery: Delivery) {
         .lock()
         .expect("pending lock")
         .get(msg_id)
-        .cloned();
+        .map(|p| p.tx.clone());
     match waiter {
         Some(tx) => {
             let _ = tx.send(delivery);

@@ -9,6 +9,8 @@ use http::Response;
 use tokio::time::Instant;
 
 use super::defaults::{DEFAULT_CALL_BUDGET, KNOWN_RESPONDERS_MAX, KNOWN_RESPONDERS_TTL};
+use crate::wire::codec::Headers;
+use crate::wire::OpCode;
 
 /// What the inbox hands to a waiting call; `queue` is the responder's `Microbus-Queue`.
 pub(crate) enum Delivery {
@@ -20,8 +22,19 @@ pub(crate) enum Delivery {
     Response {
         from_id: String,
         queue: Option<String>,
+        /// Read from the reply's head: the map may not have the frame (see [`Headers`]).
+        ///
+        /// [`Headers`]: crate::wire::codec::Headers
+        op_code: Option<OpCode>,
         res: Response<Bytes>,
     },
+}
+
+/// A call waiting for its replies, by message id.
+pub(crate) struct Pending {
+    pub tx: tokio::sync::mpsc::UnboundedSender<Delivery>,
+    /// Which headers its responses keep.
+    pub kept: Headers,
 }
 
 /// Go's known-responders optimisation: per multicast subject, the set of `Microbus-Queue`s

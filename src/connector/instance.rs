@@ -23,7 +23,7 @@ use super::bus_config::BusConfig;
 use super::defaults::*;
 use super::fragment::Defragmenter;
 use super::ids::new_instance_id;
-use super::inbox::{Delivery, KnownResponders};
+use super::inbox::{KnownResponders, Pending};
 use super::route::{Queue, RouteSpec};
 use crate::config::Deployment;
 use crate::error::Error;
@@ -33,6 +33,7 @@ use crate::telemetry::log_scope::LogOwner;
 use crate::telemetry::metrics::ServiceMetrics;
 use crate::telemetry::trace::{ServiceIdentity, ServiceTracer, SpanContext};
 use crate::transport::{Bus, ConnectionState, TransportError};
+use crate::wire::codec::Headers;
 use crate::wire::{self, is_valid_service_hostname, WireError};
 
 /// Why a service could not start.
@@ -291,8 +292,7 @@ pub(crate) struct Inner {
     pub max_fragment: usize,
     /// Outstanding calls by message id.
     /// FNV: hashed four times a call, and only this connector's own random ids are inserted.
-    pub pending:
-        Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Delivery>, FnvBuildHasher>>,
+    pub pending: Mutex<HashMap<String, Pending, FnvBuildHasher>>,
     pub request_defrag: Defragmenter<Request<Bytes>>,
     pub response_defrag: Defragmenter<Response<Bytes>>,
     pub(crate) known_responders: KnownResponders,
@@ -363,6 +363,7 @@ impl Connector {
             deadline: None,
             depth: 0,
             otel: SpanContext::NONE,
+            kept: Headers::All,
         }
     }
 
@@ -443,6 +444,8 @@ pub struct Ctx {
     pub(super) depth: u32,
     /// The span this work belongs to; outgoing calls are its children.
     pub(super) otel: SpanContext,
+    /// Which headers the responses to this context's calls keep.
+    pub(super) kept: Headers,
 }
 
 impl Ctx {
@@ -501,6 +504,15 @@ impl Ctx {
     /// service that took part (`https://all:888/trace?id=`).
     pub fn force_trace(&self) {
         force_trace(&self.conn, &self.otel);
+    }
+
+    /// This context for a caller that sends the responses of its calls off the bus (the
+    /// ingress): they keep none of the bus's internal headers, which such a caller would only
+    /// remove ([`Headers::External`]).
+    pub fn for_external_responses(&self) -> Ctx {
+        let mut ctx = self.clone();
+        ctx.kept = Headers::External;
+        ctx
     }
 
     /// This context with a deadline no later than `timeout` from now.

@@ -25,6 +25,7 @@ use crate::telemetry::trace::{self, SpanKind, Status};
 use crate::transport::{
     Bus, BusMessage, Refused, Subscription, TransportError, TransportErrorKind,
 };
+use crate::wire::codec::Headers;
 use crate::wire::frame::{self, Fragment, Frame, OpCode};
 use crate::wire::subject::is_valid_instance_id;
 use crate::wire::BusUrl;
@@ -311,6 +312,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         deadline,
         depth: f.call_depth(),
         otel: span.context().clone(),
+        kept: Headers::All,
     };
     let handled = log.scope(run_handler(&inner, &ep, ctx, req, deadline));
     // Spans the handler opens with `tracing` become children of this hop (exported with it).

@@ -32,7 +32,7 @@ pub fn decode_request(payload: Bytes) -> Result<Request<Bytes>, WireError> {
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| WireError::InvalidMethod(parsed.method.unwrap_or_default().to_owned()))?;
     let mut framing = Framing::default();
-    let headers = collect_headers(parsed.headers, Some(&mut framing), |v| {
+    let headers = collect_headers(parsed.headers, Some(&mut framing), Headers::All, |v| {
         HeaderValue::from_maybe_shared(payload.slice_ref(v))
     })?;
     let target = parsed.path.unwrap_or_default();
@@ -54,7 +54,7 @@ pub fn decode_response(payload: Bytes) -> Result<Response<Bytes>, WireError> {
     let mut slots = header_slots();
     let mut parsed = httparse::Response::new(&mut []);
     let (status, head_len) = parse_response_head(&payload, &mut parsed, &mut slots)?;
-    response_from_head(&payload, &parsed, status, head_len)
+    response_from_head(&payload, &parsed, status, head_len, Headers::All)
 }
 
 pub(super) fn has_no_body(status: StatusCode) -> bool {
@@ -81,14 +81,26 @@ pub(super) fn parse_response_head<'h, 'b>(
     Ok((status, head_len))
 }
 
+/// Which headers a decoded message's map keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Headers {
+    All,
+    /// All but the bus's internal ones ([`frame::is_internal_header`]), for a response that
+    /// is going to leave the bus through the ingress: they are checked as if they were kept
+    /// (a message is refused for the same faults) but never put into the map, which would
+    /// only have them removed again (~8 per response).
+    External,
+}
+
 pub(super) fn response_from_head(
     payload: &Bytes,
     parsed: &httparse::Response<'_, '_>,
     status: StatusCode,
     head_len: usize,
+    kept: Headers,
 ) -> Result<Response<Bytes>, WireError> {
     let mut framing = Framing::default();
-    let headers = collect_headers(parsed.headers, Some(&mut framing), |v| {
+    let headers = collect_headers(parsed.headers, Some(&mut framing), kept, |v| {
         HeaderValue::from_maybe_shared(payload.slice_ref(v))
     })?;
     let body = if has_no_body(status) {
@@ -113,7 +125,7 @@ pub fn decode_request_headers(payload: &[u8]) -> Result<HeaderMap, WireError> {
         .map_err(malformed)?
     {
         httparse::Status::Complete(_) => {
-            collect_headers(parsed.headers, None, HeaderValue::from_bytes)
+            collect_headers(parsed.headers, None, Headers::All, HeaderValue::from_bytes)
         }
         httparse::Status::Partial => Err(WireError::Truncated),
     }
@@ -184,6 +196,7 @@ impl<'a> Framing<'a> {
 fn collect_headers<'a>(
     raw: &[httparse::Header<'a>],
     mut framing: Option<&mut Framing<'a>>,
+    kept: Headers,
     value_of: impl Fn(&[u8]) -> Result<HeaderValue, http::header::InvalidHeaderValue>,
 ) -> Result<HeaderMap, WireError> {
     let mut headers = HeaderMap::with_capacity(raw.len());
@@ -198,6 +211,12 @@ fn collect_headers<'a>(
             None => HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| WireError::InvalidHeader(h.name.to_owned()))?,
         };
+        if kept == Headers::External && frame::is_internal_header(name.as_str()) {
+            if !super::encode::is_header_value(h.value) {
+                return Err(WireError::InvalidHeader(h.name.to_owned()));
+            }
+            continue;
+        }
         let value = value_of(h.value).map_err(|_| WireError::InvalidHeader(h.name.to_owned()))?;
         headers.append(name, value);
     }

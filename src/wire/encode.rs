@@ -107,7 +107,7 @@ pub fn encode_ack_frame(status: StatusCode, frame: &[(&str, &[u8])]) -> Bytes {
 }
 
 /// `HeaderValue::from_bytes`'s rule, without making (and allocating) the value.
-fn is_header_value(value: &[u8]) -> bool {
+pub(super) fn is_header_value(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))

@@ -147,7 +147,8 @@ pub async fn proxy(shared: &Shared, req: Request) -> Response {
     *bus_req.headers_mut() = end_to_end(std::mem::take(&mut parts.headers));
 
     let request_body_size = bus_req.body().len();
-    let mut ctx = shared.conn.ctx();
+    // The response leaves the bus here: its internal headers never enter its map.
+    let mut ctx = shared.conn.ctx().for_external_responses();
     if let Some(deadline) = state.and_then(|s| s.deadline) {
         ctx = ctx.with_deadline(deadline);
     }
