@@ -1,6 +1,6 @@
 //! The telemetry a request pays for, one hot path at a time, in nanoseconds per operation:
 //! span start/end as PROD records it (tail buffer) and when nothing is exported, W3C
-//! inject + extract, the metrics of one bus hop, and a request's log span.
+//! inject + extract, the metrics of one bus hop, and a request's log scope.
 //!
 //! Run: `cargo bench --bench hot_paths` (no network needed); writes
 //! `benches/RESULTS-hot-paths.md`. Each figure is the median of 7 batches, measured in one run;
@@ -10,6 +10,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use busgate::telemetry::log_scope::{LogOwner, RequestLog, ScopeKind};
 use busgate::telemetry::metrics::{Outcome, ServiceMetrics};
 use busgate::telemetry::names;
 use busgate::telemetry::trace::{
@@ -169,15 +170,27 @@ fn main() {
         black_box(metrics.capped("host", "calculator.example"));
     });
     busgate::telemetry::logs::init(Deployment::Prod);
-    measure("request log span (JSON, nothing logged)", || {
-        let span = tracing::error_span!(
-            "bus",
-            host = %"calculator.example",
-            id = %"abcdef1234",
-            trace_id = %trace::trace_id(&parent),
-        );
-        black_box(span);
+    let owner = std::sync::Arc::new(LogOwner {
+        host: "calculator.example".into(),
+        id: "abcdef1234".into(),
+        metrics: metrics.clone(),
     });
+    measure("request log scope (JSON, nothing logged)", || {
+        let log = RequestLog::open(ScopeKind::Service, &owner, parent.trace_id());
+        log.in_scope(|| black_box(&log));
+    });
+    measure(
+        "  a tracing span instead (what a span-selecting RUST_LOG gets)",
+        || {
+            let span = tracing::error_span!(
+                "bus",
+                host = %"calculator.example",
+                id = %"abcdef1234",
+                trace_id = %trace::trace_id(&parent),
+            );
+            black_box(span);
+        },
+    );
 
     let table = REPORT.with(|r| r.borrow().clone());
     let report = format!(

@@ -157,26 +157,21 @@ impl Callsite for ScopeCallsite {
 static INGRESS_CALLSITE: ScopeCallsite = ScopeCallsite(ScopeKind::Ingress);
 static SERVICE_CALLSITE: ScopeCallsite = ScopeCallsite(ScopeKind::Service);
 
-static INGRESS_METADATA: Metadata<'static> = Metadata::new(
-    INGRESS_LOG_SPAN,
-    module_path!(),
-    Level::ERROR,
-    Some(file!()),
-    Some(line!()),
-    Some(module_path!()),
-    FieldSet::new(&LOG_SPAN_FIELDS, Identifier(&INGRESS_CALLSITE)),
-    Kind::SPAN,
-);
-static SERVICE_METADATA: Metadata<'static> = Metadata::new(
-    SERVICE_LOG_SPAN,
-    module_path!(),
-    Level::ERROR,
-    Some(file!()),
-    Some(line!()),
-    Some(module_path!()),
-    FieldSet::new(&LOG_SPAN_FIELDS, Identifier(&SERVICE_CALLSITE)),
-    Kind::SPAN,
-);
+static INGRESS_METADATA: Metadata<'static> = scope_metadata(INGRESS_LOG_SPAN, &INGRESS_CALLSITE);
+static SERVICE_METADATA: Metadata<'static> = scope_metadata(SERVICE_LOG_SPAN, &SERVICE_CALLSITE);
+
+const fn scope_metadata(name: &'static str, callsite: &'static ScopeCallsite) -> Metadata<'static> {
+    Metadata::new(
+        name,
+        module_path!(),
+        Level::ERROR,
+        Some(file!()),
+        Some(line!()),
+        Some(module_path!()),
+        FieldSet::new(&LOG_SPAN_FIELDS, Identifier(callsite)),
+        Kind::SPAN,
+    )
+}
 
 fn metadata(kind: ScopeKind) -> &'static Metadata<'static> {
     match kind {
