@@ -35,6 +35,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use super::metrics::ServiceMetrics;
 use super::names::{INGRESS_LOG_SPAN, LOG_SPAN_FIELDS, SERVICE_LOG_SPAN};
+use super::trace::propagation::trace_id_hex;
 
 /// Whom a scope's lines belong to: made once per connector, shared by its requests.
 pub struct LogOwner {
@@ -135,12 +136,6 @@ impl RequestLog {
 /// The service of the innermost scope the caller runs in.
 pub(super) fn current_owner() -> Option<Arc<ServiceMetrics>> {
     CURRENT.try_with(|s| s.owner.metrics.clone()).ok()
-}
-
-fn trace_id_hex(trace_id: TraceId) -> String {
-    let mut digits = [0u8; 32];
-    hex::encode_to_slice(trace_id.to_bytes(), &mut digits).expect("32 digits for 16 bytes");
-    std::str::from_utf8(&digits).expect("hex digits").to_owned()
 }
 
 /// A scope's fields as span attributes, for the fmt layer's own field formatter: the
