@@ -5,7 +5,9 @@ use std::fmt;
 use std::panic::Location;
 use std::sync::Arc;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
 
 use crate::wire::error_body::{ErrorBody, StackFrame};
 
@@ -234,6 +236,16 @@ impl Error {
     #[track_caller]
     pub fn panic(message: impl Into<String>) -> Error {
         Error::with_kind(ErrorKind::Panic, StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// The `Err` response that carries this error across the bus: its status and JSON body.
+    /// [`Error::from_err_response`] reads it back.
+    pub fn to_err_response(&self) -> Response<Bytes> {
+        let mut res = Response::new(Bytes::from(self.to_body().to_json()));
+        *res.status_mut() = self.status;
+        res.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res
     }
 
     /// Rebuild the error a remote handler sent in an `Err` response.

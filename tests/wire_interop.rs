@@ -18,6 +18,8 @@ on_both_buses!(
     reads_go_err_responses,
     hostile_messages_never_crash_or_leak,
     hostile_paths_never_reach_another_endpoint,
+    a_caller_whose_fragments_stop_gets_408_defrag_timeout,
+    a_response_whose_fragments_stop_fails_the_call_with_defrag_timeout,
 );
 
 async fn raw(bus: &TestBus) -> Bus {
@@ -108,9 +110,9 @@ Microbus-Queue: beta.example\r\n\r\n",
     svc.shutdown().await;
 }
 
-/// A raw subscriber on `subject` that answers every request with `reply(msg_id)`, as a
-/// Go service (or a broken one) would.
-async fn fake_responder(bus: &TestBus, subject: &str, reply: fn(&str) -> String) {
+/// A raw subscriber on `subject` that answers every request with the messages of
+/// `reply(msg_id)`, as a Go service (or a broken one) would.
+async fn fake_responder(bus: &TestBus, subject: &str, reply: fn(&str) -> Vec<String>) {
     let raw = raw(bus).await;
     let plane = bus.config.plane.clone();
     let mut sub = raw
@@ -128,19 +130,21 @@ async fn fake_responder(bus: &TestBus, subject: &str, reply: fn(&str) -> String)
                 f.from_id().unwrap(),
             )
             .unwrap();
-            raw.publish(inbox, Bytes::from(reply(f.msg_id().unwrap())))
-                .await
-                .unwrap();
+            for message in reply(f.msg_id().unwrap()) {
+                raw.publish(inbox.clone(), Bytes::from(message))
+                    .await
+                    .unwrap();
+            }
         }
     });
 }
 
 async fn acked_but_silent_responder_times_out_408(bus: TestBus) {
     fake_responder(&bus, "443.example.silent.|.GET.x", |msg_id| {
-        format!(
+        vec![format!(
             "HTTP/1.1 202 Accepted\r\nConnection: close\r\nMicrobus-Op-Code: Ack\r\n\
 Microbus-From-Host: silent.example\r\nMicrobus-From-Id: s1\r\nMicrobus-Msg-Id: {msg_id}\r\n\r\n"
-        )
+        )]
     })
     .await;
     let c = Service::new("client.test")
@@ -158,14 +162,103 @@ Microbus-From-Host: silent.example\r\nMicrobus-From-Id: s1\r\nMicrobus-Msg-Id: {
     c.shutdown().await;
 }
 
+/// A caller that sends the first of three fragments and then stops is told so, with Go's
+/// `408 defrag timeout`, instead of waiting out its budget for nothing. Fragments that come
+/// after that are dropped, unanswered.
+async fn a_caller_whose_fragments_stop_gets_408_defrag_timeout(bus: TestBus) {
+    let svc = echo_service().start(&bus.config).await.unwrap();
+    let raw = raw(&bus).await;
+    let plane = &bus.config.plane;
+    let mut inbox = raw
+        .subscribe(format!("{plane}.r.example.alpha.c1goclient"), None)
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let fragment = |index: usize, body: &str| {
+        Bytes::from(format!(
+            "POST https://beta.example:443/echo HTTP/1.1\r\nHost: beta.example:443\r\n\
+Content-Length: {}\r\nMicrobus-From-Host: alpha.example\r\nMicrobus-From-Id: c1goclient\r\n\
+Microbus-Msg-Id: frag0001\r\nMicrobus-Op-Code: Req\r\nMicrobus-Fragment: {index}/3\r\n\
+Microbus-Time-Budget: 20000\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    raw.publish(
+        format!("{plane}.443.example.beta.|.POST.echo"),
+        fragment(1, "aaa"),
+    )
+    .await
+    .unwrap();
+    let ack = next_within(&mut inbox, 2000).await.expect("an ack");
+    let ack = codec::decode_response(ack.payload).unwrap();
+    assert_eq!(ack.status(), StatusCode::CONTINUE);
+
+    let answer = next_within(&mut inbox, 5000)
+        .await
+        .expect("an answer when the fragments stop, not silence");
+    let res = codec::decode_response(answer.payload).unwrap();
+    let f = Frame(res.headers());
+    assert_eq!(f.op_code(), Some(OpCode::Err));
+    assert_eq!(f.msg_id(), Some("frag0001"));
+    assert_eq!(f.from_id(), Some(svc.id()));
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    let err = busgate::Error::from_err_response(res.status(), res.body());
+    assert_eq!(err.message(), "defrag timeout");
+
+    // The rest, too late, to the instance that acknowledged: dropped, and nothing more sent.
+    let direct = format!("{plane}.443.example.beta.{}.|.POST.echo", svc.id());
+    for index in [2, 3] {
+        raw.publish(direct.clone(), fragment(index, "bbb"))
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+    assert!(
+        next_within(&mut inbox, 1000).await.is_none(),
+        "late fragments are not served"
+    );
+    svc.shutdown().await;
+}
+
+/// A response that sends the first of three fragments and then stops fails its call with
+/// `defrag timeout` at once, not with `timeout` at the end of the call's budget.
+async fn a_response_whose_fragments_stop_fails_the_call_with_defrag_timeout(bus: TestBus) {
+    fake_responder(&bus, "443.example.halfway.|.GET.x", |msg_id| {
+        let frame = format!(
+            "Microbus-From-Host: halfway.example\r\nMicrobus-From-Id: h1\r\nMicrobus-Msg-Id: {msg_id}\r\n"
+        );
+        vec![
+            format!("HTTP/1.1 202 Accepted\r\nConnection: close\r\n{frame}Microbus-Op-Code: Ack\r\n\r\n"),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n{frame}Microbus-Op-Code: Res\r\n\
+Microbus-Fragment: 1/3\r\n\r\nabc"
+            ),
+        ]
+    })
+    .await;
+    let c = Service::new("client.test")
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let err = c
+        .ctx()
+        .with_timeout(Duration::from_secs(15))
+        .get("https://halfway.example/x")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DefragTimeout, "{err}");
+    assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+    c.shutdown().await;
+}
+
 async fn reads_go_err_responses(bus: TestBus) {
     fake_responder(&bus, "443.example.goerr.|.GET.x", |msg_id| {
         let body = "{\n\t\"error\": \"record not found\",\n\t\"stack\": [\n\t\t{\n\t\t\t\"file\": \"/src/service.go\",\n\t\t\t\"function\": \"calculator.(*Service).Square\",\n\t\t\t\"line\": 75\n\t\t}\n\t],\n\t\"statusCode\": 404\n}";
-        format!(
+        vec![format!(
             "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\
 Microbus-From-Host: goerr.example\r\nMicrobus-From-Id: g1\r\nMicrobus-Msg-Id: {msg_id}\r\nMicrobus-Op-Code: Err\r\n\r\n{body}",
             body.len()
-        )
+        )]
     })
     .await;
     let c = Service::new("client.test")

@@ -349,6 +349,11 @@ async fn unicast_exchange(
     observed: &mut Observed,
 ) -> Result<Response<Bytes>, Error> {
     publish_fragment(inner, req, out, 0, out.subject.clone()).await?;
+    if out.fragments.len() > 1 {
+        // The first fragment of a large body can queue behind other large bodies in this
+        // client's write buffer: the ack timeout counts from when it left, not from then.
+        inner.bus.flush().await.map_err(transport_error)?;
+    }
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut acked = false;
     loop {
@@ -365,6 +370,7 @@ async fn unicast_exchange(
                     observed.ack(inner, &out.url.host);
                     return outcome(op_code, res);
                 }
+                Some(Delivery::Failed { error, .. }) => return Err(error),
                 None => return Err(Error::internal("response channel closed")),
             },
             _ = tokio::time::sleep_until(ack_deadline), if !acked => {
@@ -484,6 +490,12 @@ async fn multicast_exchange(
                 results.push(outcome(op_code, res));
                 queue
             }
+            Some(Delivery::Failed { from_id, error }) => {
+                acked.insert(from_id.clone());
+                responded.insert(from_id);
+                results.push(Err(error));
+                None
+            }
             None => return results,
         };
         if let Some(q) = queue {
@@ -546,7 +558,7 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             },
             Some(fr) => {
                 let key = format!("{from_id}|{msg_id}");
-                match inner.response_defrag.add(key, fr, res) {
+                match inner.response_defrag.add(key, fr, res, || msg_id.clone()) {
                     DefragOutcome::Complete(res) => Delivery::Response {
                         from_id,
                         queue,
@@ -564,6 +576,20 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
         deliver(&inner, &msg_id, delivery);
     }
     sub.drain().await;
+}
+
+/// Fail the calls whose response fragments stopped arriving, at once: without this they would
+/// wait out their whole budget for fragments that no longer have a reassembly.
+pub(super) fn fail_stale_responses(inner: &Inner) {
+    for (key, msg_id) in inner.response_defrag.sweep() {
+        tracing::warn!(host = %inner.hostname, key, "defrag timeout: response fragments stopped arriving");
+        let from_id = key.split_once('|').map_or("", |(from_id, _)| from_id);
+        let delivery = Delivery::Failed {
+            from_id: from_id.to_owned(),
+            error: Error::defrag_timeout(),
+        };
+        deliver(inner, &msg_id, delivery);
+    }
 }
 
 /// Hand a reply to the call waiting for `msg_id`; a response nobody waits for is a late one.

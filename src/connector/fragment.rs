@@ -10,9 +10,14 @@ use http::{Request, Response};
 
 use crate::wire::frame::{self, Fragment};
 
-/// A reassembly with no new fragment for this long is dropped: one network hop (250 ms), as
-/// Go Microbus does, so that both sides give up on a half-sent body at the same time.
+/// A reassembly with no new fragment for this long, while no other message's fragments arrive
+/// either, is dropped: one network hop (250 ms), as Go Microbus does.
 pub const DEFRAG_IDLE_TIMEOUT: Duration = super::defaults::NETWORK_HOP;
+
+/// While other messages' fragments keep arriving, a reassembly waits up to this long for its
+/// next one: it may be queued behind theirs. Fifty concurrent 20 MB uploads on two busy cores
+/// spaced one upload's fragments by more than 250 ms; dropping it then failed a live upload.
+pub const DEFRAG_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often stale reassemblies are swept.
 pub const DEFRAG_SWEEP_INTERVAL: Duration = Duration::from_millis(125);
@@ -75,31 +80,52 @@ pub(crate) enum DefragOutcome<T> {
     Rejected(&'static str),
 }
 
-struct Reassembly<T> {
+struct Reassembly<T, R> {
     first: Option<T>,
     parts: Vec<Option<Bytes>>,
     received: usize,
     last_seen: Instant,
+    /// Whom to tell when the reassembly is dropped unfinished.
+    waiting: R,
 }
 
-/// Reassembles messages keyed by `<fromId>|<msgId>`.
-pub(crate) struct Defragmenter<T> {
-    pending: Mutex<HashMap<String, Reassembly<T>>>,
+struct Reassemblies<T, R> {
+    by_key: HashMap<String, Reassembly<T, R>>,
+    /// When a fragment of any message last came in.
+    last_fragment: Instant,
 }
 
-impl<T: Fragmented> Defragmenter<T> {
+/// Reassembles messages keyed by `<fromId>|<msgId>`. `R` is who waits for each message: told
+/// by [`Defragmenter::sweep`] when its fragments stopped arriving, instead of silence.
+pub(crate) struct Defragmenter<T, R> {
+    pending: Mutex<Reassemblies<T, R>>,
+}
+
+impl<T: Fragmented, R> Defragmenter<T, R> {
     pub fn new() -> Self {
         Defragmenter {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Reassemblies {
+                by_key: HashMap::new(),
+                last_fragment: Instant::now(),
+            }),
         }
     }
 
-    pub fn add(&self, key: String, frag: Fragment, mut msg: T) -> DefragOutcome<T> {
+    /// Add a fragment; `waiting` is asked for only by the first fragment of a message.
+    pub fn add(
+        &self,
+        key: String,
+        frag: Fragment,
+        mut msg: T,
+        waiting: impl FnOnce() -> R,
+    ) -> DefragOutcome<T> {
         if frag.total > MAX_FRAGMENTS {
             return DefragOutcome::Rejected("too many fragments");
         }
         let body = msg.take_body();
-        let mut pending = self.pending.lock().expect("defrag lock poisoned");
+        let mut guard = self.pending.lock().expect("defrag lock poisoned");
+        guard.last_fragment = Instant::now();
+        let pending = &mut guard.by_key;
         let entry = match pending.get_mut(&key) {
             Some(entry) => entry,
             None if frag.index == 1 => pending.entry(key.clone()).or_insert(Reassembly {
@@ -107,6 +133,7 @@ impl<T: Fragmented> Defragmenter<T> {
                 parts: vec![None; frag.total],
                 received: 0,
                 last_seen: Instant::now(),
+                waiting: waiting(),
             }),
             None => return DefragOutcome::Orphan,
         };
@@ -128,7 +155,7 @@ impl<T: Fragmented> Defragmenter<T> {
             return DefragOutcome::Pending;
         }
         let done = pending.remove(&key).expect("entry exists");
-        drop(pending);
+        drop(guard);
         let Some(mut whole) = done.first else {
             return DefragOutcome::Rejected("first fragment missing");
         };
@@ -144,23 +171,29 @@ impl<T: Fragmented> Defragmenter<T> {
         DefragOutcome::Complete(whole)
     }
 
-    /// Drop reassemblies idle for longer than [`DEFRAG_IDLE_TIMEOUT`]; returns their keys.
-    pub fn sweep(&self) -> Vec<String> {
-        let mut pending = self.pending.lock().expect("defrag lock poisoned");
-        let stale: Vec<String> = pending
-            .iter()
-            .filter(|(_, r)| r.last_seen.elapsed() > DEFRAG_IDLE_TIMEOUT)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &stale {
-            pending.remove(k);
-        }
-        stale
+    /// Drop the reassemblies whose fragments stopped arriving: none for [`DEFRAG_IDLE_TIMEOUT`]
+    /// while no other fragment came in either, or none for [`DEFRAG_BUSY_TIMEOUT`]. Returns
+    /// their keys and who waits for them.
+    pub fn sweep(&self) -> Vec<(String, R)> {
+        let mut guard = self.pending.lock().expect("defrag lock poisoned");
+        let quiet = guard.last_fragment.elapsed() > DEFRAG_IDLE_TIMEOUT;
+        guard
+            .by_key
+            .extract_if(|_, r| {
+                let idle = r.last_seen.elapsed();
+                (quiet && idle > DEFRAG_IDLE_TIMEOUT) || idle > DEFRAG_BUSY_TIMEOUT
+            })
+            .map(|(key, r)| (key, r.waiting))
+            .collect()
     }
 
     #[cfg(test)]
     pub fn in_progress(&self) -> usize {
-        self.pending.lock().expect("defrag lock poisoned").len()
+        self.pending
+            .lock()
+            .expect("defrag lock poisoned")
+            .by_key
+            .len()
     }
 }
 
@@ -187,14 +220,14 @@ mod tests {
         let d = Defragmenter::new();
         let f = |i, n| Fragment { index: i, total: n };
         assert!(matches!(
-            d.add("k".into(), f(1, 3), frag(1, 3, "ab")),
+            d.add("k".into(), f(1, 3), frag(1, 3, "ab"), || ()),
             DefragOutcome::Pending
         ));
         assert!(matches!(
-            d.add("k".into(), f(3, 3), frag(3, 3, "ef")),
+            d.add("k".into(), f(3, 3), frag(3, 3, "ef"), || ()),
             DefragOutcome::Pending
         ));
-        match d.add("k".into(), f(2, 3), frag(2, 3, "cd")) {
+        match d.add("k".into(), f(2, 3), frag(2, 3, "cd"), || ()) {
             DefragOutcome::Complete(r) => {
                 assert_eq!(r.body(), "abcdef");
                 assert_eq!(r.headers()[CONTENT_LENGTH], "6");
@@ -210,23 +243,23 @@ mod tests {
         let d = Defragmenter::new();
         let f = |i, n| Fragment { index: i, total: n };
         assert!(matches!(
-            d.add("k".into(), f(2, 3), frag(2, 3, "x")),
+            d.add("k".into(), f(2, 3), frag(2, 3, "x"), || ()),
             DefragOutcome::Orphan
         ));
         assert!(matches!(
-            d.add("k".into(), f(1, MAX_FRAGMENTS + 1), frag(1, 2, "x")),
+            d.add("k".into(), f(1, MAX_FRAGMENTS + 1), frag(1, 2, "x"), || ()),
             DefragOutcome::Rejected(_)
         ));
         assert!(matches!(
-            d.add("k".into(), f(1, 3), frag(1, 3, "x")),
+            d.add("k".into(), f(1, 3), frag(1, 3, "x"), || ()),
             DefragOutcome::Pending
         ));
         assert!(matches!(
-            d.add("k".into(), f(1, 3), frag(1, 3, "x")),
+            d.add("k".into(), f(1, 3), frag(1, 3, "x"), || ()),
             DefragOutcome::Rejected(_)
         ));
         assert!(matches!(
-            d.add("k".into(), f(2, 4), frag(2, 4, "x")),
+            d.add("k".into(), f(2, 4), frag(2, 4, "x"), || ()),
             DefragOutcome::Rejected(_)
         ));
         assert_eq!(d.in_progress(), 0);
@@ -242,14 +275,61 @@ mod tests {
         );
         let d = Defragmenter::new();
         let f = |i, n| Fragment { index: i, total: n };
-        d.add("k".into(), f(1, 2), frag(1, 2, "x"));
+        d.add("k".into(), f(1, 2), frag(1, 2, "x"), || ());
         std::thread::sleep(Duration::from_millis(100));
         assert!(d.sweep().is_empty(), "still within the hop");
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(d.sweep(), ["k"]);
+        assert_eq!(d.sweep(), [("k".to_owned(), ())]);
         assert!(matches!(
-            d.add("k".into(), f(2, 2), frag(2, 2, "y")),
+            d.add("k".into(), f(2, 2), frag(2, 2, "y"), || ()),
             DefragOutcome::Orphan
         ));
+    }
+
+    #[test]
+    fn a_reassembly_waits_longer_while_other_fragments_arrive() {
+        let d = Defragmenter::new();
+        let f = |i, n| Fragment { index: i, total: n };
+        d.add("slow".into(), f(1, 2), frag(1, 2, "x"), || "slow's caller");
+        // Another message's fragments keep coming: its next fragment may be queued behind them.
+        let started = Instant::now();
+        let mut other = 0;
+        while started.elapsed() < DEFRAG_IDLE_TIMEOUT * 2 {
+            other += 1;
+            let key = format!("busy{other}");
+            d.add(key, f(1, 2), frag(1, 2, "y"), || "busy's caller");
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(
+                d.sweep().iter().all(|(k, _)| k != "slow"),
+                "dropped while others' fragments arrive"
+            );
+        }
+        // Nothing more comes in: after one quiet hop every reassembly goes, and says whose.
+        std::thread::sleep(DEFRAG_IDLE_TIMEOUT + Duration::from_millis(50));
+        let swept = d.sweep();
+        assert_eq!(swept.len(), other + 1);
+        assert!(swept.contains(&("slow".to_owned(), "slow's caller")));
+        assert_eq!(d.in_progress(), 0);
+    }
+
+    #[test]
+    fn a_reassembly_is_dropped_after_the_busy_timeout_even_while_others_arrive() {
+        let d = Defragmenter::new();
+        let f = |i, n| Fragment { index: i, total: n };
+        d.add("dead".into(), f(1, 2), frag(1, 2, "x"), || 1);
+        let started = Instant::now();
+        let mut swept = Vec::new();
+        while swept.is_empty() {
+            assert!(
+                started.elapsed() < DEFRAG_BUSY_TIMEOUT * 2,
+                "never dropped while others arrive"
+            );
+            d.add("live".into(), f(1, 2), frag(1, 2, "y"), || 2);
+            d.add("live".into(), f(2, 2), frag(2, 2, "y"), || 2);
+            std::thread::sleep(Duration::from_millis(50));
+            swept = d.sweep();
+        }
+        assert!(started.elapsed() >= DEFRAG_BUSY_TIMEOUT);
+        assert_eq!(swept, [("dead".to_owned(), 1)]);
     }
 }

@@ -1,5 +1,5 @@
 //! What a call's inbox holds: deliveries to waiting calls, and the responders multicasts
-//! remember.
+//! remember; and, on the serving side, the address of a caller's inbox.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -11,6 +11,14 @@ use tokio::time::Instant;
 use super::defaults::{DEFAULT_CALL_BUDGET, KNOWN_RESPONDERS_MAX, KNOWN_RESPONDERS_TTL};
 use crate::wire::codec::Headers;
 use crate::wire::OpCode;
+
+/// Where the serving side sends a request's acks and response, and what they echo back.
+#[derive(Clone)]
+pub(crate) struct ReplyTo {
+    pub inbox: String,
+    pub msg_id: String,
+    pub queue: std::sync::Arc<str>,
+}
 
 /// What the inbox hands to a waiting call; `queue` is the responder's `Microbus-Queue`.
 pub(crate) enum Delivery {
@@ -27,6 +35,11 @@ pub(crate) enum Delivery {
         /// [`Headers`]: crate::wire::codec::Headers
         op_code: Option<OpCode>,
         res: Response<Bytes>,
+    },
+    /// A response that cannot come any more: its fragments stopped arriving.
+    Failed {
+        from_id: String,
+        error: crate::error::Error,
     },
 }
 

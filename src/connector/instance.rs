@@ -23,7 +23,7 @@ use super::bus_config::BusConfig;
 use super::defaults::*;
 use super::fragment::Defragmenter;
 use super::ids::new_instance_id;
-use super::inbox::{KnownResponders, Pending};
+use super::inbox::{KnownResponders, Pending, ReplyTo};
 use super::route::{Queue, RouteSpec};
 use crate::config::Deployment;
 use crate::error::Error;
@@ -293,8 +293,10 @@ pub(crate) struct Inner {
     /// Outstanding calls by message id.
     /// FNV: hashed four times a call, and only this connector's own random ids are inserted.
     pub pending: Mutex<HashMap<String, Pending, FnvBuildHasher>>,
-    pub request_defrag: Defragmenter<Request<Bytes>>,
-    pub response_defrag: Defragmenter<Response<Bytes>>,
+    /// Fragmented requests being served, with where each one's response goes.
+    pub request_defrag: Defragmenter<Request<Bytes>, ReplyTo>,
+    /// Fragmented responses to this instance's calls, with each call's message id.
+    pub response_defrag: Defragmenter<Response<Bytes>, String>,
     pub(crate) known_responders: KnownResponders,
     /// Endpoint subscription loops and in-flight handlers.
     pub tasks: TaskTracker,

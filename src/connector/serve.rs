@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
@@ -14,6 +14,7 @@ use super::call;
 use super::control;
 use super::defaults::NETWORK_HOP;
 use super::fragment::{split_body, DefragOutcome, DEFRAG_SWEEP_INTERVAL};
+use super::inbox::ReplyTo;
 use super::instance::{force_trace, Connector, Ctx, Endpoint, Inner, StartError};
 use super::route::Queue;
 use crate::error::Error;
@@ -181,22 +182,15 @@ async fn sweep_loop(inner: Arc<Inner>) {
         tokio::select! {
             _ = inner.stop_inbox.cancelled() => return,
             _ = tick.tick() => {
-                for key in inner.request_defrag.sweep() {
+                for (key, reply) in inner.request_defrag.sweep() {
                     tracing::warn!(host = %inner.hostname, key, "defrag timeout: request fragments stopped arriving");
+                    // The caller would otherwise wait out its whole budget for nothing.
+                    respond(&inner, &reply, Err(Error::defrag_timeout())).await;
                 }
-                for key in inner.response_defrag.sweep() {
-                    tracing::warn!(host = %inner.hostname, key, "defrag timeout: response fragments stopped arriving");
-                }
+                call::fail_stale_responses(&inner);
             }
         }
     }
-}
-
-/// Where a response goes and what it echoes back.
-struct ReplyTo {
-    inbox: String,
-    msg_id: String,
-    queue: Arc<str>,
 }
 
 /// A request that was parsed, validated and acknowledged.
@@ -239,12 +233,13 @@ async fn accept_request(inner: &Inner, queue_label: &Arc<str>, payload: Bytes) -
         None => Some(req),
         Some(fr) => match inner
             .request_defrag
-            .add(format!("{from_id}|{msg_id}"), fr, req)
+            .add(format!("{from_id}|{msg_id}"), fr, req, || reply.clone())
         {
             DefragOutcome::Complete(req) => Some(req),
             DefragOutcome::Pending => None,
             DefragOutcome::Orphan => {
-                tracing::error!(host = %inner.hostname, msg_id = %reply.msg_id, "defrag timeout: fragment without a reassembly");
+                // Its reassembly was dropped, and its caller told so then.
+                tracing::debug!(host = %inner.hostname, msg_id = %reply.msg_id, "dropping a fragment of a dropped reassembly");
                 return None;
             }
             DefragOutcome::Rejected(why) => {
@@ -459,13 +454,7 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
             strip_frame_headers(res.headers_mut());
             (res, OpCode::Res)
         }
-        Err(e) => {
-            let mut res = Response::new(Bytes::from(e.to_body().to_json()));
-            *res.status_mut() = e.status();
-            res.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            (res, OpCode::Err)
-        }
+        Err(e) => (e.to_err_response(), OpCode::Err),
     };
     let own = ReplyFrame::new(inner, reply, op);
     let parts = split_body(res.body(), inner.max_fragment);
