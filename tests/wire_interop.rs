@@ -248,6 +248,18 @@ Microbus-Fragment: 1/3\r\n\r\nabc"
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DefragTimeout, "{err}");
     assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+
+    // A multicast counts that responder as answered, with the same error.
+    let req =
+        busgate::build_request("GET", "https://halfway.example/x", Bytes::new(), None).unwrap();
+    let results = c
+        .ctx()
+        .with_timeout(Duration::from_secs(15))
+        .multicast(req)
+        .await;
+    assert_eq!(results.len(), 1, "one responder, one result");
+    let err = results[0].as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DefragTimeout, "{err}");
     c.shutdown().await;
 }
 

@@ -190,6 +190,21 @@ async fn publish_fragment(
         .map_err(transport_error)
 }
 
+/// Wait until the connection has taken a large body's first fragment (async-nats's flush), so
+/// that its ack timeout does not count the time it queued behind other large bodies in the
+/// client. Bounded: a connection that is reconnecting takes nothing, and the ack timeout then
+/// runs as for any call.
+async fn first_fragment_taken(inner: &Inner, out: &Outgoing) -> Result<(), Error> {
+    if out.fragments.len() <= 1 {
+        return Ok(());
+    }
+    let patience = out.deadline.min(Instant::now() + FLUSH_PATIENCE);
+    match tokio::time::timeout_at(patience, inner.bus.flush()).await {
+        Ok(flushed) => flushed.map_err(transport_error),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Send fragments 2..N to the instance that acknowledged fragment 1.
 async fn publish_rest(
     inner: &Inner,
@@ -349,11 +364,7 @@ async fn unicast_exchange(
     observed: &mut Observed,
 ) -> Result<Response<Bytes>, Error> {
     publish_fragment(inner, req, out, 0, out.subject.clone()).await?;
-    if out.fragments.len() > 1 {
-        // The first fragment of a large body can queue behind other large bodies in this
-        // client's write buffer: the ack timeout counts from when it left, not from then.
-        inner.bus.flush().await.map_err(transport_error)?;
-    }
+    first_fragment_taken(inner, out).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut acked = false;
     loop {
@@ -432,6 +443,9 @@ async fn multicast_exchange(
     observed: &mut Observed,
 ) -> Vec<Result<Response<Bytes>, Error>> {
     if let Err(e) = publish_fragment(inner, req, out, 0, out.subject.clone()).await {
+        return vec![Err(e)];
+    }
+    if let Err(e) = first_fragment_taken(inner, out).await {
         return vec![Err(e)];
     }
     let known = &inner.known_responders;
@@ -558,7 +572,8 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             },
             Some(fr) => {
                 let key = format!("{from_id}|{msg_id}");
-                match inner.response_defrag.add(key, fr, res, || msg_id.clone()) {
+                let waiting = || (from_id.clone(), msg_id.clone());
+                match inner.response_defrag.add(key, fr, res, waiting) {
                     DefragOutcome::Complete(res) => Delivery::Response {
                         from_id,
                         queue,
@@ -566,8 +581,13 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
                         res,
                     },
                     DefragOutcome::Pending => continue,
-                    DefragOutcome::Orphan | DefragOutcome::Rejected(_) => {
-                        tracing::warn!(host = %inner.hostname, %msg_id, "dropping response fragment");
+                    DefragOutcome::Orphan => {
+                        // Its reassembly was dropped, and its call failed then.
+                        tracing::debug!(host = %inner.hostname, %msg_id, "dropping a fragment of a dropped reassembly");
+                        continue;
+                    }
+                    DefragOutcome::Rejected(why) => {
+                        tracing::warn!(host = %inner.hostname, %msg_id, why, "dropping response fragment");
                         continue;
                     }
                 }
@@ -581,11 +601,10 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
 /// Fail the calls whose response fragments stopped arriving, at once: without this they would
 /// wait out their whole budget for fragments that no longer have a reassembly.
 pub(super) fn fail_stale_responses(inner: &Inner) {
-    for (key, msg_id) in inner.response_defrag.sweep() {
+    for (key, (from_id, msg_id)) in inner.response_defrag.sweep() {
         tracing::warn!(host = %inner.hostname, key, "defrag timeout: response fragments stopped arriving");
-        let from_id = key.split_once('|').map_or("", |(from_id, _)| from_id);
         let delivery = Delivery::Failed {
-            from_id: from_id.to_owned(),
+            from_id,
             error: Error::defrag_timeout(),
         };
         deliver(inner, &msg_id, delivery);

@@ -20,6 +20,11 @@ pub const MAX_CALL_DEPTH: u32 = 64;
 /// the handler, Go or Rust, runs without a deadline of ours.
 pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(20);
 
+/// How long a call waits for the connection to take a large body's first fragment before its
+/// ack timeout starts anyway. Fifty concurrent 20 MB uploads on two busy cores queued one for
+/// over 250 ms; a second is ample for that, and short beside a call's budget.
+pub const FLUSH_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Bytes of each NATS payload kept free for the HTTP head of a fragment (Microbus: 64 KiB).
 pub const FRAGMENT_HEADROOM: usize = 64 * 1024;
 

@@ -124,8 +124,8 @@ impl<T: Fragmented, R> Defragmenter<T, R> {
         }
         let body = msg.take_body();
         let mut guard = self.pending.lock().expect("defrag lock poisoned");
-        guard.last_fragment = Instant::now();
-        let pending = &mut guard.by_key;
+        let state = &mut *guard;
+        let pending = &mut state.by_key;
         let entry = match pending.get_mut(&key) {
             Some(entry) => entry,
             None if frag.index == 1 => pending.entry(key.clone()).or_insert(Reassembly {
@@ -137,12 +137,15 @@ impl<T: Fragmented, R> Defragmenter<T, R> {
             }),
             None => return DefragOutcome::Orphan,
         };
+        state.last_fragment = Instant::now();
         if entry.parts.len() != frag.total {
             pending.remove(&key);
             return DefragOutcome::Rejected("fragment count changed mid-message");
         }
         let slot = &mut entry.parts[frag.index - 1];
         if slot.is_some() {
+            // Rejected once: the caller is told now, and not again by the sweep.
+            pending.remove(&key);
             return DefragOutcome::Rejected("duplicate fragment");
         }
         *slot = Some(body);
@@ -256,11 +259,21 @@ mod tests {
         ));
         assert!(matches!(
             d.add("k".into(), f(1, 3), frag(1, 3, "x"), || ()),
-            DefragOutcome::Rejected(_)
+            DefragOutcome::Rejected("duplicate fragment")
+        ));
+        // Rejected once and dropped: its caller is not told a second time by the sweep.
+        assert_eq!(d.in_progress(), 0);
+        assert!(matches!(
+            d.add("k".into(), f(2, 3), frag(2, 3, "x"), || ()),
+            DefragOutcome::Orphan
+        ));
+        assert!(matches!(
+            d.add("k".into(), f(1, 3), frag(1, 3, "x"), || ()),
+            DefragOutcome::Pending
         ));
         assert!(matches!(
             d.add("k".into(), f(2, 4), frag(2, 4, "x"), || ()),
-            DefragOutcome::Rejected(_)
+            DefragOutcome::Rejected("fragment count changed mid-message")
         ));
         assert_eq!(d.in_progress(), 0);
         assert!(d.sweep().is_empty());

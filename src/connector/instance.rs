@@ -295,8 +295,9 @@ pub(crate) struct Inner {
     pub pending: Mutex<HashMap<String, Pending, FnvBuildHasher>>,
     /// Fragmented requests being served, with where each one's response goes.
     pub request_defrag: Defragmenter<Request<Bytes>, ReplyTo>,
-    /// Fragmented responses to this instance's calls, with each call's message id.
-    pub response_defrag: Defragmenter<Response<Bytes>, String>,
+    /// Fragmented responses to this instance's calls, with each one's responder and call
+    /// (`From-Id` and `Msg-Id`).
+    pub response_defrag: Defragmenter<Response<Bytes>, (String, String)>,
     pub(crate) known_responders: KnownResponders,
     /// Endpoint subscription loops and in-flight handlers.
     pub tasks: TaskTracker,
