@@ -133,7 +133,9 @@ impl Connection {
     /// Attempts to read a server operation from the read buffer.
     /// Returns `None` if there is not enough data to parse an entire operation.
     pub(crate) fn try_read_op(&mut self) -> Result<Option<ServerOp>, io::Error> {
-        let len = match memchr::memmem::find(&self.read_buf, b"\r\n") {
+        // busgate: `\r\n` found by `memchr` for `\n` (a `memmem` searcher was built for every
+        // operation read; see PATCHED.md, third change).
+        let len = match find_crlf(&self.read_buf) {
             Some(len) => len,
             None => return Ok(None),
         };
@@ -179,7 +181,17 @@ impl Connection {
         if self.read_buf.starts_with(b"MSG ") {
             let line = str::from_utf8(&self.read_buf[4..len])
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
-            let mut args = line.split(' ').filter(|s| !s.is_empty());
+            // busgate: split on the space byte (`str::split(' ')` ran a char searcher per
+            // argument; see PATCHED.md, third change). Same arguments: spaces only, empty ones
+            // skipped; a space byte is never inside a UTF-8 sequence, so each part is a `str`.
+            let mut args = line
+                .as_bytes()
+                .split(|&b| b == b' ')
+                .filter(|s| !s.is_empty())
+                .map(|part| {
+                    let start = part.as_ptr() as usize - line.as_ptr() as usize;
+                    &line[start..start + part.len()]
+                });
 
             // Parse the operation syntax: MSG <subject> <sid> [reply-to] <#bytes>
             let (subject, sid, reply_to, payload_len) = match (
@@ -891,6 +903,20 @@ where
             .poll_close_unpin(cx)
             .map_err(std::io::Error::other)
     }
+}
+
+/// busgate: where the first `\r\n` of `buf` starts, as `memchr::memmem::find(buf, b"\r\n")`
+/// returns it (see PATCHED.md, third change).
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+        let at = from + i;
+        if at > 0 && buf[at - 1] == b'\r' {
+            return Some(at - 1);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]
