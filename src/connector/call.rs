@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -65,6 +65,8 @@ struct Outgoing {
     /// Whether the deadline is the caller's own (sent as `Microbus-Time-Budget`) rather than
     /// the local [`DEFAULT_CALL_BUDGET`] cap.
     budgeted: bool,
+    /// `Microbus-Call-Depth`: one more than the inbound request's.
+    depth: u32,
 }
 
 fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
@@ -111,13 +113,7 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
     if let Some(inbound) = &ctx.frame {
         propagate(inbound, headers);
     }
-    inner.own_frame.put_sender(headers, true);
-    frame::set_static(headers, frame::names::OP_CODE, OpCode::Req.as_str());
-    frame::set(
-        headers,
-        frame::names::CALL_DEPTH,
-        itoa::Buffer::new().format(ctx.depth + 1),
-    );
+    // The connector's own frame is written beside these headers by `publish_fragment`.
     let fragments = split_body(req.body(), inner.max_fragment);
     Ok(Outgoing {
         url,
@@ -126,6 +122,7 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
         fragments,
         deadline,
         budgeted: ctx.deadline.is_some(),
+        depth: ctx.depth + 1,
     })
 }
 
@@ -150,22 +147,24 @@ fn transport_error(e: TransportError) -> Error {
     }
 }
 
-/// Encode fragment `index` (0-based) of `req` and publish it to `subject`.
+/// Encode fragment `index` (0-based) of `req`, with the connector's frame for message
+/// `msg_id`, and publish it to `subject`.
 async fn publish_fragment(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
+    msg_id: &str,
     index: usize,
     subject: String,
 ) -> Result<(), Error> {
     let total = out.fragments.len();
-    if total > 1 {
-        let fr = Fragment {
+    let fragment = (total > 1).then(|| {
+        Fragment {
             index: index + 1,
             total,
-        };
-        frame::set(req.headers_mut(), frame::names::FRAGMENT, &fr.render());
-    }
+        }
+        .render()
+    });
     let budget_ms = out
         .deadline
         .saturating_duration_since(Instant::now())
@@ -173,16 +172,36 @@ async fn publish_fragment(
     if budget_ms == 0 {
         return Err(Error::timeout());
     }
-    if out.budgeted {
-        frame::set(
-            req.headers_mut(),
-            frame::names::TIME_BUDGET,
-            itoa::Buffer::new().format(budget_ms),
-        );
+    let mut depth = itoa::Buffer::new();
+    let mut budget = itoa::Buffer::new();
+    let own = &inner.own_frame;
+    fn value(v: &Option<HeaderValue>) -> Option<&[u8]> {
+        v.as_ref().map(HeaderValue::as_bytes)
+    }
+    let candidates: [(&str, Option<&[u8]>); 8] = [
+        (frame::CALL_DEPTH, Some(depth.format(out.depth).as_bytes())),
+        (frame::FRAGMENT, fragment.as_deref().map(str::as_bytes)),
+        (frame::FROM_HOST, value(&own.from_host)),
+        (frame::FROM_ID, value(&own.from_id)),
+        (frame::FROM_VERSION, value(&own.from_version)),
+        (frame::MSG_ID, Some(msg_id.as_bytes())),
+        (frame::OP_CODE, Some(OpCode::Req.as_str().as_bytes())),
+        (
+            frame::TIME_BUDGET,
+            out.budgeted.then(|| budget.format(budget_ms).as_bytes()),
+        ),
+    ];
+    let mut pairs: [(&str, &[u8]); 8] = [("", &[]); 8];
+    let mut len = 0;
+    for (name, value) in candidates {
+        if let Some(value) = value {
+            pairs[len] = (name, value);
+            len += 1;
+        }
     }
     *req.body_mut() = out.fragments[index].clone();
-    let payload =
-        codec::encode_request(req).map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
+    let payload = codec::encode_request_with_frame(req, &pairs[..len])
+        .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
     inner
         .bus
         .publish(subject, payload)
@@ -210,6 +229,7 @@ async fn publish_rest(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
+    msg_id: &str,
     responder: &str,
 ) -> Result<(), Error> {
     if !is_valid_instance_id(responder) {
@@ -224,7 +244,7 @@ async fn publish_rest(
     )
     .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
     for i in 1..out.fragments.len() {
-        publish_fragment(inner, req, out, i, direct.clone()).await?;
+        publish_fragment(inner, req, out, msg_id, i, direct.clone()).await?;
     }
     Ok(())
 }
@@ -346,9 +366,16 @@ pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Respon
     let inner = &ctx.conn.inner;
     let out = prepare(ctx, &mut req)?;
     let (waiter, mut rx) = register(inner, ctx);
-    frame::set(req.headers_mut(), frame::names::MSG_ID, &waiter.msg_id);
     let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
-    let result = unicast_exchange(inner, &mut req, &out, &mut rx, &mut observed).await;
+    let result = unicast_exchange(
+        inner,
+        &mut req,
+        &out,
+        &waiter.msg_id,
+        &mut rx,
+        &mut observed,
+    )
+    .await;
     match &result {
         Ok(res) => observed.finish(inner, &out, Ok((res.status(), 1))),
         Err(e) => observed.finish(inner, &out, Err(e)),
@@ -360,10 +387,11 @@ async fn unicast_exchange(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
+    msg_id: &str,
     rx: &mut mpsc::UnboundedReceiver<Delivery>,
     observed: &mut Observed,
 ) -> Result<Response<Bytes>, Error> {
-    publish_fragment(inner, req, out, 0, out.subject.clone()).await?;
+    publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await?;
     first_fragment_taken(inner, out).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut acked = false;
@@ -373,7 +401,7 @@ async fn unicast_exchange(
                 Some(Delivery::Ack { from_id, proceed, .. }) => {
                     observed.ack(inner, &out.url.host);
                     if !acked && proceed && out.fragments.len() > 1 {
-                        publish_rest(inner, req, out, &from_id).await?;
+                        publish_rest(inner, req, out, msg_id, &from_id).await?;
                     }
                     acked = true;
                 }
@@ -406,7 +434,6 @@ pub(crate) async fn multicast(
         Err(e) => return vec![Err(e)],
     };
     let (waiter, mut rx) = register(inner, ctx);
-    frame::set(req.headers_mut(), frame::names::MSG_ID, &waiter.msg_id);
     let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
     let results = multicast_exchange(
         inner,
@@ -442,7 +469,7 @@ async fn multicast_exchange(
     rx: &mut mpsc::UnboundedReceiver<Delivery>,
     observed: &mut Observed,
 ) -> Vec<Result<Response<Bytes>, Error>> {
-    if let Err(e) = publish_fragment(inner, req, out, 0, out.subject.clone()).await {
+    if let Err(e) = publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await {
         return vec![Err(e)];
     }
     if let Err(e) = first_fragment_taken(inner, out).await {
@@ -486,7 +513,7 @@ async fn multicast_exchange(
             }) => {
                 observed.ack(inner, &out.url.host);
                 if proceed && out.fragments.len() > 1 && !acked.contains(&from_id) {
-                    if let Err(e) = publish_rest(inner, req, out, &from_id).await {
+                    if let Err(e) = publish_rest(inner, req, out, msg_id, &from_id).await {
                         results.push(Err(e));
                     }
                 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fnv::FnvBuildHasher;
 use futures::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -256,25 +256,6 @@ impl OwnFrame {
             from_version: (version > 0).then(|| value(&version.to_string())).flatten(),
             locality: locality.and_then(value),
         }
-    }
-
-    /// `Microbus-From-Host`, `-From-Id` and, when `with_version`, `-From-Version`.
-    pub fn put_sender(&self, headers: &mut HeaderMap, with_version: bool) {
-        put(headers, wire::frame::names::FROM_HOST, &self.from_host);
-        put(headers, wire::frame::names::FROM_ID, &self.from_id);
-        if with_version {
-            put(
-                headers,
-                wire::frame::names::FROM_VERSION,
-                &self.from_version,
-            );
-        }
-    }
-}
-
-fn put(headers: &mut HeaderMap, name: HeaderName, value: &Option<HeaderValue>) {
-    if let Some(v) = value {
-        headers.insert(name, v.clone());
     }
 }
 

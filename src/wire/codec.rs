@@ -9,7 +9,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRA
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 pub use super::encode::{
-    encode_ack, encode_ack_frame, encode_request, encode_response, encode_response_with_frame,
+    encode_ack, encode_ack_frame, encode_request, encode_request_with_frame, encode_response,
+    encode_response_with_frame,
 };
 use super::error::WireError;
 use super::frame;

@@ -141,11 +141,6 @@ pub fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Set a frame header to a constant (an op code): no copy of the value.
-pub fn set_static(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
-    headers.insert(name, HeaderValue::from_static(value));
-}
-
 /// `name` starts with `prefix`, in any case (without lowercasing `name` into a new string:
 /// these run for every header of every request).
 fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {

@@ -11,7 +11,10 @@ pub mod reply;
 pub mod subject;
 pub mod url;
 
-pub use codec::{decode_request, decode_response, encode_ack, encode_request, encode_response};
+pub use codec::{
+    decode_request, decode_response, encode_ack, encode_request, encode_request_with_frame,
+    encode_response,
+};
 pub use error::WireError;
 pub use frame::{Fragment, Frame, OpCode};
 pub use hostname::{is_valid_hostname, is_valid_service_hostname, ALL_HOSTS};
