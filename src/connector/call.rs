@@ -395,6 +395,11 @@ async fn unicast_exchange(
     first_fragment_taken(inner, out).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut acked = false;
+    // One timer for the call: the ack's deadline (or the call's, when sooner) until the ack
+    // comes, then the call's. Two new timers on every turn of the loop cost ~1,000
+    // instructions a call. Boxed: held across `publish_rest` it would grow every ingress
+    // request's future (moved into its box once per request) by its size.
+    let mut timer = Box::pin(tokio::time::sleep_until(ack_deadline.min(out.deadline)));
     loop {
         tokio::select! {
             delivery = rx.recv() => match delivery {
@@ -402,6 +407,9 @@ async fn unicast_exchange(
                     observed.ack(inner, &out.url.host);
                     if !acked && proceed && out.fragments.len() > 1 {
                         publish_rest(inner, req, out, msg_id, &from_id).await?;
+                    }
+                    if !acked {
+                        timer.as_mut().reset(out.deadline);
                     }
                     acked = true;
                 }
@@ -412,14 +420,16 @@ async fn unicast_exchange(
                 Some(Delivery::Failed { error, .. }) => return Err(error),
                 None => return Err(Error::internal("response channel closed")),
             },
-            _ = tokio::time::sleep_until(ack_deadline), if !acked => {
+            _ = &mut timer => {
+                if acked || out.deadline < ack_deadline {
+                    return Err(Error::timeout());
+                }
                 // No ack because NATS never carried the request: say so.
                 if inner.bus.refused(Refused::Publish, Some(&out.subject)).is_some() {
                     return Err(Error::refused(&out.subject));
                 }
                 return Err(Error::ack_timeout());
             }
-            _ = tokio::time::sleep_until(out.deadline) => return Err(Error::timeout()),
         }
     }
 }
