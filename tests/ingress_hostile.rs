@@ -744,3 +744,146 @@ async fn no_smuggling_after_a_4xx_on_keep_alive() {
     s.assert_healthy().await;
     s.stop().await;
 }
+
+/// The ingress's `busgate_ingress_parked_connections`, all listeners.
+fn parked(s: &Stack) -> i64 {
+    s.ingress
+        .connector()
+        .metrics()
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "busgate_ingress_parked_connections")
+        .flat_map(|f| f.metric.iter())
+        .map(|m| m.gauge.value() as i64)
+        .sum()
+}
+
+/// Waits until `n` connections are parked (a connection parks one to two PARK_AFTER after its
+/// last request); panics with the count after 10 s.
+async fn until_parked(s: &Stack, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while parked(s) != n {
+        assert!(Instant::now() < deadline, "{} parked, not {n}", parked(s));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const KEEP_ALIVE_HELLO: &[u8] = b"GET /hello.example/hello?name=kept HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// An idle keep-alive connection gives up its HTTP state and is served as before when it
+/// speaks again: one request, a head cut in two around a park, pipelined requests, a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_park_and_are_served_again() {
+    let s = stack_with(&[("ReadHeaderTimeout", "5s")], None).await;
+    let mut kept = TcpStream::connect(s.addr).await.unwrap();
+    let res = send_on(&mut kept, KEEP_ALIVE_HELLO).await.unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "Hello, kept!"));
+    until_parked(&s, 1).await;
+
+    // Served again on the same connection, which is no longer parked while it is.
+    let res = send_on(&mut kept, KEEP_ALIVE_HELLO).await.unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "Hello, kept!"));
+    until_parked(&s, 1).await;
+
+    // A head that starts while parked and ends later.
+    let (first, rest) = KEEP_ALIVE_HELLO.split_at(20);
+    kept.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(parked(&s), 0, "a connection with half a head is not parked");
+    let res = send_on(&mut kept, rest).await.unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "Hello, kept!"));
+    until_parked(&s, 1).await;
+
+    // Three pipelined requests, a body among them, written at once to a parked connection.
+    let mut pipelined = KEEP_ALIVE_HELLO.to_vec();
+    pipelined.extend_from_slice(
+        b"POST /sink.test/length HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    pipelined.extend_from_slice(b"GET /hello.example/hello?name=third HTTP/1.1\r\nHost: x\r\n\r\n");
+    kept.write_all(&pipelined).await.unwrap();
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let res = tokio::time::timeout(Duration::from_secs(10), read_response(&mut kept, &mut buf))
+            .await
+            .expect("a pipelined request answered")
+            .unwrap();
+        answers.push((res.status, res.text()));
+    }
+    assert_eq!(
+        answers,
+        [
+            (200, "Hello, kept!".to_string()),
+            (200, "5".to_string()),
+            (200, "Hello, third!".to_string())
+        ]
+    );
+    until_parked(&s, 1).await;
+
+    // The client leaves: the parked connection is let go.
+    drop(kept);
+    until_parked(&s, 0).await;
+    s.assert_healthy().await;
+    s.stop().await;
+}
+
+/// A connection whose client asked to close is closed after its response, parked or not; an
+/// HTTP/1.0 client's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_ask_to_close_are_closed_not_parked() {
+    let s = stack_with(&[], None).await;
+    for request in [
+        &b"GET /hello.example/hello?name=bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET /hello.example/hello?name=bye HTTP/1.0\r\nHost: x\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(s.addr).await.unwrap();
+        let res = send_on(&mut stream, request).await.unwrap();
+        assert_eq!((res.status, res.text().as_str()), (200, "Hello, bye!"));
+        let mut rest = [0u8; 16];
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut rest),
+        )
+        .await
+        .expect("closed after the response")
+        .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest[..n]));
+    }
+    assert_eq!(parked(&s), 0);
+    s.stop().await;
+}
+
+/// Parked connections do not hold the shutdown: they are closed at once, while a request in
+/// flight on another connection is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_parked_connections_at_once() {
+    let s = stack_with(&[("ReadTimeout", "60s")], None).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(s.addr).await.unwrap();
+        assert_eq!(
+            send_on(&mut stream, KEEP_ALIVE_HELLO).await.unwrap().status,
+            200
+        );
+        idle.push(stream);
+    }
+    until_parked(&s, 3).await;
+    let started = Instant::now();
+    s.stop().await;
+    let took = started.elapsed();
+    for mut stream in idle {
+        let mut rest = [0u8; 16];
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut rest),
+        )
+        .await
+        .expect("a parked connection is closed at shutdown")
+        .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    // The ingress's patience is the time budget plus a grace of seconds; parked connections
+    // must not be what it waits for (their read timeout is a minute here).
+    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+}

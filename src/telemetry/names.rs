@@ -89,6 +89,9 @@ pub const LOG_SPAN_FIELDS: [&str; 3] = ["host", "id", "trace_id"];
 pub const INGRESS_REQUEST_DURATION: &str = "busgate_ingress_request_duration_seconds";
 pub const INGRESS_IN_FLIGHT: &str = "busgate_ingress_requests_in_flight";
 pub const INGRESS_OPEN_CONNECTIONS: &str = "busgate_ingress_open_connections";
+/// Of those, the idle HTTP/1 keep-alive ones parked without their HTTP state
+/// (`ingress::http::connection`).
+pub const INGRESS_PARKED_CONNECTIONS: &str = "busgate_ingress_parked_connections";
 pub const INGRESS_REQUEST_BODY: &str = "busgate_ingress_request_body_bytes";
 pub const INGRESS_RESPONSE_BODY: &str = "busgate_ingress_response_body_bytes";
 

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,6 +27,13 @@ const _: () = assert!(CONFLICT_MARKER.len() == "content-length".len());
 
 /// Room made in the read buffer before each read from the socket.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Heads whose start is remembered: a hyper connection parks only after a quiet period, so at
+/// most a few pipelined heads are unread by it then.
+const HEAD_STARTS_KEPT: usize = 8;
+
+/// What an HTTP/2 connection opens with (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug)]
 enum State {
@@ -60,6 +67,11 @@ pub struct FramingGuard<S> {
     /// Bytes examined and ready for hyper.
     ready: BytesMut,
     max_head: usize,
+    /// Bytes handed to hyper so far, and where the latest heads begin in that count: where a
+    /// new hyper connection can take over from one that ended ([`FramingGuard::resume_at`]).
+    released: u64,
+    head_starts: [u64; HEAD_STARTS_KEPT],
+    heads: usize,
 }
 
 impl<S> FramingGuard<S> {
@@ -73,6 +85,10 @@ impl<S> FramingGuard<S> {
             pending: BytesMut::new(),
             ready: BytesMut::new(),
             max_head,
+            released: 0,
+            // No head starts at u64::MAX: the slots not yet used match nothing.
+            head_starts: [u64::MAX; HEAD_STARTS_KEPT],
+            heads: 0,
         }
     }
 
@@ -104,6 +120,9 @@ impl<S> FramingGuard<S> {
                     };
                     let mut head = self.pending.split_to(end + 4);
                     self.state = examine_head(&mut head);
+                    self.head_starts[self.heads % HEAD_STARTS_KEPT] =
+                        self.released + self.ready.len() as u64;
+                    self.heads += 1;
                     self.ready.unsplit(head);
                 }
                 State::Body(n) => {
@@ -237,6 +256,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..n]);
                 this.ready.advance(n);
+                this.released += n as u64;
                 if this.ready.is_empty() && this.pending.is_empty() {
                     // Let the read buffer go between requests: an idle keep-alive connection
                     // must not hold 16 KiB (10,000 of them held 600 MB).
@@ -252,48 +272,116 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                     return this.read_body_into(cx, buf);
                 }
             }
-            let holding_head = matches!(this.state, State::Head)
-                && (!this.pending.is_empty() || this.awaiting_first_byte);
-            if !holding_head {
-                this.head_deadline = None;
-            } else if this.head_deadline.is_none() {
-                this.head_deadline = Some(Box::pin(tokio::time::sleep(this.header_timeout)));
-            }
-            // A head is read on the stack, uninitialised, and only its bytes are kept: a
-            // connection waiting for its next request holds no buffer (10,000 idle keep-alive
-            // connections with a 16 KiB buffer each held 600 MB).
-            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut rb = ReadBuf::uninit(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Pending => {
-                    if let Some(deadline) = this.head_deadline.as_mut() {
-                        if deadline.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "request head not received in time",
-                            )));
-                        }
+            match ready!(this.poll_fill(cx))? {
+                0 => {
+                    // EOF: release whatever was held so hyper sees the truncated head.
+                    let rest = this.pending.split();
+                    this.ready.unsplit(rest);
+                    if this.ready.is_empty() {
+                        return Poll::Ready(Ok(()));
                     }
-                    return Poll::Pending;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let filled = rb.filled();
-                    if filled.is_empty() {
-                        // EOF: release whatever was held so hyper sees the truncated head.
-                        let rest = this.pending.split();
-                        this.ready.unsplit(rest);
-                        if this.ready.is_empty() {
-                            return Poll::Ready(Ok(()));
-                        }
-                        continue;
-                    }
-                    this.awaiting_first_byte = false;
-                    this.pending.extend_from_slice(filled);
-                    this.advance();
-                }
+                _ => this.advance(),
             }
         }
+    }
+}
+
+impl<S: AsyncRead + Unpin> FramingGuard<S> {
+    /// Read what the socket has into `pending`, under the head's deadline while a head is
+    /// awaited: `Ok(0)` at EOF. A head is read on the stack, uninitialised, and only its bytes
+    /// are kept: a connection waiting for its next request holds no buffer (10,000 idle
+    /// keep-alive connections with a 16 KiB buffer each held 600 MB).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let holding_head = matches!(self.state, State::Head)
+            && (!self.pending.is_empty() || self.awaiting_first_byte);
+        if !holding_head {
+            self.head_deadline = None;
+        } else if self.head_deadline.is_none() {
+            self.head_deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+        }
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut rb = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                if let Some(deadline) = self.head_deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not received in time",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let filled = rb.filled();
+                if !filled.is_empty() {
+                    self.awaiting_first_byte = false;
+                    self.pending.extend_from_slice(filled);
+                }
+                Poll::Ready(Ok(filled.len()))
+            }
+        }
+    }
+
+    /// Whether the connection opens with HTTP/2's preface (prior knowledge, or after ALPN),
+    /// read as hyper-util's `auto` reads it: until the preface's 24 bytes or the first byte
+    /// that differs, within the header timeout. The bytes stay for whoever serves it; an
+    /// HTTP/2 connection is passed through untouched from then on.
+    pub fn poll_opens_with_h2_preface(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            let seen = self.pending.len().min(H2_PREFACE.len());
+            if self.pending[..seen] != H2_PREFACE[..seen] {
+                self.advance();
+                return Poll::Ready(Ok(false));
+            }
+            if seen == H2_PREFACE.len() {
+                self.state = State::Passthrough;
+                self.advance();
+                return Poll::Ready(Ok(true));
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                self.advance();
+                return Poll::Ready(Ok(false));
+            }
+        }
+    }
+}
+
+impl<S> FramingGuard<S> {
+    /// The stream under the guard.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Bytes read from the socket and not yet taken by hyper.
+    pub fn holds_bytes(&self) -> bool {
+        !self.pending.is_empty() || !self.ready.is_empty()
+    }
+
+    /// A hyper connection ended leaving `unread` of the bytes it was given (`Parts::read_buf`):
+    /// whether a new one can take over where it stopped, at the start of a request. Then those
+    /// bytes are read again first, and `true`; inside a request (a body hyper gave up on) or
+    /// where this guard no longer follows requests, `false`.
+    pub fn resume_at(&mut self, unread: &[u8]) -> bool {
+        let Some(at) = self.released.checked_sub(unread.len() as u64) else {
+            return false;
+        };
+        let between_requests =
+            at == self.released && self.ready.is_empty() && matches!(self.state, State::Head);
+        if !between_requests && !self.head_starts.contains(&at) {
+            return false;
+        }
+        if !unread.is_empty() {
+            let mut again = BytesMut::with_capacity(unread.len() + self.ready.len());
+            again.extend_from_slice(unread);
+            again.extend_from_slice(&self.ready);
+            self.ready = again;
+            self.released = at;
+        }
+        true
     }
 }
 
@@ -319,10 +407,13 @@ impl<S: AsyncRead + Unpin> FramingGuard<S> {
                 let end = before + left as usize;
                 self.pending.extend_from_slice(&buf.filled()[end..]);
                 buf.set_filled(end);
+                self.released += left;
                 self.state = State::Head;
                 self.advance();
+                return Poll::Ready(Ok(()));
             }
         }
+        self.released += read;
         Poll::Ready(Ok(()))
     }
 }
@@ -408,6 +499,94 @@ GET /d HTTP/1.1\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\
                 "{piece}"
             );
             assert_eq!(text.len(), input.len());
+        }
+    }
+
+    /// Reads everything `input` makes the guard release, as hyper would, in 7-byte reads.
+    async fn released_by(
+        guard: &mut FramingGuard<tokio::io::DuplexStream>,
+        want: usize,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        while out.len() < want {
+            let n = guard.read(&mut buf).await.unwrap();
+            assert!(n > 0, "EOF after {out:?}");
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_new_reader_resumes_only_at_the_start_of_a_request() {
+        let first = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".as_slice();
+        let second = b"GET /b HTTP/1.1\r\n\r\n".as_slice();
+        let third = b"POST /c HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".as_slice();
+        let all = [first, second, third].concat();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &all)
+            .await
+            .unwrap();
+        let mut guard = FramingGuard::new(server, 64 * 1024, std::time::Duration::from_secs(5));
+        let out = released_by(&mut guard, all.len()).await;
+        assert_eq!(out, all);
+
+        // Inside a head, inside a body, or more than was given: not a place to resume.
+        let unread_from = |at: usize| all[at..].to_vec();
+        for at in [
+            3,
+            first.len() - 2,
+            first.len() + second.len() + 4,
+            all.len() - 1,
+        ] {
+            assert!(!guard.resume_at(&unread_from(at)), "at {at}");
+        }
+        assert!(!guard.resume_at(&[0u8; 4096]));
+
+        // At the start of the second request: it and the third are read again, as they were.
+        let at = first.len();
+        assert!(guard.resume_at(&unread_from(at)));
+        let again = released_by(&mut guard, all.len() - at).await;
+        assert_eq!(again, &all[at..]);
+        // Everything taken, between requests: a reader may start here too.
+        assert!(guard.resume_at(&[]));
+        assert!(!guard.holds_bytes());
+
+        // In a body whose rest has not arrived: nowhere to resume but its start.
+        let fourth = b"POST /d HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf".as_slice();
+        tokio::io::AsyncWriteExt::write_all(&mut client, fourth)
+            .await
+            .unwrap();
+        let out = released_by(&mut guard, fourth.len()).await;
+        assert_eq!(out, fourth);
+        assert!(!guard.resume_at(&[]));
+        assert!(!guard.resume_at(b"half"));
+        assert!(guard.resume_at(fourth));
+    }
+
+    #[tokio::test]
+    async fn tells_http2_from_http1_by_the_first_bytes() {
+        for (input, h2) in [
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"[..], true),
+            (b"GET / HTTP/1.1\r\n\r\n", false),
+            (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", false),
+            (b"PRI * HTTP/1.1\r\n\r\n", false),
+            (b"PR", false),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            for byte in input {
+                tokio::io::AsyncWriteExt::write_all(&mut client, &[*byte])
+                    .await
+                    .unwrap();
+            }
+            drop(client);
+            let mut guard = FramingGuard::new(server, 64 * 1024, std::time::Duration::from_secs(5));
+            let found = std::future::poll_fn(|cx| guard.poll_opens_with_h2_preface(cx)).await;
+            assert_eq!(found.unwrap(), h2, "{input:?}");
+            // The bytes read to tell are read again by whoever serves the connection.
+            let mut out = Vec::new();
+            guard.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, input, "{input:?}");
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod compression;
 pub mod config;
+pub mod connection;
 pub mod context;
 pub mod framing_guard;
 pub mod memory;
@@ -23,19 +24,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
-use context::ConnInfo;
-use framing_guard::FramingGuard;
+use connection::Listener;
+pub use connection::{IngressService, PARK_AFTER, TLS_HANDSHAKE_TIMEOUT};
 use memory::MemoryBudget;
 pub use shared::Shared;
 
@@ -44,9 +41,6 @@ use crate::connector::{Connector, Service, StartError};
 use metrics::IngressMetrics;
 
 pub use compression::COMPRESSION_MIN_BYTES;
-
-/// How long a TLS handshake may take before the connection is dropped.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Grace after the time budget for in-flight requests to be written out at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -117,14 +111,13 @@ impl HttpIngress {
                 .map_err(|source| IngressError::Listen { port, source })?;
             tracing::info!(%addr, tls = tls.is_some(), "HTTP ingress listening");
             addrs.push((port, addr));
-            accept_loops.push(tokio::spawn(accept_loop(
-                listener,
+            let each = Arc::new(Listener::new(
+                shared.clone(),
                 addr.port(),
                 tls,
-                shared.clone(),
                 stop.clone(),
-                graceful.clone(),
-            )));
+            ));
+            accept_loops.push(tokio::spawn(accept_loop(listener, each, graceful.clone())));
         }
         Ok(HttpIngress {
             shared,
@@ -170,34 +163,6 @@ impl HttpIngress {
     }
 }
 
-/// The ingress as hyper sees it on one connection: each request goes through the middleware
-/// chain ([`middleware::handle`]) with the connection's [`ConnInfo`], one boxed future each.
-#[derive(Clone)]
-pub struct IngressService {
-    shared: Arc<Shared>,
-    info: ConnInfo,
-}
-
-impl IngressService {
-    pub fn new(shared: Arc<Shared>, info: ConnInfo) -> IngressService {
-        IngressService { shared, info }
-    }
-}
-
-impl hyper::service::Service<http::Request<hyper::body::Incoming>> for IngressService {
-    type Response = axum::response::Response;
-    type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let info = self.info;
-        Box::pin(async move { Ok(middleware::handle(&shared, info, req.map(Body::new)).await) })
-    }
-}
-
 fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, IngressError> {
     let tls = super::tls::server_config(dir, "httpingress", port)
         .map_err(|message| IngressError::Tls { port, message })?;
@@ -207,50 +172,14 @@ fn load_tls(dir: &Path, port: u16) -> Result<Option<TlsAcceptor>, IngressError> 
     }))
 }
 
-/// HTTP/2 limits, set here rather than left to hyper's defaults so that they are seen and
-/// tested (tests/ingress_hostile.rs). Streams one connection may have open at once: each is a
-/// bus call in flight, and one client should not hold more than a busy browser does.
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
-/// Streams a client may open and reset before they are served ("rapid reset", CVE-2023-44487)
-/// before the connection is closed with ENHANCE_YOUR_CALM.
-pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
-/// Streams the server had to reset for a client's protocol errors before it gives up on the
-/// connection (CVE-2024-27316-style floods of bad frames).
-pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
-/// PING an idle HTTP/2 connection this often, and drop it when a PING is not answered in time:
-/// a vanished client should not hold its streams and memory.
-pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
 async fn accept_loop(
     listener: TcpListener,
-    listen_port: u16,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
+    each: Arc<Listener>,
     graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The framing guard times request heads (Go's semantics); hyper's timer (30 s unless
-        // set) would also run while a keep-alive connection idles between requests.
-        .header_read_timeout(None)
-        .max_buf_size(shared.config.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(shared.config.max_header_bytes as u32)
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = each.stop.cancelled() => return,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
@@ -262,13 +191,6 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
-            listen_port,
-            tls: tls.is_some(),
-            peer,
-        };
-        let service = IngressService::new(shared.clone(), info);
         let Some(watcher) = graceful
             .lock()
             .expect("graceful lock")
@@ -277,67 +199,6 @@ async fn accept_loop(
         else {
             return;
         };
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let config = &shared.config;
-        let (read_timeout, write_timeout) = (config.read_timeout, config.write_timeout);
-        let max_head = config.max_header_bytes;
-        let header_timeout = config.read_header_timeout;
-        let open = OpenConnection::new(shared.metrics.listener(listen_port).open_connections);
-        tokio::spawn(async move {
-            let _open = open;
-            let io = timed(stream, read_timeout, write_timeout);
-            match tls {
-                None => {
-                    let io = FramingGuard::new(io, max_head, header_timeout);
-                    let conn = builder.serve_connection(TokioIo::new(io), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-                Some(acceptor) => {
-                    let tls_stream = match tokio::time::timeout(
-                        TLS_HANDSHAKE_TIMEOUT,
-                        acceptor.accept(io),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        _ => return,
-                    };
-                    let io = FramingGuard::new(tls_stream, max_head, header_timeout);
-                    let conn = builder.serve_connection(TokioIo::new(io), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-            }
-        });
+        tokio::spawn(connection::serve(each.clone(), stream, peer, watcher));
     }
-}
-
-/// Counts a client connection in `busgate_ingress_open_connections` while it lives, however
-/// its task ends.
-struct OpenConnection(prometheus::IntGauge);
-
-impl OpenConnection {
-    fn new(gauge: prometheus::IntGauge) -> OpenConnection {
-        gauge.inc();
-        OpenConnection(gauge)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// A stream whose reads and writes fail after stalling this long: idle keep-alive connections
-/// close after the read timeout, and a client that stops reading cannot pin a response.
-fn timed(
-    stream: TcpStream,
-    read: Duration,
-    write: Duration,
-) -> std::pin::Pin<Box<TimeoutStream<TcpStream>>> {
-    let mut io = TimeoutStream::new(stream);
-    io.set_read_timeout(Some(read));
-    io.set_write_timeout(Some(write));
-    Box::pin(io)
 }
