@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::response::Response;
 use http::header::{HeaderMap, CONNECTION};
 use http::Version;
 use hyper::server::conn::{http1, http2};
@@ -435,22 +436,58 @@ pub struct IngressService {
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for IngressService {
-    type Response = axum::response::Response;
+    type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = Counting;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let info = self.info;
-        let in_flight = InFlight::start(&self.activity, may_close(req.version(), req.headers()));
-        Box::pin(async move {
-            let res = middleware::handle(&shared, info, req.map(Body::new)).await;
-            if has_close(res.headers()) {
-                in_flight.closes();
-            }
-            drop(in_flight);
-            Ok(res)
-        })
+        let closes = may_close(req.version(), req.headers());
+        Counting {
+            response: respond(self.shared.clone(), self.info, req),
+            in_flight: InFlight::start(&self.activity, closes),
+        }
+    }
+}
+
+/// The request through the middleware chain, boxed. The future is ~8 KB; its box is allocated
+/// before it is made, so that only its captures (~300 bytes) are written, straight into the box.
+/// `Box::pin` made it on the stack and copied it whole: the allocation may unwind, and the
+/// future must be there to be dropped then (+8k instructions a request under callgrind).
+fn respond(
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    req: http::Request<hyper::body::Incoming>,
+) -> Pin<Box<dyn Future<Output = Response> + Send>> {
+    boxed_in_place(
+        move || async move { middleware::handle(&shared, info, req.map(Body::new)).await },
+    )
+}
+
+/// `make()`'s future in a box allocated before it is made.
+fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<dyn Future<Output = Response> + Send>>
+where
+    F: Future<Output = Response> + Send + 'static,
+{
+    let slot = Box::<F>::new_uninit();
+    let future: Box<F> = Box::write(slot, make());
+    Box::into_pin(future)
+}
+
+/// A request's response future, counted in its connection's activity until hyper drops it.
+pub struct Counting {
+    response: Pin<Box<dyn Future<Output = Response> + Send>>,
+    in_flight: InFlight,
+}
+
+impl Future for Counting {
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = std::task::ready!(self.response.as_mut().poll(cx));
+        if has_close(res.headers()) {
+            self.in_flight.closes();
+        }
+        Poll::Ready(Ok(res))
     }
 }
 
