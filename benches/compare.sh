@@ -244,7 +244,8 @@ stop_all
 
 echo "compare.sh: bodies and memory (busgate all-in-one, NATS, telemetry on)" >&2
 port=$(free_port)
-start_busgate memory MICROBUS_NATS="$nats_url" -- --ports "$port" --admin-addr "127.0.0.1:$(free_port)"
+mem_admin=$(free_port)
+start_busgate memory MICROBUS_NATS="$nats_url" -- --ports "$port" --admin-addr "127.0.0.1:$mem_admin"
 mem_pid=$last_pid
 wait_ok "http://127.0.0.1:$port$path" "Hello, w!"
 sleep 1
@@ -254,7 +255,11 @@ python3 "$root/benches/hold_connections.py" 127.0.0.1 "$port" "$path" "$HELD_CON
 holder=$!
 for _ in $(seq 600); do grep -q "held open" "$work/held.log" && break; sleep 0.1; done
 held_line=$(cat "$work/held.log")
+opened_rss=$(( $(status_kb "$mem_pid" VmRSS) / 1024 ))
+# Idle keep-alive connections park one to two PARK_AFTER (250 ms) after their last request.
+sleep 1
 held_rss=$(( $(status_kb "$mem_pid" VmRSS) / 1024 ))
+parked=$(curl -s "http://127.0.0.1:$mem_admin/metrics" | awk '/^busgate_ingress_parked_connections/ {n += $2} END {print n + 0}')
 # Another client is still served while the connections are held.
 served=$(curl -s -o /dev/null -w '%{http_code} in %{time_total} s' --max-time 10 "http://127.0.0.1:$port$path" || echo "no answer")
 kill "$holder" 2>/dev/null || true
@@ -318,7 +323,7 @@ EOF
   echo
   echo "16 MB POST (median of 5, curl, MB/s): busgate all-in-one on NATS ${busgate_post}, nginx -> nginx ${nginx_post}."
   echo
-  echo "busgate all-in-one on NATS, telemetry on: idle RSS ${idle_rss} MB; with ${HELD_CONNECTIONS} keep-alive connections open ${held_rss} MB (${held_line}); meanwhile another request: ${served}."
+  echo "busgate all-in-one on NATS, telemetry on: idle RSS ${idle_rss} MB; with ${HELD_CONNECTIONS} keep-alive connections open ${held_rss} MB, ${parked} of them parked (${opened_rss} MB as the last opened; ${held_line}); meanwhile another request: ${served}."
   echo
   echo "Instructions per request (callgrind, wrk -t1 -c4 for 10 s): busgate all-in-one on NATS ${cg_busgate}; bare bridge + responder ${cg_bridge} (ratio $(awk -v a="$cg_busgate" -v b="$cg_bridge" 'BEGIN { printf "%.2f", a / b }'))."
 } >>"$report"

@@ -4,6 +4,7 @@
 # can be compared to the percent. Needs a release build, valgrind, nats-server on
 # 127.0.0.1:4222 and wrk.
 #   cargo build --release && benches/instructions_per_request.sh off PROD && benches/instructions_per_request.sh on PROD http://127.0.0.1:4318/v1/traces
+# REQUEST_PATH=/calculator.example/arithmetic?x=3\&op=*\&y=4 counts another request.
 # The callgrind profile stays in target/callgrind.<telemetry>.<deployment> for callgrind_annotate.
 set -euo pipefail
 telemetry=${1:-on}
@@ -29,7 +30,10 @@ for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
   sleep 0.5
 done
-url="http://127.0.0.1:$port/calculator.example/arithmetic?x=3&op=*&y=4"
+# BENCHMARKS.md's table of steps counts compare.sh's hello request; the calculator path adds a
+# query parse and a JSON body.
+path=${REQUEST_PATH:-/hello.example/hello?name=w}
+url="http://127.0.0.1:$port$path"
 wrk -t1 -c4 -d3s "$url" >/dev/null
 callgrind_control -i on $pid >/dev/null 2>&1
 result=$(wrk -t1 -c4 -d${requests_seconds}s "$url")
