@@ -53,7 +53,7 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bridge" and m.get("executable"):
         print(m["executable"])')
-busgate=$root/target/release/busgate
+busgate=${CARGO_TARGET_DIR:-$root/target}/release/busgate
 
 work=$(mktemp -d /tmp/busgate-compare.XXXXXX)
 pids=()

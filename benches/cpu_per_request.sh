@@ -11,7 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 export MICROBUS_NATS=${MICROBUS_NATS:-nats://127.0.0.1:4222} MICROBUS_PLANE=cpu$RANDOM RUST_LOG=warn
 export BUSGATE_TELEMETRY=$telemetry MICROBUS_DEPLOYMENT=$deployment
 [ -n "$endpoint" ] && export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=$endpoint
-"$root/target/release/busgate" --ports 18282 --admin-addr 127.0.0.1:19292 >/dev/null 2>&1 &
+"${CARGO_TARGET_DIR:-$root/target}/release/busgate" --ports 18282 --admin-addr 127.0.0.1:19292 >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 sleep 1.5

@@ -12,7 +12,7 @@ deployment=${2:-LOCAL}
 endpoint=${3:-}
 requests_seconds=${SECONDS_UNDER_LOAD:-10}
 root=$(cd "$(dirname "$0")/.." && pwd)
-out="$root/target/callgrind.$telemetry.$deployment"
+out="${CARGO_TARGET_DIR:-$root/target}/callgrind.$telemetry.$deployment"
 export MICROBUS_NATS=${MICROBUS_NATS:-nats://127.0.0.1:4222} MICROBUS_PLANE=ir$RANDOM RUST_LOG=warn
 export BUSGATE_TELEMETRY=$telemetry MICROBUS_DEPLOYMENT=$deployment
 [ -n "$endpoint" ] && export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=$endpoint
@@ -23,7 +23,7 @@ rm -f "$out" "$out".[0-9]*
 cache_sim=no
 [ "${CACHE_SIM:-0}" = 1 ] && cache_sim=yes
 valgrind --tool=callgrind --cache-sim=$cache_sim --instr-atstart=no --callgrind-out-file="$out" \
-  "$root/target/release/busgate" --ports $port --admin-addr 127.0.0.1:$admin >/dev/null 2>"$out-valgrind.log" &
+  "${CARGO_TARGET_DIR:-$root/target}/release/busgate" --ports $port --admin-addr 127.0.0.1:$admin >/dev/null 2>"$out-valgrind.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

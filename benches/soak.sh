@@ -24,7 +24,7 @@ nats_server=${NATS_SERVER_BIN:-$HOME/.cache/busgate/tools/nats-server}
 
 echo "soak.sh: building (release)" >&2
 cargo build --release --quiet --bin busgate
-busgate=$root/target/release/busgate
+busgate=${CARGO_TARGET_DIR:-$root/target}/release/busgate
 
 work=$(mktemp -d /tmp/busgate-soak.XXXXXX)
 pids=()
