@@ -39,10 +39,17 @@ impl Stack {
     }
 }
 
+/// A response larger than the socket buffers of loopback: a client that does not read holds
+/// the rest in busgate's hands.
+const BIG: usize = 24 << 20;
+
 fn sink() -> Service {
     Service::new("sink.test")
         .post("/length", |_ctx: Ctx, req: Request<Bytes>| async move {
             Ok(Response::new(Bytes::from(req.body().len().to_string())))
+        })
+        .get("/big", |_ctx: Ctx, _req: Request<Bytes>| async move {
+            Ok(Response::new(Bytes::from(vec![b'x'; BIG])))
         })
         .any("/headers", |_ctx: Ctx, req: Request<Bytes>| async move {
             let names: Vec<String> = req
@@ -880,4 +887,60 @@ async fn shutdown_closes_parked_connections_at_once() {
     // The ingress's patience is the time budget plus a grace of seconds; parked connections
     // must not be what it waits for (their read timeout is a minute here).
     assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+}
+
+/// After a request with `Upgrade` (curl's `--http2` and Java's HttpClient send `Upgrade: h2c`
+/// over plain HTTP) the guard passes everything through: such a connection is not parked,
+/// and is kept alive past a quiet period like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_guard_no_longer_follows_stay_open_unparked() {
+    let s = stack_with(&[], None).await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    let upgrade = b"GET /hello.example/hello?name=h2c HTTP/1.1\r\nHost: x\r\n\
+Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let res = send_on(&mut stream, upgrade).await.unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "Hello, h2c!"));
+    tokio::time::sleep(4 * busgate::ingress::http::PARK_AFTER).await;
+    assert_eq!(parked(&s), 0);
+    let res = send_on(&mut stream, KEEP_ALIVE_HELLO).await.unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "Hello, kept!"));
+    s.stop().await;
+}
+
+/// A client that reads a large response slowly gets all of it, whether it asked to close
+/// (hyper writes out what it holds before it closes) or keeps the connection (it is not
+/// parked while busgate still holds bytes for it), and a kept connection serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_large_responses_get_all_of_them() {
+    let s = stack_with(&[], None).await;
+    for (request, closes) in [
+        (
+            &b"GET /sink.test/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+            true,
+        ),
+        (b"GET /sink.test/big HTTP/1.1\r\nHost: x\r\n\r\n", false),
+    ] {
+        let mut stream = TcpStream::connect(s.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        // Long enough for several park checks while the rest waits in busgate.
+        tokio::time::sleep(6 * busgate::ingress::http::PARK_AFTER).await;
+        let mut buf = Vec::new();
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            read_response(&mut stream, &mut buf),
+        )
+        .await
+        .expect("the response in 30 s")
+        .unwrap();
+        assert_eq!(res.status, 200);
+        assert_eq!(res.body.len(), BIG, "closes: {closes}");
+        if closes {
+            let more = next_bytes(&mut stream, Duration::from_secs(5)).await;
+            assert_eq!(more, Some(Vec::new()), "not closed after the response");
+        } else {
+            let res = send_on(&mut stream, KEEP_ALIVE_HELLO).await.unwrap();
+            assert_eq!((res.status, res.text().as_str()), (200, "Hello, kept!"));
+        }
+    }
+    s.stop().await;
 }

@@ -34,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::context::ConnInfo;
-use super::framing_guard::FramingGuard;
+use super::framing_guard::{FramingGuard, Signals};
 use super::middleware;
 use super::shared::Shared;
 
@@ -209,6 +209,7 @@ async fn serve_guarded<S>(
     // Held, not handed to hyper-util: the graceful shutdown waits for this connection while it
     // serves and while it is parked, and `stop` tells it when.
     let _watcher = watcher;
+    let signals = guard.signals();
     loop {
         let mut conn = Box::new(
             listener
@@ -218,20 +219,19 @@ async fn serve_guarded<S>(
         // Every await of this loop is on a box made by a plain function, and hyper's parts are
         // taken apart in one: what lives across an await is sized into the task, and a parked
         // connection's task should hold only the guard, the service and a few words.
-        let ended = episode(&mut conn, activity, parking.is_some(), stop).await;
+        let may_park = parking.as_ref().map(|_| &*signals);
+        match episode(&mut conn, activity, may_park, stop).await {
+            Ok(true) => {}
+            // hyper ended it (the client's EOF, `Connection: close`, a refused request, the
+            // shutdown) and wrote out and shut the socket as it does.
+            Ok(false) | Err(_) => return,
+        }
         let resumable;
         (guard, service, resumable) = take_apart(*conn);
-        match ended {
-            Ok(true) if resumable => {}
-            // hyper stopped inside a request it gave up on: nothing left to follow.
-            Ok(true) => return,
-            // hyper ended it (the client's EOF, `Connection: close`, a refused request):
-            // shut the socket down as hyper would have.
-            Ok(false) => {
-                let _ = Box::pin(guard.shutdown()).await;
-                return;
-            }
-            Err(_) => return,
+        if !resumable {
+            // Not at a request's start after all: nothing left to follow.
+            let _ = Box::pin(guard.shutdown()).await;
+            return;
         }
         if guard.holds_bytes() {
             continue;
@@ -301,23 +301,26 @@ where
 fn episode<'a, S>(
     conn: &'a mut Http1Connection<S>,
     activity: &'a ConnActivity,
-    may_park: bool,
+    parking: Option<&'a Signals>,
     stop: &'a CancellationToken,
 ) -> Pin<Box<dyn Future<Output = hyper::Result<bool>> + Send + 'a>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Box::pin(serve_until_parked(conn, activity, may_park, stop))
+    Box::pin(serve_until_parked(conn, activity, parking, stop))
 }
 
 type Http1Connection<S> = http1::Connection<TokioIo<FramingGuard<S>>, IngressService>;
 
 /// Drive one hyper connection until hyper ends it (`Ok(false)`, or its error) or it has been
 /// quiet long enough to park (`Ok(true)`: hyper was idle and let the socket go unclosed).
+/// Until a park is asked for, hyper runs as it always does, writing out what it holds and
+/// shutting the socket down when it ends; only then is it ended without that, and only when
+/// it holds nothing to write (`poll_without_shutdown` drops what is unsent).
 async fn serve_until_parked<S>(
     conn: &mut Http1Connection<S>,
     activity: &ConnActivity,
-    may_park: bool,
+    parking: Option<&Signals>,
     stop: &CancellationToken,
 ) -> hyper::Result<bool>
 where
@@ -326,39 +329,46 @@ where
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     let mut stopping = false;
-    let mut parking = false;
+    let mut parked = false;
     // One timer per hyper connection, reset once a period: nothing per request.
-    let mut check = may_park.then(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
+    let mut check = parking.map(|_| Box::pin(tokio::time::sleep(PARK_AFTER)));
     let first = activity.started();
-    let mut seen = first;
+    let mut seen = activity.changes();
     poll_fn(|cx| loop {
         if !stopping && stopped.as_mut().poll(cx).is_ready() {
             // In-flight requests finish (with `Connection: close`), an idle connection closes.
             stopping = true;
             Pin::new(&mut *conn).graceful_shutdown();
         }
-        if let Poll::Ready(ended) = conn.poll_without_shutdown(cx) {
-            return Poll::Ready(ended.map(|()| parking && !stopping));
+        if parked {
+            return conn.poll_without_shutdown(cx).map_ok(|()| true);
         }
-        let Some(timer) = check.as_mut() else {
+        if let Poll::Ready(ended) = Pin::new(&mut *conn).poll(cx) {
+            return Poll::Ready(ended.map(|()| false));
+        }
+        let (Some(timer), Some(signals)) = (check.as_mut(), parking) else {
             return Poll::Pending;
         };
-        if parking || stopping || timer.as_mut().poll(cx).is_pending() {
+        if stopping || timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        let started = activity.started();
+        let changes = activity.changes();
         // Park only a connection that served a request on this hyper connection (hyper is
         // idle between requests then; before its first it would answer that one with
-        // `Connection: close`), none since the last check, none in flight, and none that
-        // asked to close.
-        if started == first || started != seen || !activity.is_quiet() {
-            seen = started;
+        // `Connection: close`), with no request begun or ended since the last check, none in
+        // flight (its body written to the end), none that asked to close, the guard still
+        // following requests and nothing of hyper's waiting to be written.
+        if activity.started() == first
+            || changes != seen
+            || !activity.is_quiet()
+            || !signals.may_hand_over()
+        {
+            seen = changes;
             timer.as_mut().reset(Instant::now() + PARK_AFTER);
             continue;
         }
-        // hyper closes an idle connection at once, and one still writing a response once
-        // that is written: either way without touching the socket (`poll_without_shutdown`).
-        parking = true;
+        // Idle, hyper closes at once and writes nothing more.
+        parked = true;
         Pin::new(&mut *conn).graceful_shutdown();
     })
     .await
@@ -369,6 +379,9 @@ where
 #[derive(Debug, Default)]
 pub struct ConnActivity {
     started: AtomicU32,
+    /// Requests begun plus requests ended: unchanged between two checks, the connection was
+    /// quiet in between.
+    changes: AtomicU32,
     in_flight: AtomicU32,
     /// A request or its response asked for the connection to close after it (hyper does): such
     /// a connection is not parked, so that the client sees the close it expects.
@@ -380,18 +393,24 @@ impl ConnActivity {
         self.started.load(Ordering::Relaxed)
     }
 
+    fn changes(&self) -> u32 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
     fn is_quiet(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0 && !self.closing.load(Ordering::Relaxed)
     }
 }
 
 /// A request of a connection in flight: counted from the service's call to the end (or the
-/// drop) of its response future.
+/// drop) of its response future, or of its response body when that is not written whole at
+/// once ([`Counting`]).
 struct InFlight(Arc<ConnActivity>);
 
 impl InFlight {
     fn start(activity: &Arc<ConnActivity>, closes: bool) -> InFlight {
         activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.changes.fetch_add(1, Ordering::Relaxed);
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         if closes {
             activity.closing.store(true, Ordering::Relaxed);
@@ -406,6 +425,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.changes.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -444,7 +464,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for IngressSe
         let closes = may_close(req.version(), req.headers());
         Counting {
             response: respond(self.shared.clone(), self.info, req),
-            in_flight: InFlight::start(&self.activity, closes),
+            in_flight: Some(InFlight::start(&self.activity, closes)),
         }
     }
 }
@@ -473,10 +493,13 @@ where
     Box::into_pin(future)
 }
 
-/// A request's response future, counted in its connection's activity until hyper drops it.
+/// A request's response future, counted in its connection's activity until hyper drops it; a
+/// body of unknown length (tower-http's compression streams) keeps the count until it ends,
+/// as hyper writes it over many turns. Every other body of the ingress is whole (`Bytes`),
+/// written with its head in the turn the future ends, and is not wrapped.
 pub struct Counting {
     response: Pin<Box<dyn Future<Output = Response> + Send>>,
-    in_flight: InFlight,
+    in_flight: Option<InFlight>,
 }
 
 impl Future for Counting {
@@ -484,10 +507,45 @@ impl Future for Counting {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let res = std::task::ready!(self.response.as_mut().poll(cx));
+        let in_flight = self.in_flight.take().expect("polled after its end");
         if has_close(res.headers()) {
-            self.in_flight.closes();
+            in_flight.closes();
         }
-        Poll::Ready(Ok(res))
+        if hyper::body::Body::size_hint(res.body()).exact().is_some() {
+            return Poll::Ready(Ok(res));
+        }
+        Poll::Ready(Ok(res.map(|body| {
+            Body::new(CountedBody {
+                body,
+                _in_flight: in_flight,
+            })
+        })))
+    }
+}
+
+/// A response body that keeps its request in flight until hyper drops it.
+struct CountedBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -10,6 +10,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use std::future::Future;
@@ -27,6 +29,24 @@ const _: () = assert!(CONFLICT_MARKER.len() == "content-length".len());
 
 /// Room made in the read buffer before each read from the socket.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// What the guard tells its connection's serving loop while hyper holds it: whether it still
+/// follows requests (not once it passes everything through, after an `Upgrade` or a
+/// `CONNECT`), and whether hyper's last write to the socket had to wait (hyper then holds
+/// bytes not yet sent). Relaxed atomics: the guard and the loop run on one task.
+#[derive(Debug)]
+pub struct Signals {
+    following: AtomicBool,
+    write_blocked: AtomicBool,
+}
+
+impl Signals {
+    /// A new hyper connection could take over from this one once it is idle: the guard follows
+    /// requests and hyper has nothing left to write.
+    pub fn may_hand_over(&self) -> bool {
+        self.following.load(Ordering::Relaxed) && !self.write_blocked.load(Ordering::Relaxed)
+    }
+}
 
 /// Heads whose start is remembered: a hyper connection parks only after a quiet period, so at
 /// most a few pipelined heads are unread by it then.
@@ -72,6 +92,7 @@ pub struct FramingGuard<S> {
     released: u64,
     head_starts: [u64; HEAD_STARTS_KEPT],
     heads: usize,
+    signals: Arc<Signals>,
 }
 
 impl<S> FramingGuard<S> {
@@ -89,6 +110,10 @@ impl<S> FramingGuard<S> {
             // No head starts at u64::MAX: the slots not yet used match nothing.
             head_starts: [u64::MAX; HEAD_STARTS_KEPT],
             heads: 0,
+            signals: Arc::new(Signals {
+                following: AtomicBool::new(true),
+                write_blocked: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -105,6 +130,8 @@ impl<S> FramingGuard<S> {
         loop {
             match self.state {
                 State::Passthrough => {
+                    // Every way into passing through comes here (it never ends).
+                    self.signals.following.store(false, Ordering::Relaxed);
                     let all = self.pending.split();
                     self.ready.unsplit(all);
                     return;
@@ -351,6 +378,19 @@ impl<S: AsyncRead + Unpin> FramingGuard<S> {
 }
 
 impl<S> FramingGuard<S> {
+    /// What this guard tells its connection's serving loop ([`Signals`]).
+    pub fn signals(&self) -> Arc<Signals> {
+        self.signals.clone()
+    }
+
+    /// Note whether a write to the socket had to wait.
+    fn wrote<T>(&self, result: Poll<T>) -> Poll<T> {
+        self.signals
+            .write_blocked
+            .store(result.is_pending(), Ordering::Relaxed);
+        result
+    }
+
     /// The stream under the guard.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -424,10 +464,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(written)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        self.wrote(flushed)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -437,7 +479,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(written)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
