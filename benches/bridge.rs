@@ -21,7 +21,7 @@ use axum::Router;
 use futures::StreamExt;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: busgate::allocator::Allocator = busgate::allocator::Allocator;
 
 /// The bridge's own budget per request: the same order as busgate's default.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);

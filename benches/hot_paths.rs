@@ -21,7 +21,7 @@ use busgate::Deployment;
 use http::HeaderMap;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: busgate::allocator::Allocator = busgate::allocator::Allocator;
 
 const BATCHES: usize = 7;
 const ITERATIONS: u32 = 50_000;

@@ -23,7 +23,7 @@ use busgate::{examples, BusConfig, Connector, Ctx, Deployment, Service};
 use bytes::Bytes;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: busgate::allocator::Allocator = busgate::allocator::Allocator;
 
 /// Alternating rounds per configuration and seconds per round (`BENCH_ROUNDS`, `BENCH_SECONDS`
 /// shorten a quick look; the figures in RESULTS.md use the defaults).

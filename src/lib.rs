@@ -6,6 +6,8 @@
 //! - [`connector`]: a service instance that serves endpoints and calls others.
 //! - [`examples`]: the example services the demo and the tests use.
 
+/// The global allocator the binaries and benches install.
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod connector;
