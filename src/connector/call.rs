@@ -6,13 +6,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::defaults::*;
 use super::fragment::{split_body, DefragOutcome};
-use super::ids::new_msg_id;
-use super::inbox::{Delivery, Pending};
+use super::inbox::{Delivery, Waiter};
 use super::instance::{Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
@@ -35,22 +33,6 @@ impl Ctx {
     /// per responder. Nobody answering is an empty list, not an error.
     pub async fn multicast(&self, req: Request<Bytes>) -> Vec<Result<Response<Bytes>, Error>> {
         multicast(self, req).await
-    }
-}
-
-/// Removes the waiter when the call ends, however it ends.
-struct Waiter<'a> {
-    inner: &'a Inner,
-    msg_id: String,
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        self.inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&self.msg_id);
     }
 }
 
@@ -342,17 +324,11 @@ impl Observed {
     }
 }
 
-fn register<'a>(inner: &'a Inner, ctx: &Ctx) -> (Waiter<'a>, mpsc::UnboundedReceiver<Delivery>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut pending = inner.pending.lock().expect("pending lock");
-    let msg_id = loop {
-        let id = new_msg_id();
-        if !pending.contains_key(&id) {
-            break id;
-        }
-    };
-    pending.insert(msg_id.clone(), Pending { tx, kept: ctx.kept });
-    (Waiter { inner, msg_id }, rx)
+fn register<'a>(inner: &'a Inner, ctx: &Ctx) -> Result<Waiter<'a>, Error> {
+    inner
+        .calls
+        .register(ctx.kept)
+        .ok_or_else(|| Error::unavailable("too many calls in flight"))
 }
 
 fn outcome(op_code: Option<OpCode>, res: Response<Bytes>) -> Result<Response<Bytes>, Error> {
@@ -365,17 +341,10 @@ fn outcome(op_code: Option<OpCode>, res: Response<Bytes>) -> Result<Response<Byt
 pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
     let inner = &ctx.conn.inner;
     let out = prepare(ctx, &mut req)?;
-    let (waiter, mut rx) = register(inner, ctx);
-    let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
-    let result = unicast_exchange(
-        inner,
-        &mut req,
-        &out,
-        &waiter.msg_id,
-        &mut rx,
-        &mut observed,
-    )
-    .await;
+    let waiter = register(inner, ctx)?;
+    let msg_id = waiter.msg_id.as_str();
+    let mut observed = Observed::start(ctx, &mut req, &out, msg_id);
+    let result = unicast_exchange(inner, &mut req, &out, &waiter, &mut observed).await;
     match &result {
         Ok(res) => observed.finish(inner, &out, Ok((res.status(), 1))),
         Err(e) => observed.finish(inner, &out, Err(e)),
@@ -387,10 +356,10 @@ async fn unicast_exchange(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
-    msg_id: &str,
-    rx: &mut mpsc::UnboundedReceiver<Delivery>,
+    waiter: &Waiter<'_>,
     observed: &mut Observed,
 ) -> Result<Response<Bytes>, Error> {
+    let msg_id = waiter.msg_id.as_str();
     publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await?;
     first_fragment_taken(inner, out).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
@@ -402,8 +371,8 @@ async fn unicast_exchange(
     let mut timer = Box::pin(tokio::time::sleep_until(ack_deadline.min(out.deadline)));
     loop {
         tokio::select! {
-            delivery = rx.recv() => match delivery {
-                Some(Delivery::Ack { from_id, proceed, .. }) => {
+            delivery = waiter.recv() => match delivery {
+                Delivery::Ack { from_id, proceed, .. } => {
                     observed.ack(inner, &out.url.host);
                     if !acked && proceed && out.fragments.len() > 1 {
                         publish_rest(inner, req, out, msg_id, &from_id).await?;
@@ -413,12 +382,11 @@ async fn unicast_exchange(
                     }
                     acked = true;
                 }
-                Some(Delivery::Response { res, op_code, .. }) => {
+                Delivery::Response { res, op_code, .. } => {
                     observed.ack(inner, &out.url.host);
                     return outcome(op_code, res);
                 }
-                Some(Delivery::Failed { error, .. }) => return Err(error),
-                None => return Err(Error::internal("response channel closed")),
+                Delivery::Failed { error, .. } => return Err(error),
             },
             _ = &mut timer => {
                 if acked || out.deadline < ack_deadline {
@@ -443,24 +411,18 @@ pub(crate) async fn multicast(
         Ok(out) => out,
         Err(e) => return vec![Err(e)],
     };
-    let (waiter, mut rx) = register(inner, ctx);
-    let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
-    let results = multicast_exchange(
-        inner,
-        &mut req,
-        &out,
-        &waiter.msg_id,
-        &mut rx,
-        &mut observed,
-    )
-    .await;
+    let waiter = match register(inner, ctx) {
+        Ok(waiter) => waiter,
+        Err(e) => return vec![Err(e)],
+    };
+    let mut observed = Observed::start(ctx, &mut req, &out, waiter.msg_id.as_str());
+    let results = multicast_exchange(inner, &mut req, &out, &waiter, &mut observed).await;
     // Responses the inbox handed over before the waiter left came too late for this call:
     // like those that come after, they mean the responders changed (known responders).
-    let msg_id = waiter.msg_id.clone();
-    drop(waiter);
-    while let Ok(delivery) = rx.try_recv() {
+    let msg_id = waiter.msg_id;
+    for delivery in waiter.leave() {
         if matches!(delivery, Delivery::Response { .. }) {
-            inner.known_responders.late_response(&msg_id);
+            inner.known_responders.late_response(msg_id.as_str());
             inner.metrics.count_late_response();
         }
     }
@@ -475,10 +437,10 @@ async fn multicast_exchange(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
-    msg_id: &str,
-    rx: &mut mpsc::UnboundedReceiver<Delivery>,
+    waiter: &Waiter<'_>,
     observed: &mut Observed,
 ) -> Vec<Result<Response<Bytes>, Error>> {
+    let msg_id = waiter.msg_id.as_str();
     if let Err(e) = publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await {
         return vec![Err(e)];
     }
@@ -504,7 +466,7 @@ async fn multicast_exchange(
             return results;
         }
         let delivery = tokio::select! {
-            delivery = rx.recv() => delivery,
+            delivery = waiter.recv() => delivery,
             _ = tokio::time::sleep_until(window_end), if !window_passed => {
                 window_passed = true;
                 continue;
@@ -516,11 +478,11 @@ async fn multicast_exchange(
             }
         };
         let queue = match delivery {
-            Some(Delivery::Ack {
+            Delivery::Ack {
                 from_id,
                 queue,
                 proceed,
-            }) => {
+            } => {
                 observed.ack(inner, &out.url.host);
                 if proceed && out.fragments.len() > 1 && !acked.contains(&from_id) {
                     if let Err(e) = publish_rest(inner, req, out, msg_id, &from_id).await {
@@ -530,24 +492,23 @@ async fn multicast_exchange(
                 acked.insert(from_id);
                 queue
             }
-            Some(Delivery::Response {
+            Delivery::Response {
                 from_id,
                 queue,
                 op_code,
                 res,
-            }) => {
+            } => {
                 acked.insert(from_id.clone());
                 responded.insert(from_id);
                 results.push(outcome(op_code, res));
                 queue
             }
-            Some(Delivery::Failed { from_id, error }) => {
+            Delivery::Failed { from_id, error } => {
                 acked.insert(from_id.clone());
                 responded.insert(from_id);
                 results.push(Err(error));
                 None
             }
-            None => return results,
         };
         if let Some(q) = queue {
             queues.insert(q);
@@ -567,10 +528,9 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
         let kept = |msg_id: Option<&str>| {
-            let pending = inner.pending.lock().expect("pending lock");
             msg_id
-                .and_then(|id| pending.get(id))
-                .map_or(Headers::All, |p| p.kept)
+                .and_then(|id| inner.calls.kept(id))
+                .unwrap_or(Headers::All)
         };
         let reply = match decode_reply(msg.payload, kept) {
             Ok(reply) => reply,
@@ -650,22 +610,11 @@ pub(super) fn fail_stale_responses(inner: &Inner) {
 
 /// Hand a reply to the call waiting for `msg_id`; a response nobody waits for is a late one.
 fn deliver(inner: &Inner, msg_id: &str, delivery: Delivery) {
-    let waiter = inner
-        .pending
-        .lock()
-        .expect("pending lock")
-        .get(msg_id)
-        .map(|p| p.tx.clone());
-    match waiter {
-        Some(tx) => {
-            let _ = tx.send(delivery);
-        }
-        None => {
-            if matches!(delivery, Delivery::Response { .. }) {
-                inner.known_responders.late_response(msg_id);
-                inner.metrics.count_late_response();
-                tracing::debug!(host = %inner.hostname, %msg_id, "Response received after timeout");
-            }
+    if let Err(delivery) = inner.calls.deliver(msg_id, delivery) {
+        if matches!(delivery, Delivery::Response { .. }) {
+            inner.known_responders.late_response(msg_id);
+            inner.metrics.count_late_response();
+            tracing::debug!(host = %inner.hostname, %msg_id, "Response received after timeout");
         }
     }
 }
