@@ -622,9 +622,11 @@ pub fn build_request(
 
 /// The value of the query argument `name` of `req`, decoded; the first when it repeats.
 pub fn query_arg(req: &Request<Bytes>, name: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
-    pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    // The pairs as serde_urlencoded reads them (the same parser), without a `String` for each
+    // key and value that is not the one asked for.
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// A handler over typed JSON: the input comes from a JSON body, or from the query string when
@@ -685,4 +687,42 @@ pub(crate) struct Endpoint {
     pub route: RouteSpec,
     pub queue: Queue,
     pub handler: Arc<dyn Handler>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_args_read_as_serde_urlencoded_reads_them() {
+        let req = |q: &str| {
+            Request::builder()
+                .uri(format!("https://a.example/x?{q}"))
+                .body(Bytes::new())
+                .unwrap()
+        };
+        for (query, name) in [
+            ("name=w", "name"),
+            ("a=1&name=first&name=second", "name"),
+            ("name=J%C3%BCrgen+M", "name"),
+            ("name=%FF%FE", "name"),
+            ("na%6De=encoded-key", "name"),
+            ("name", "name"),
+            ("name=&x=1", "name"),
+            ("x=1", "name"),
+            ("", "name"),
+            ("secretkey=s&secretKey=S", "secretKey"),
+        ] {
+            let r = req(query);
+            let pairs: Vec<(String, String)> =
+                serde_urlencoded::from_str(query).unwrap_or_default();
+            let expected = pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            assert_eq!(query_arg(&r, name), expected, "{query}");
+        }
+        let no_query = Request::builder()
+            .uri("https://a.example/x")
+            .body(Bytes::new())
+            .unwrap();
+        assert_eq!(query_arg(&no_query, "name"), None);
+    }
 }
