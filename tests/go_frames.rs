@@ -95,9 +95,12 @@ async fn go_trace_selections_get_empty_json_with_or_without_an_id(bus: TestBus) 
             "s16-control-trace-config-refresh_01-Req.subject",
         ),
     ] {
-        raw.publish(on_plane(&bus, &fixture(subject)), Bytes::from(payload))
-            .await
-            .unwrap();
+        raw.publish(
+            on_plane(&bus, &fixture(subject)).into(),
+            Bytes::from(payload),
+        )
+        .await
+        .unwrap();
         let ack = codec::decode_response(next(&mut inbox).await).unwrap();
         assert_eq!(ack.status(), StatusCode::ACCEPTED, "{what}");
         let res = codec::decode_response(next(&mut inbox).await).unwrap();
@@ -138,7 +141,7 @@ async fn a_go_error_without_a_message_keeps_its_status(bus: TestBus) {
             let payload = String::from_utf8(fixture(name))
                 .unwrap()
                 .replace("3tK7q7Gr", &msg_id);
-            raw.publish(inbox.clone(), Bytes::from(payload))
+            raw.publish(inbox.clone().into(), Bytes::from(payload))
                 .await
                 .unwrap();
             raw.flush().await.unwrap();

@@ -78,7 +78,7 @@ Transfer-Encoding: chunked\r\nMicrobus-Call-Depth: 1\r\nMicrobus-From-Host: alph
 Microbus-From-Id: c1goclient\r\nMicrobus-Msg-Id: 3t0gkasY\r\nMicrobus-Op-Code: Req\r\n\
 Microbus-Time-Budget: 19750\r\n\r\n5\r\nHello\r\n0\r\n\r\n";
     raw.publish(
-        format!("{plane}.443.example.beta.|.POST.echo"),
+        format!("{plane}.443.example.beta.|.POST.echo").into(),
         Bytes::from_static(go.as_bytes()),
     )
     .await
@@ -131,7 +131,7 @@ async fn fake_responder(bus: &TestBus, subject: &str, reply: fn(&str) -> Vec<Str
             )
             .unwrap();
             for message in reply(f.msg_id().unwrap()) {
-                raw.publish(inbox.clone(), Bytes::from(message))
+                raw.publish(inbox.clone().into(), Bytes::from(message))
                     .await
                     .unwrap();
             }
@@ -184,7 +184,7 @@ Microbus-Time-Budget: 20000\r\n\r\n{body}",
         ))
     };
     raw.publish(
-        format!("{plane}.443.example.beta.|.POST.echo"),
+        format!("{plane}.443.example.beta.|.POST.echo").into(),
         fragment(1, "aaa"),
     )
     .await
@@ -208,7 +208,7 @@ Microbus-Time-Budget: 20000\r\n\r\n{body}",
     // The rest, too late, to the instance that acknowledged: dropped, and nothing more sent.
     let direct = format!("{plane}.443.example.beta.{}.|.POST.echo", svc.id());
     for index in [2, 3] {
-        raw.publish(direct.clone(), fragment(index, "bbb"))
+        raw.publish(direct.clone().into(), fragment(index, "bbb"))
             .await
             .unwrap();
     }
@@ -317,7 +317,7 @@ Content-Length: {}\r\nMicrobus-Op-Code: Req\r\n{extra}\r\n{body}",
         format!("POST https://beta.example:443/echo HTTP/1.1\r\n{ret}{}\r\n", "X-Pad: y\r\n".repeat(300)).into_bytes(),
     ];
     for payload in hostile {
-        raw.publish(target.clone(), Bytes::from(payload))
+        raw.publish(target.clone().into(), Bytes::from(payload))
             .await
             .unwrap();
     }

@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, Span, SpanKind, Status};
-use crate::transport::{Refused, Subscription, TransportError, TransportErrorKind};
+use crate::transport::{Refused, Subject, Subscription, TransportError, TransportErrorKind};
 use crate::wire::codec::Headers;
 use crate::wire::frame::{self, Fragment, OpCode};
 use crate::wire::reply::{decode_reply, Reply};
@@ -40,7 +40,7 @@ impl Ctx {
 struct Outgoing {
     url: BusUrl,
     method: String,
-    subject: String,
+    subject: Subject,
     fragments: Vec<Bytes>,
     /// When this caller stops waiting.
     deadline: Instant,
@@ -100,7 +100,7 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
     Ok(Outgoing {
         url,
         method,
-        subject,
+        subject: Subject::from(subject),
         fragments,
         deadline,
         budgeted: ctx.deadline.is_some(),
@@ -137,7 +137,7 @@ async fn publish_fragment(
     out: &Outgoing,
     msg_id: &str,
     index: usize,
-    subject: String,
+    subject: Subject,
 ) -> Result<(), Error> {
     let total = out.fragments.len();
     let fragment = (total > 1).then(|| {
@@ -225,6 +225,7 @@ async fn publish_rest(
         &out.url.decoded_path(),
     )
     .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
+    let direct = Subject::from(direct);
     for i in 1..out.fragments.len() {
         publish_fragment(inner, req, out, msg_id, i, direct.clone()).await?;
     }

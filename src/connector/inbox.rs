@@ -20,7 +20,7 @@ use crate::wire::OpCode;
 /// Where the serving side sends a request's acks and response, and what they echo back.
 #[derive(Clone)]
 pub(crate) struct ReplyTo {
-    pub inbox: String,
+    pub inbox: crate::transport::Subject,
     pub msg_id: String,
     pub queue: std::sync::Arc<str>,
 }
@@ -98,7 +98,8 @@ fn key_of(msg_id: &str) -> Option<usize> {
     if bytes.len() != MSG_ID_LEN {
         return None;
     }
-    let mut key: u64 = 0;
+    // 62^11 fits 128 bits: no overflow check per digit, one at the end.
+    let mut key: u128 = 0;
     for &b in bytes {
         let digit = match b {
             b'0'..=b'9' => b - b'0',
@@ -106,9 +107,11 @@ fn key_of(msg_id: &str) -> Option<usize> {
             b'a'..=b'z' => b - b'a' + 36,
             _ => return None,
         };
-        key = key.checked_mul(62)?.checked_add(digit as u64)?;
+        key = key * 62 + digit as u128;
     }
-    usize::try_from(key).ok()
+    u64::try_from(key)
+        .ok()
+        .and_then(|key| usize::try_from(key).ok())
 }
 
 impl Default for Calls {

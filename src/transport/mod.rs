@@ -46,8 +46,12 @@ pub enum Bus {
     InProc(InProcBus),
 }
 
+/// A subject ready to publish to: shared bytes, so a subject used again (a caller's inbox, for
+/// each request's ack and response) is handed to the client without a copy.
+pub use async_nats::Subject;
+
 impl Bus {
-    pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), TransportError> {
+    pub async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), TransportError> {
         match self {
             Bus::Nats(b) => b.publish(subject, payload).await,
             Bus::InProc(b) => b.publish(&subject, payload),

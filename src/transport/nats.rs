@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, Event};
+use async_nats::{ConnectOptions, Event, Subject};
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -285,7 +285,7 @@ impl NatsBus {
         })
     }
 
-    pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), TransportError> {
+    pub async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), TransportError> {
         if *self.state.borrow() != ConnectionState::Connected && !self.reconnects_soon().await {
             // async-nats would buffer the message until reconnect; a caller with ack-or-fail
             // semantics is better served by a quick, typed failure.
@@ -351,7 +351,8 @@ impl NatsBus {
     pub async fn round_trip(&self, probe: String) -> Result<(), TransportError> {
         use futures::StreamExt;
         let mut sub = self.subscribe(probe.clone(), None).await?;
-        self.publish(probe.clone(), Bytes::new()).await?;
+        self.publish(Subject::from(probe.as_str()), Bytes::new())
+            .await?;
         // A refused probe subscription never echoes: stop waiting once its refusal is in.
         let refused = async {
             while self.refused(Refused::Subscribe, Some(&probe)).is_none() {
