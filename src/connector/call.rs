@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
@@ -93,7 +93,7 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
             && k != frame::CLOCK_SHIFT
     });
     if let Some(inbound) = &ctx.frame {
-        propagate(inbound, headers);
+        inbound.propagate_into(headers);
     }
     // The connector's own frame is written beside these headers by `publish_fragment`.
     let fragments = split_body(req.body(), inner.max_fragment);
@@ -106,18 +106,6 @@ fn prepare(ctx: &Ctx, req: &mut Request<Bytes>) -> Result<Outgoing, Error> {
         budgeted: ctx.deadline.is_some(),
         depth: ctx.depth + 1,
     })
-}
-
-/// Copy `X-Forwarded-*`, `Microbus-Baggage-*`, `Accept-Language` and `Microbus-Clock-Shift`
-/// from the inbound request unless the caller set them.
-fn propagate(inbound: &HeaderMap, outbound: &mut HeaderMap) {
-    for name in inbound.keys() {
-        if frame::is_propagated_header(name.as_str()) && !outbound.contains_key(name) {
-            for v in inbound.get_all(name) {
-                outbound.append(name.clone(), v.clone());
-            }
-        }
-    }
 }
 
 fn transport_error(e: TransportError) -> Error {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -21,6 +21,7 @@ use super::bus_config::BusConfig;
 use super::defaults::*;
 use super::fragment::Defragmenter;
 use super::ids::new_instance_id;
+use super::inbound::Inbound;
 use super::inbox::{Calls, KnownResponders, ReplyTo};
 use super::route::{Queue, RouteSpec};
 use crate::config::Deployment;
@@ -420,7 +421,7 @@ impl Connector {
 #[derive(Clone)]
 pub struct Ctx {
     pub(super) conn: Connector,
-    pub(super) frame: Option<Arc<HeaderMap>>,
+    pub(super) frame: Option<Arc<Inbound>>,
     pub(super) deadline: Option<Instant>,
     pub(super) depth: u32,
     /// The span this work belongs to; outgoing calls are its children.
@@ -445,10 +446,7 @@ impl Ctx {
 
     /// A header of the inbound request, e.g. `X-Forwarded-For` or a `Microbus-Baggage-*`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.frame
-            .as_ref()
-            .and_then(|f| f.get(name))
-            .and_then(|v| v.to_str().ok())
+        self.frame.as_ref().and_then(|f| f.header(name))
     }
 
     /// The trace this work belongs to (32 hex digits).

@@ -20,7 +20,7 @@
 
 //!
 //! The files, from the bottom: `defaults` (timings, limits, ports), `ids`, `route` (path
-//! specs), `inbox` (what calls wait on), `fragment` (large bodies), `bus_config` (the
+//! specs), `inbox` (what calls wait on), `inbound` (the request a handler's context keeps), `fragment` (large bodies), `bus_config` (the
 //! `MICROBUS_*` settings); `instance` (the types); `call` and `serve` (the two directions);
 //! `control` (the `:888` endpoints).
 
@@ -30,6 +30,7 @@ mod control;
 mod defaults;
 pub(crate) mod fragment;
 mod ids;
+mod inbound;
 mod inbox;
 mod instance;
 mod route;

@@ -14,6 +14,7 @@ use super::call;
 use super::control;
 use super::defaults::NETWORK_HOP;
 use super::fragment::{split_body, DefragOutcome, DEFRAG_SWEEP_INTERVAL};
+use super::inbound::Inbound;
 use super::inbox::ReplyTo;
 use super::instance::{force_trace, Connector, Ctx, Endpoint, Inner, StartError};
 use super::route::Queue;
@@ -232,6 +233,8 @@ async fn sweep_loop(inner: Arc<Inner>) {
 struct Accepted {
     reply: ReplyTo,
     req: Request<Bytes>,
+    /// What the handler's context keeps of it.
+    inbound: Inbound,
 }
 
 async fn accept_request(
@@ -240,6 +243,7 @@ async fn accept_request(
     payload: Bytes,
     last_inbox: &mut LastInbox,
 ) -> Option<Accepted> {
+    let message = payload.clone();
     let req = match codec::decode_request(payload) {
         Ok(req) => req,
         Err(e) => {
@@ -270,12 +274,15 @@ async fn accept_request(
     // Reassemble inline: fragment 1 must be registered before its ack lets the caller send
     // the others, which arrive on another subscription.
     let req = match fragment {
-        None => Some(req),
+        None => Some((req, Inbound::message(message))),
         Some(fr) => match inner
             .request_defrag
             .add(format!("{from_id}|{msg_id}"), fr, req, || reply.clone())
         {
-            DefragOutcome::Complete(req) => Some(req),
+            DefragOutcome::Complete(req) => {
+                let headers = req.headers().clone();
+                Some((req, Inbound::Headers(headers)))
+            }
             DefragOutcome::Pending => None,
             DefragOutcome::Orphan => {
                 // Its reassembly was dropped, and its caller told so then.
@@ -297,11 +304,19 @@ async fn accept_request(
         };
         publish_ack(inner, &reply, status).await;
     }
-    req.map(|req| Accepted { reply, req })
+    req.map(|(req, inbound)| Accepted {
+        reply,
+        req,
+        inbound,
+    })
 }
 
 async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted) {
-    let Accepted { reply, req } = accepted;
+    let Accepted {
+        reply,
+        req,
+        inbound,
+    } = accepted;
     let f = Frame(req.headers());
     let budget = f.time_budget_ms().map(std::time::Duration::from_millis);
     if budget.is_some_and(|b| b <= NETWORK_HOP) {
@@ -343,7 +358,7 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     };
     let ctx = Ctx {
         conn: conn.clone(),
-        frame: Some(Arc::new(req.headers().clone())),
+        frame: Some(Arc::new(inbound)),
         deadline,
         depth: f.call_depth(),
         otel: span.context().clone(),

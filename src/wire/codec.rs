@@ -132,6 +132,19 @@ pub fn decode_request_headers(payload: &[u8]) -> Result<HeaderMap, WireError> {
     }
 }
 
+/// Each header of a request's head, name as sent and raw value, in order; nothing when the
+/// head does not parse (callers read payloads [`decode_request`] accepted).
+pub fn for_each_request_header<'b>(payload: &'b [u8], mut each: impl FnMut(&'b str, &'b [u8])) {
+    let mut slots = header_slots();
+    let mut parsed = httparse::Request::new(&mut []);
+    if let Ok(httparse::Status::Complete(_)) = parsed.parse_with_uninit_headers(payload, &mut slots)
+    {
+        for h in parsed.headers.iter() {
+            each(h.name, h.value);
+        }
+    }
+}
+
 /// Room for [`MAX_HEADERS`] parsed headers, uninitialised: initialising them wrote 8 KiB for
 /// every message decoded, three times per call.
 pub(super) fn header_slots<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
