@@ -511,9 +511,13 @@ async fn multicast_exchange(
 
 /// Read the response inbox: acks and responses, reassembled, routed by message id.
 pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
+    // Registered once (see `serve::subscription_loop`).
+    let stopped = inner.stop_inbox.cancelled();
+    tokio::pin!(stopped);
     loop {
         let msg = tokio::select! {
-            _ = inner.stop_inbox.cancelled() => break,
+            biased;
+            _ = &mut stopped => break,
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
         let kept = |msg_id: Option<&str>| {

@@ -136,10 +136,14 @@ async fn subscription_loop(
     mut sub: Subscription,
 ) {
     let mut last_inbox = LastInbox::default();
+    // One wait for the stop, registered once: a new one per message registered with the
+    // token and left it again (two locks a request).
+    let stopped = inner.stop_serving.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = inner.stop_serving.cancelled() => break,
+            _ = &mut stopped => break,
             msg = sub.next() => match msg {
                 Some(msg) => dispatch(&inner, &ep, &queue_label, msg, &mut last_inbox).await,
                 None => return,
@@ -432,7 +436,10 @@ async fn run_handler(
             None => std::future::pending().await,
         }
     };
+    // The handler first: one that finishes in its first turn (most do) then never registers
+    // the deadline's timer nor a wait for the shutdown.
     tokio::select! {
+        biased;
         r = guarded => r.unwrap_or_else(|panic| Err(panic_error(panic))),
         _ = expiry => Err(Error::timeout()),
         _ = inner.lifetime.cancelled() => Err(Error::unavailable("service is shutting down")),
