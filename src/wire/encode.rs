@@ -24,10 +24,9 @@ pub fn encode_request_with_frame(
         .authority()
         .ok_or_else(|| WireError::InvalidUrl(format!("{uri} is not absolute")))?;
     let scheme = uri.scheme_str().unwrap_or("https");
-    let port = authority
-        .port_u16()
-        .unwrap_or(if scheme == "http" { 80 } else { 443 });
-    let host = authority.host();
+    // By bytes: `Authority::host` and `port_u16` go through char searchers (~500 a call).
+    let (host, port) = super::url::host_and_port_of(authority);
+    let port = port.unwrap_or(if scheme == "http" { 80 } else { 443 });
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let body = req.body();
 

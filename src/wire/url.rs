@@ -99,7 +99,7 @@ impl BusUrl {
 /// `authority.host()` and `authority.port_u16()`, by bytes for the common form
 /// `host[:port]`: http's own go through char searchers (`rsplit('@')`, `split(':')`,
 /// `rfind(':')`), ~500 instructions, twice a call.
-fn host_and_port_of(authority: &Authority) -> (&str, Option<u16>) {
+pub(super) fn host_and_port_of(authority: &Authority) -> (&str, Option<u16>) {
     let text = authority.as_str();
     if text.bytes().any(|b| b == b'@' || b == b'[') {
         return (authority.host(), authority.port_u16());
