@@ -328,8 +328,8 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
         respond(&inner, &reply, Err(Error::timeout())).await;
         return;
     }
-    let deadline = budget.map(|b| Instant::now() + b - NETWORK_HOP);
     let started = std::time::Instant::now();
+    let deadline = budget.map(|b| Instant::from_std(started) + b - NETWORK_HOP);
     let port = BusUrl::port_of(req.uri()).unwrap_or(ep.route.port);
     // A standard method is copied as its tag, not as a new `String`.
     let method = req.method().clone();
