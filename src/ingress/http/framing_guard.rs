@@ -24,6 +24,8 @@ use tokio::time::Sleep;
 /// The header a conflicting `Content-Length` is renamed to: exactly as long, so the rewrite
 /// needs no copying.
 pub const CONFLICT_MARKER: &str = "x-smuggled-len";
+/// The marker as a header name, for lookups (a `&str` is parsed into a name on every lookup).
+pub const CONFLICT_MARKER_NAME: http::HeaderName = http::HeaderName::from_static(CONFLICT_MARKER);
 
 const _: () = assert!(CONFLICT_MARKER.len() == "content-length".len());
 

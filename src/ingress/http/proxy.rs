@@ -69,7 +69,7 @@ fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
 
 /// Both framings were sent (see [`super::framing_guard`]).
 fn conflicting_framing(headers: &HeaderMap) -> bool {
-    headers.contains_key(super::framing_guard::CONFLICT_MARKER)
+    headers.contains_key(super::framing_guard::CONFLICT_MARKER_NAME)
         || (headers.contains_key(header::TRANSFER_ENCODING)
             && headers.contains_key(header::CONTENT_LENGTH))
 }
