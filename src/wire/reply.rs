@@ -125,7 +125,10 @@ const MAX_HEADER_NAME_LEN: usize = (1 << 16) - 1;
 /// Those bytes are UTF-8 already; checking again cost ~80 instructions a value, eight values a
 /// call.
 fn header_text(value: &[u8]) -> Option<&str> {
-    if !value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
         return None;
     }
     // SAFETY: every byte is ASCII (checked just above), and ASCII is valid UTF-8; this is how

@@ -49,7 +49,10 @@ pub fn parse_target(path: &str) -> Option<Target<'_>> {
     let slash = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(slash);
     let (host, port) = match authority.bytes().rposition(|b| b == b':') {
-        Some(colon) => (&authority[..colon], authority[colon + 1..].parse::<u16>().ok()?),
+        Some(colon) => (
+            &authority[..colon],
+            authority[colon + 1..].parse::<u16>().ok()?,
+        ),
         None => (authority, 443),
     };
     if !is_valid_hostname(host) {
