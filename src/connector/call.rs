@@ -609,7 +609,7 @@ pub(super) fn fail_stale_responses(inner: &Inner) {
 
 /// Hand a reply to the call waiting for `msg_id`; a response nobody waits for is a late one.
 fn deliver(inner: &Inner, msg_id: &str, delivery: Delivery) {
-    if let Err(delivery) = inner.calls.deliver(msg_id, delivery) {
+    if let Some(delivery) = inner.calls.deliver(msg_id, delivery) {
         if matches!(delivery, Delivery::Response { .. }) {
             inner.known_responders.late_response(msg_id);
             inner.metrics.count_late_response();

@@ -46,7 +46,7 @@ impl Inbound {
                     }
                 });
                 found
-                    .filter(|v| v.iter().all(|&b| (b >= 32 && b < 127) || b == b'\t'))
+                    .filter(|v| v.iter().all(|&b| (32..127).contains(&b) || b == b'\t'))
                     .and_then(|v| std::str::from_utf8(v).ok())
             }
         }

@@ -146,9 +146,9 @@ impl Calls {
     }
 
     /// Hand a reply to the call waiting for `msg_id`; the reply back when nobody waits.
-    pub(super) fn deliver(&self, msg_id: &str, delivery: Delivery) -> Result<(), Delivery> {
+    pub(super) fn deliver(&self, msg_id: &str, delivery: Delivery) -> Option<Delivery> {
         let Some(pending) = key_of(msg_id).and_then(|key| self.slab.get(key)) else {
-            return Err(delivery);
+            return Some(delivery);
         };
         pending
             .mail
@@ -156,7 +156,7 @@ impl Calls {
             .unwrap_or_else(PoisonError::into_inner)
             .push_back(delivery);
         pending.waker.wake();
-        Ok(())
+        None
     }
 
     /// Calls waiting now.
@@ -331,14 +331,14 @@ mod tests {
         assert_ne!(a.msg_id, b.msg_id);
         assert_eq!(calls.len(), 2);
         assert_eq!(calls.kept(b.msg_id.as_str()), Some(Headers::External));
-        assert!(calls.deliver(a.msg_id.as_str(), ack("a1")).is_ok());
-        assert!(calls.deliver(b.msg_id.as_str(), ack("b1")).is_ok());
-        assert!(calls.deliver(a.msg_id.as_str(), ack("a2")).is_ok());
+        assert!(calls.deliver(a.msg_id.as_str(), ack("a1")).is_none());
+        assert!(calls.deliver(b.msg_id.as_str(), ack("b1")).is_none());
+        assert!(calls.deliver(a.msg_id.as_str(), ack("a2")).is_none());
         assert_eq!(from_of(&a.recv().await), "a1");
         assert_eq!(from_of(&a.recv().await), "a2");
         assert_eq!(from_of(&b.recv().await), "b1");
         // Nobody waits for a foreign id: the reply comes back.
-        assert!(calls.deliver("PaislJkR", ack("x")).is_err());
+        assert!(calls.deliver("PaislJkR", ack("x")).is_some());
     }
 
     #[tokio::test]
@@ -349,7 +349,7 @@ mod tests {
         let sender = calls.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            assert!(sender.deliver(id.as_str(), ack("late")).is_ok());
+            assert!(sender.deliver(id.as_str(), ack("late")).is_none());
         });
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter.recv())
             .await
@@ -362,17 +362,17 @@ mod tests {
         let calls = Calls::default();
         let first = calls.register(Headers::All).unwrap();
         let old = first.msg_id;
-        assert!(calls.deliver(old.as_str(), ack("kept")).is_ok());
+        assert!(calls.deliver(old.as_str(), ack("kept")).is_none());
         let left = first.leave();
         assert_eq!(left.len(), 1);
         assert_eq!(calls.len(), 0);
-        assert!(calls.deliver(old.as_str(), ack("late")).is_err());
+        assert!(calls.deliver(old.as_str(), ack("late")).is_some());
         assert_eq!(calls.kept(old.as_str()), None);
         // The next call may take the same slot, with a new generation.
         let second = calls.register(Headers::All).unwrap();
         assert_ne!(second.msg_id, old);
-        assert!(calls.deliver(old.as_str(), ack("late")).is_err());
-        assert!(calls.deliver(second.msg_id.as_str(), ack("new")).is_ok());
+        assert!(calls.deliver(old.as_str(), ack("late")).is_some());
+        assert!(calls.deliver(second.msg_id.as_str(), ack("new")).is_none());
     }
 
     #[test]
