@@ -32,6 +32,7 @@ use std::path::Path;
 /// Layers of the top-level modules of `src/`, lower number = lower layer. A file may reference
 /// files of its own top-level module or of a lower layer, never of a higher one.
 const LAYERS: &[(&str, u32)] = &[
+    ("allocator", 0), // the global allocator the binaries install; uses nothing of ours
     ("wire", 0),      // the Microbus wire protocol: subjects, frames, codec; pure, no I/O
     ("error", 1),     // the error every layer returns, rendered as wire's error body
     ("config", 2),    // settings: the typed tables, config.yaml, deployments

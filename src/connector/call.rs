@@ -6,11 +6,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::defaults::*;
 use super::fragment::{split_body, DefragOutcome};
-use super::inbox::{Delivery, Waiter};
+use super::ids::new_msg_id;
+use super::inbox::{Delivery, Pending};
 use super::instance::{Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
@@ -33,6 +35,22 @@ impl Ctx {
     /// per responder. Nobody answering is an empty list, not an error.
     pub async fn multicast(&self, req: Request<Bytes>) -> Vec<Result<Response<Bytes>, Error>> {
         multicast(self, req).await
+    }
+}
+
+/// Removes the waiter when the call ends, however it ends.
+struct Waiter<'a> {
+    inner: &'a Inner,
+    msg_id: String,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.msg_id);
     }
 }
 
@@ -319,11 +337,17 @@ impl Observed {
     }
 }
 
-fn register<'a>(inner: &'a Inner, ctx: &Ctx) -> Result<Waiter<'a>, Error> {
-    inner
-        .calls
-        .register(ctx.kept)
-        .ok_or_else(|| Error::unavailable("too many calls in flight"))
+fn register<'a>(inner: &'a Inner, ctx: &Ctx) -> (Waiter<'a>, mpsc::UnboundedReceiver<Delivery>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut pending = inner.pending.lock().expect("pending lock");
+    let msg_id = loop {
+        let id = new_msg_id();
+        if !pending.contains_key(&id) {
+            break id;
+        }
+    };
+    pending.insert(msg_id.clone(), Pending { tx, kept: ctx.kept });
+    (Waiter { inner, msg_id }, rx)
 }
 
 fn outcome(op_code: Option<OpCode>, res: Response<Bytes>) -> Result<Response<Bytes>, Error> {
@@ -336,10 +360,17 @@ fn outcome(op_code: Option<OpCode>, res: Response<Bytes>) -> Result<Response<Byt
 pub(crate) async fn unicast(ctx: &Ctx, mut req: Request<Bytes>) -> Result<Response<Bytes>, Error> {
     let inner = &ctx.conn.inner;
     let out = prepare(ctx, &mut req)?;
-    let waiter = register(inner, ctx)?;
-    let msg_id = waiter.msg_id.as_str();
-    let mut observed = Observed::start(ctx, &mut req, &out, msg_id);
-    let result = unicast_exchange(inner, &mut req, &out, &waiter, &mut observed).await;
+    let (waiter, mut rx) = register(inner, ctx);
+    let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
+    let result = unicast_exchange(
+        inner,
+        &mut req,
+        &out,
+        &waiter.msg_id,
+        &mut rx,
+        &mut observed,
+    )
+    .await;
     match &result {
         Ok(res) => observed.finish(inner, &out, Ok((res.status(), 1))),
         Err(e) => observed.finish(inner, &out, Err(e)),
@@ -351,10 +382,10 @@ async fn unicast_exchange(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
-    waiter: &Waiter<'_>,
+    msg_id: &str,
+    rx: &mut mpsc::UnboundedReceiver<Delivery>,
     observed: &mut Observed,
 ) -> Result<Response<Bytes>, Error> {
-    let msg_id = waiter.msg_id.as_str();
     publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await?;
     first_fragment_taken(inner, out).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
@@ -366,8 +397,8 @@ async fn unicast_exchange(
     let mut timer = Box::pin(tokio::time::sleep_until(ack_deadline.min(out.deadline)));
     loop {
         tokio::select! {
-            delivery = waiter.recv() => match delivery {
-                Delivery::Ack { from_id, proceed, .. } => {
+            delivery = rx.recv() => match delivery {
+                Some(Delivery::Ack { from_id, proceed, .. }) => {
                     observed.ack(inner, &out.url.host);
                     if !acked && proceed && out.fragments.len() > 1 {
                         publish_rest(inner, req, out, msg_id, &from_id).await?;
@@ -377,11 +408,12 @@ async fn unicast_exchange(
                     }
                     acked = true;
                 }
-                Delivery::Response { res, op_code, .. } => {
+                Some(Delivery::Response { res, op_code, .. }) => {
                     observed.ack(inner, &out.url.host);
                     return outcome(op_code, res);
                 }
-                Delivery::Failed { error, .. } => return Err(error),
+                Some(Delivery::Failed { error, .. }) => return Err(error),
+                None => return Err(Error::internal("response channel closed")),
             },
             _ = &mut timer => {
                 if acked || out.deadline < ack_deadline {
@@ -406,18 +438,24 @@ pub(crate) async fn multicast(
         Ok(out) => out,
         Err(e) => return vec![Err(e)],
     };
-    let waiter = match register(inner, ctx) {
-        Ok(waiter) => waiter,
-        Err(e) => return vec![Err(e)],
-    };
-    let mut observed = Observed::start(ctx, &mut req, &out, waiter.msg_id.as_str());
-    let results = multicast_exchange(inner, &mut req, &out, &waiter, &mut observed).await;
+    let (waiter, mut rx) = register(inner, ctx);
+    let mut observed = Observed::start(ctx, &mut req, &out, &waiter.msg_id);
+    let results = multicast_exchange(
+        inner,
+        &mut req,
+        &out,
+        &waiter.msg_id,
+        &mut rx,
+        &mut observed,
+    )
+    .await;
     // Responses the inbox handed over before the waiter left came too late for this call:
     // like those that come after, they mean the responders changed (known responders).
-    let msg_id = waiter.msg_id;
-    for delivery in waiter.leave() {
+    let msg_id = waiter.msg_id.clone();
+    drop(waiter);
+    while let Ok(delivery) = rx.try_recv() {
         if matches!(delivery, Delivery::Response { .. }) {
-            inner.known_responders.late_response(msg_id.as_str());
+            inner.known_responders.late_response(&msg_id);
             inner.metrics.count_late_response();
         }
     }
@@ -432,10 +470,10 @@ async fn multicast_exchange(
     inner: &Inner,
     req: &mut Request<Bytes>,
     out: &Outgoing,
-    waiter: &Waiter<'_>,
+    msg_id: &str,
+    rx: &mut mpsc::UnboundedReceiver<Delivery>,
     observed: &mut Observed,
 ) -> Vec<Result<Response<Bytes>, Error>> {
-    let msg_id = waiter.msg_id.as_str();
     if let Err(e) = publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await {
         return vec![Err(e)];
     }
@@ -461,7 +499,7 @@ async fn multicast_exchange(
             return results;
         }
         let delivery = tokio::select! {
-            delivery = waiter.recv() => delivery,
+            delivery = rx.recv() => delivery,
             _ = tokio::time::sleep_until(window_end), if !window_passed => {
                 window_passed = true;
                 continue;
@@ -473,11 +511,11 @@ async fn multicast_exchange(
             }
         };
         let queue = match delivery {
-            Delivery::Ack {
+            Some(Delivery::Ack {
                 from_id,
                 queue,
                 proceed,
-            } => {
+            }) => {
                 observed.ack(inner, &out.url.host);
                 if proceed && out.fragments.len() > 1 && !acked.contains(&from_id) {
                     if let Err(e) = publish_rest(inner, req, out, msg_id, &from_id).await {
@@ -487,23 +525,24 @@ async fn multicast_exchange(
                 acked.insert(from_id);
                 queue
             }
-            Delivery::Response {
+            Some(Delivery::Response {
                 from_id,
                 queue,
                 op_code,
                 res,
-            } => {
+            }) => {
                 acked.insert(from_id.clone());
                 responded.insert(from_id);
                 results.push(outcome(op_code, res));
                 queue
             }
-            Delivery::Failed { from_id, error } => {
+            Some(Delivery::Failed { from_id, error }) => {
                 acked.insert(from_id.clone());
                 responded.insert(from_id);
                 results.push(Err(error));
                 None
             }
+            None => return results,
         };
         if let Some(q) = queue {
             queues.insert(q);
@@ -527,9 +566,10 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
         let kept = |msg_id: Option<&str>| {
+            let pending = inner.pending.lock().expect("pending lock");
             msg_id
-                .and_then(|id| inner.calls.kept(id))
-                .unwrap_or(Headers::All)
+                .and_then(|id| pending.get(id))
+                .map_or(Headers::All, |p| p.kept)
         };
         let reply = match decode_reply(msg.payload, kept) {
             Ok(reply) => reply,
@@ -609,11 +649,22 @@ pub(super) fn fail_stale_responses(inner: &Inner) {
 
 /// Hand a reply to the call waiting for `msg_id`; a response nobody waits for is a late one.
 fn deliver(inner: &Inner, msg_id: &str, delivery: Delivery) {
-    if let Some(delivery) = inner.calls.deliver(msg_id, delivery) {
-        if matches!(delivery, Delivery::Response { .. }) {
-            inner.known_responders.late_response(msg_id);
-            inner.metrics.count_late_response();
-            tracing::debug!(host = %inner.hostname, %msg_id, "Response received after timeout");
+    let waiter = inner
+        .pending
+        .lock()
+        .expect("pending lock")
+        .get(msg_id)
+        .map(|p| p.tx.clone());
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(delivery);
+        }
+        None => {
+            if matches!(delivery, Delivery::Response { .. }) {
+                inner.known_responders.late_response(msg_id);
+                inner.metrics.count_late_response();
+                tracing::debug!(host = %inner.hostname, %msg_id, "Response received after timeout");
+            }
         }
     }
 }

@@ -2,12 +2,14 @@
 //! builder that starts one (`Service`) and an endpoint's `Handler`. Serving is in `serve`,
 //! calling in `call`, both as methods and functions over these types.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fnv::FnvBuildHasher;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use serde::de::DeserializeOwned;
@@ -22,7 +24,7 @@ use super::defaults::*;
 use super::fragment::Defragmenter;
 use super::ids::new_instance_id;
 use super::inbound::Inbound;
-use super::inbox::{Calls, KnownResponders, ReplyTo};
+use super::inbox::{KnownResponders, Pending, ReplyTo};
 use super::route::{Queue, RouteSpec};
 use crate::config::Deployment;
 use crate::error::Error;
@@ -206,7 +208,7 @@ impl Service {
             deployment: config.deployment,
             bus,
             max_fragment: max_payload - FRAGMENT_HEADROOM,
-            calls: Calls::default(),
+            pending: Mutex::new(HashMap::default()),
             request_defrag: Defragmenter::new(),
             response_defrag: Defragmenter::new(),
             known_responders: KnownResponders::default(),
@@ -270,8 +272,9 @@ pub(crate) struct Inner {
     pub deployment: Deployment,
     pub bus: Bus,
     pub max_fragment: usize,
-    /// Outstanding calls, found by message id.
-    pub(crate) calls: Calls,
+    /// Outstanding calls by message id.
+    /// FNV: hashed four times a call, and only this connector's own random ids are inserted.
+    pub pending: Mutex<HashMap<String, Pending, FnvBuildHasher>>,
     /// Fragmented requests being served, with where each one's response goes.
     pub request_defrag: Defragmenter<Request<Bytes>, ReplyTo>,
     /// Fragmented responses to this instance's calls, with each one's responder and call
@@ -357,7 +360,7 @@ impl Connector {
 
     /// Outgoing calls waiting for an ack or a response (diagnostics: 0 when idle).
     pub fn calls_in_flight(&self) -> usize {
-        self.inner.calls.len()
+        self.inner.pending.lock().expect("pending lock").len()
     }
 
     /// Tasks this instance runs: one per subscription, plus one per request being served
