@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 
 use crate::wire::codec::for_each_request_header;
 use crate::wire::frame::is_propagated_header;
@@ -19,6 +19,9 @@ pub(crate) enum Inbound {
     /// The request message as received.
     Message {
         payload: Bytes,
+        /// The decoded request's `Content-Length` (its body's exact length, as the decoder
+        /// puts it in the request's map in place of the message's framing headers).
+        length: LengthText,
         /// Its propagated headers, read on first use.
         propagated: OnceLock<Vec<(HeaderName, HeaderValue)>>,
     },
@@ -27,9 +30,11 @@ pub(crate) enum Inbound {
 }
 
 impl Inbound {
-    pub fn message(payload: Bytes) -> Inbound {
+    /// `payload` as received, whose decoded request has a body of `body_len` bytes.
+    pub fn message(payload: Bytes, body_len: usize) -> Inbound {
         Inbound::Message {
             payload,
+            length: LengthText::of(body_len),
             propagated: OnceLock::new(),
         }
     }
@@ -38,7 +43,17 @@ impl Inbound {
     pub fn header(&self, name: &str) -> Option<&str> {
         match self {
             Inbound::Headers(map) => map.get(name).and_then(|v| v.to_str().ok()),
-            Inbound::Message { payload, .. } => {
+            Inbound::Message {
+                payload, length, ..
+            } => {
+                // The framing headers as the decoded request's map has them: its exact length,
+                // never a `Transfer-Encoding`.
+                if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str()) {
+                    return Some(length.as_str());
+                }
+                if name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str()) {
+                    return None;
+                }
                 let mut found = None;
                 for_each_request_header(payload, |n, v| {
                     if found.is_none() && n.eq_ignore_ascii_case(name) {
@@ -67,6 +82,7 @@ impl Inbound {
             Inbound::Message {
                 payload,
                 propagated,
+                ..
             } => {
                 let propagated = propagated.get_or_init(|| read_propagated(payload));
                 // Decided against the caller's own headers before any is appended: a name
@@ -84,6 +100,30 @@ impl Inbound {
                 }
             }
         }
+    }
+}
+
+/// A length in decimal, kept beside the message (no allocation).
+pub(crate) struct LengthText {
+    digits: [u8; 20],
+    len: u8,
+}
+
+impl LengthText {
+    fn of(n: usize) -> LengthText {
+        let mut out = LengthText {
+            digits: [0; 20],
+            len: 0,
+        };
+        let mut buffer = itoa::Buffer::new();
+        let text = buffer.format(n).as_bytes();
+        out.digits[..text.len()].copy_from_slice(text);
+        out.len = text.len() as u8;
+        out
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[..self.len as usize]).unwrap_or("0")
     }
 }
 
@@ -116,13 +156,44 @@ mod tests {
         X-Bad: café\r\n\r\n";
 
     /// The same request as a decoded map, as the context kept it before.
+    fn both_of(message: &'static str) -> [Inbound; 2] {
+        let payload = Bytes::from_static(message.as_bytes());
+        let req = codec::decode_request(payload.clone()).unwrap();
+        let len = req.body().len();
+        [
+            Inbound::message(payload, len),
+            Inbound::Headers(req.headers().clone()),
+        ]
+    }
+
     fn both() -> [Inbound; 2] {
-        let payload = Bytes::from_static(MESSAGE.as_bytes());
-        let map = codec::decode_request(payload.clone())
-            .unwrap()
-            .headers()
-            .clone();
-        [Inbound::message(payload), Inbound::Headers(map)]
+        both_of(MESSAGE)
+    }
+
+    #[test]
+    fn framing_headers_read_as_the_decoded_request_has_them() {
+        for message in [
+            MESSAGE,
+            // Chunked, as Go writes a body of unknown length: the decoded request has its
+            // exact length and no Transfer-Encoding.
+            "POST https://a.example:443/x HTTP/1.1\r\nHost: a.example:443\r\n\
+             Transfer-Encoding: chunked\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n\
+             5\r\nHello\r\n0\r\n\r\n",
+            // No framing at all, and a length with a leading zero.
+            "GET https://a.example:443/x HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            "POST https://a.example:443/x HTTP/1.1\r\nHost: a.example:443\r\n\
+             Content-Length: 05\r\n\r\nHello",
+        ] {
+            let [raw, map] = both_of(message);
+            for name in [
+                "content-length",
+                "Content-Length",
+                "transfer-encoding",
+                "host",
+            ] {
+                assert_eq!(raw.header(name), map.header(name), "{name} of {message:?}");
+            }
+        }
     }
 
     #[test]

@@ -278,7 +278,10 @@ async fn accept_request(
     // Reassemble inline: fragment 1 must be registered before its ack lets the caller send
     // the others, which arrive on another subscription.
     let req = match fragment {
-        None => Some((req, Inbound::message(message))),
+        None => {
+            let body_len = req.body().len();
+            Some((req, Inbound::message(message, body_len)))
+        }
         Some(fr) => match inner
             .request_defrag
             .add(format!("{from_id}|{msg_id}"), fr, req, || reply.clone())

@@ -292,6 +292,9 @@ mod tests {
             "",
             "/a..b/c",
             "/%2e%2e/x",
+            "/[::1]:80/x",
+            "/a:/x",
+            "/a:1:2/x",
         ] {
             assert_eq!(t(bad), None, "{bad}");
         }
