@@ -11,17 +11,18 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::Request;
 
 use crate::wire::codec::for_each_request_header;
-use crate::wire::frame::is_propagated_header;
+use crate::wire::frame::{header_text, is_propagated_header};
 
 pub(crate) enum Inbound {
     /// The request message as received.
     Message {
         payload: Bytes,
-        /// The decoded request's `Content-Length` (its body's exact length, as the decoder
-        /// puts it in the request's map in place of the message's framing headers).
-        length: LengthText,
+        /// The decoded request's `Content-Length` (its body's exact length, which the decoder
+        /// puts in the request's map in place of the message's framing headers).
+        length: Option<HeaderValue>,
         /// Its propagated headers, read on first use.
         propagated: OnceLock<Vec<(HeaderName, HeaderValue)>>,
     },
@@ -30,11 +31,11 @@ pub(crate) enum Inbound {
 }
 
 impl Inbound {
-    /// `payload` as received, whose decoded request has a body of `body_len` bytes.
-    pub fn message(payload: Bytes, body_len: usize) -> Inbound {
+    /// `payload` as received, and `decoded`, the request the decoder made of it.
+    pub fn message(payload: Bytes, decoded: &Request<Bytes>) -> Inbound {
         Inbound::Message {
             payload,
-            length: LengthText::of(body_len),
+            length: decoded.headers().get(CONTENT_LENGTH).cloned(),
             propagated: OnceLock::new(),
         }
     }
@@ -49,7 +50,7 @@ impl Inbound {
                 // The framing headers as the decoded request's map has them: its exact length,
                 // never a `Transfer-Encoding`.
                 if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str()) {
-                    return Some(length.as_str());
+                    return length.as_ref().and_then(|v| v.to_str().ok());
                 }
                 if name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str()) {
                     return None;
@@ -60,9 +61,7 @@ impl Inbound {
                         found = Some(v);
                     }
                 });
-                found
-                    .filter(|v| v.iter().all(|&b| (32..127).contains(&b) || b == b'\t'))
-                    .and_then(|v| std::str::from_utf8(v).ok())
+                found.and_then(header_text)
             }
         }
     }
@@ -103,30 +102,6 @@ impl Inbound {
     }
 }
 
-/// A length in decimal, kept beside the message (no allocation).
-pub(crate) struct LengthText {
-    digits: [u8; 20],
-    len: u8,
-}
-
-impl LengthText {
-    fn of(n: usize) -> LengthText {
-        let mut out = LengthText {
-            digits: [0; 20],
-            len: 0,
-        };
-        let mut buffer = itoa::Buffer::new();
-        let text = buffer.format(n).as_bytes();
-        out.digits[..text.len()].copy_from_slice(text);
-        out.len = text.len() as u8;
-        out
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.digits[..self.len as usize]).unwrap_or("0")
-    }
-}
-
 fn read_propagated(payload: &Bytes) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
     for_each_request_header(payload, |name, value| {
@@ -159,9 +134,8 @@ mod tests {
     fn both_of(message: &'static str) -> [Inbound; 2] {
         let payload = Bytes::from_static(message.as_bytes());
         let req = codec::decode_request(payload.clone()).unwrap();
-        let len = req.body().len();
         [
-            Inbound::message(payload, len),
+            Inbound::message(payload, &req),
             Inbound::Headers(req.headers().clone()),
         ]
     }

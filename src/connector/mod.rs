@@ -20,9 +20,9 @@
 
 //!
 //! The files, from the bottom: `defaults` (timings, limits, ports), `ids`, `route` (path
-//! specs), `inbox` (what calls wait on), `inbound` (the request a handler's context keeps), `fragment` (large bodies), `bus_config` (the
-//! `MICROBUS_*` settings); `instance` (the types); `call` and `serve` (the two directions);
-//! `control` (the `:888` endpoints).
+//! specs), `inbox` (what calls wait on), `inbound` (the request a handler's context keeps),
+//! `fragment` (large bodies), `bus_config` (the `MICROBUS_*` settings); `instance` (the
+//! types); `call` and `serve` (the two directions); `control` (the `:888` endpoints).
 
 mod bus_config;
 mod call;

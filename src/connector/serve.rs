@@ -279,8 +279,8 @@ async fn accept_request(
     // the others, which arrive on another subscription.
     let req = match fragment {
         None => {
-            let body_len = req.body().len();
-            Some((req, Inbound::message(message, body_len)))
+            let inbound = Inbound::message(message, &req);
+            Some((req, inbound))
         }
         Some(fr) => match inner
             .request_defrag

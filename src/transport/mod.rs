@@ -11,6 +11,9 @@ pub mod nats;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+/// A subject ready to publish to: shared bytes, so a subject used again (a caller's inbox, for
+/// each request's ack and response) is handed to the client without a copy.
+pub use async_nats::Subject;
 pub use inproc::InProcBus;
 pub use message::{BusMessage, ConnectionState, TransportError, TransportErrorKind};
 pub use nats::{NatsBus, NatsOptions, Refused};
@@ -45,10 +48,6 @@ pub enum Bus {
     Nats(NatsBus),
     InProc(InProcBus),
 }
-
-/// A subject ready to publish to: shared bytes, so a subject used again (a caller's inbox, for
-/// each request's ack and response) is handed to the client without a copy.
-pub use async_nats::Subject;
 
 impl Bus {
     pub async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), TransportError> {

@@ -304,16 +304,14 @@ impl NatsBus {
         // state said so and the client's queue is full: then it would wait for a reconnect that
         // may never come (and hold shutdown with it). The timer is made only if it has to wait
         // (a timeout reads the clock as it is made: ~150 instructions a publish).
+        let failed =
+            |e| TransportError::caused_by(TransportErrorKind::Disconnected, "publish failed", e);
         let mut publish = std::pin::pin!(self.client.publish(subject, payload));
         if let std::task::Poll::Ready(sent) = futures::poll!(publish.as_mut()) {
-            return sent.map_err(|e| {
-                TransportError::caused_by(TransportErrorKind::Disconnected, "publish failed", e)
-            });
+            return sent.map_err(failed);
         }
         match tokio::time::timeout(PUBLISH_PATIENCE, publish).await {
-            Ok(sent) => sent.map_err(|e| {
-                TransportError::caused_by(TransportErrorKind::Disconnected, "publish failed", e)
-            }),
+            Ok(sent) => sent.map_err(failed),
             Err(_) => Err(TransportError::new(
                 TransportErrorKind::Disconnected,
                 "NATS did not take the message within 1 s",

@@ -9,7 +9,7 @@ use super::codec::{
     BodyWithoutLength, Framing, Headers,
 };
 use super::error::WireError;
-use super::frame::{self, Fragment};
+use super::frame::{self, header_text, Fragment};
 
 /// What arrives in a response inbox: an ack, of which only the status and the frame are read,
 /// or a response and its frame.
@@ -120,21 +120,6 @@ pub fn decode_reply(
 
 /// Longest header name `HeaderName` takes.
 const MAX_HEADER_NAME_LEN: usize = (1 << 16) - 1;
-
-/// A header value as text, as `HeaderValue::to_str` reads it: visible ASCII and tabs only.
-/// Those bytes are UTF-8 already; checking again cost ~80 instructions a value, eight values a
-/// call.
-fn header_text(value: &[u8]) -> Option<&str> {
-    if !value
-        .iter()
-        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-    {
-        return None;
-    }
-    // SAFETY: every byte is ASCII (checked just above), and ASCII is valid UTF-8; this is how
-    // `HeaderValue::to_str` converts too.
-    Some(unsafe { std::str::from_utf8_unchecked(value) })
-}
 
 #[cfg(test)]
 mod tests {

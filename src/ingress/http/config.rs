@@ -231,8 +231,7 @@ pub const ACCESS_LOG: Setting<bool> = Setting {
     parse: boolean,
 };
 
-/// A comma-separated set (blanks ignored); `why` when an item does not parse.
-/// A set of the comma-separated values of `v`. FNV where one is looked up per request (the
+/// A comma-separated set (blanks ignored); `why` when an item does not parse. FNV where one is looked up per request (the
 /// peer address, three times a request, and the listener's port): SipHash cost ~150
 /// instructions a lookup, and no client adds to these sets.
 fn comma_separated<T: std::str::FromStr + Eq + std::hash::Hash, S>(
