@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::defaults::*;
 use super::fragment::{split_body, DefragOutcome};
 use super::ids::new_msg_id;
-use super::inbox::{Delivery, Pending};
+use super::inbox::{Delivery, Place};
 use super::instance::{Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
@@ -42,15 +42,12 @@ impl Ctx {
 struct Waiter<'a> {
     inner: &'a Inner,
     msg_id: String,
+    place: Place,
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&self.msg_id);
+        self.inner.pending.remove(&self.msg_id, self.place);
     }
 }
 
@@ -339,15 +336,15 @@ impl Observed {
 
 fn register<'a>(inner: &'a Inner, ctx: &Ctx) -> (Waiter<'a>, mpsc::UnboundedReceiver<Delivery>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut pending = inner.pending.lock().expect("pending lock");
-    let msg_id = loop {
-        let id = new_msg_id();
-        if !pending.contains_key(&id) {
-            break id;
-        }
-    };
-    pending.insert(msg_id.clone(), Pending { tx, kept: ctx.kept });
-    (Waiter { inner, msg_id }, rx)
+    let (msg_id, place) = inner.pending.register(tx, ctx.kept, new_msg_id);
+    (
+        Waiter {
+            inner,
+            msg_id,
+            place,
+        },
+        rx,
+    )
 }
 
 fn outcome(op_code: Option<OpCode>, res: Response<Bytes>) -> Result<Response<Bytes>, Error> {
@@ -566,10 +563,9 @@ pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
         let kept = |msg_id: Option<&str>| {
-            let pending = inner.pending.lock().expect("pending lock");
             msg_id
-                .and_then(|id| pending.get(id))
-                .map_or(Headers::All, |p| p.kept)
+                .and_then(|id| inner.pending.with(id, |p| p.kept))
+                .unwrap_or(Headers::All)
         };
         let reply = match decode_reply(msg.payload, kept) {
             Ok(reply) => reply,
@@ -649,17 +645,13 @@ pub(super) fn fail_stale_responses(inner: &Inner) {
 
 /// Hand a reply to the call waiting for `msg_id`; a response nobody waits for is a late one.
 fn deliver(inner: &Inner, msg_id: &str, delivery: Delivery) {
-    let waiter = inner
-        .pending
-        .lock()
-        .expect("pending lock")
-        .get(msg_id)
-        .map(|p| p.tx.clone());
-    match waiter {
-        Some(tx) => {
-            let _ = tx.send(delivery);
-        }
-        None => {
+    let mut delivery = Some(delivery);
+    let delivered = inner.pending.with(msg_id, |p| {
+        let _ = p.tx.send(delivery.take().expect("delivered once"));
+    });
+    match (delivered, delivery) {
+        (Some(()), _) | (None, None) => {}
+        (None, Some(delivery)) => {
             if matches!(delivery, Delivery::Response { .. }) {
                 inner.known_responders.late_response(msg_id);
                 inner.metrics.count_late_response();

@@ -2,14 +2,12 @@
 //! builder that starts one (`Service`) and an endpoint's `Handler`. Serving is in `serve`,
 //! calling in `call`, both as methods and functions over these types.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnv::FnvBuildHasher;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use serde::de::DeserializeOwned;
@@ -24,7 +22,7 @@ use super::defaults::*;
 use super::fragment::Defragmenter;
 use super::ids::new_instance_id;
 use super::inbound::Inbound;
-use super::inbox::{KnownResponders, Pending, ReplyTo};
+use super::inbox::{KnownResponders, PendingCalls, ReplyTo};
 use super::route::{Queue, RouteSpec};
 use crate::config::Deployment;
 use crate::error::Error;
@@ -208,7 +206,7 @@ impl Service {
             deployment: config.deployment,
             bus,
             max_fragment: max_payload - FRAGMENT_HEADROOM,
-            pending: Mutex::new(HashMap::default()),
+            pending: PendingCalls::default(),
             request_defrag: Defragmenter::new(),
             response_defrag: Defragmenter::new(),
             known_responders: KnownResponders::default(),
@@ -272,9 +270,8 @@ pub(crate) struct Inner {
     pub deployment: Deployment,
     pub bus: Bus,
     pub max_fragment: usize,
-    /// Outstanding calls by message id.
-    /// FNV: hashed four times a call, and only this connector's own random ids are inserted.
-    pub pending: Mutex<HashMap<String, Pending, FnvBuildHasher>>,
+    /// Outstanding calls by message id, read without a lock.
+    pub pending: PendingCalls,
     /// Fragmented requests being served, with where each one's response goes.
     pub request_defrag: Defragmenter<Request<Bytes>, ReplyTo>,
     /// Fragmented responses to this instance's calls, with each one's responder and call
@@ -360,7 +357,7 @@ impl Connector {
 
     /// Outgoing calls waiting for an ack or a response (diagnostics: 0 when idle).
     pub fn calls_in_flight(&self) -> usize {
-        self.inner.pending.lock().expect("pending lock").len()
+        self.inner.pending.len()
     }
 
     /// Tasks this instance runs: one per subscription, plus one per request being served
