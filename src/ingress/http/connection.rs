@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::io_timeout::TimeoutStream;
 use axum::body::Body;
 use axum::response::Response;
 use http::header::{HeaderMap, CONNECTION};
@@ -29,7 +30,6 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -569,10 +569,7 @@ impl Drop for Counted {
 /// A stream whose reads and writes fail after stalling this long: idle keep-alive connections
 /// close after the read timeout, and a client that stops reading cannot pin a response.
 fn timed(stream: TcpStream, read: Duration, write: Duration) -> TimedStream {
-    let mut io = TimeoutStream::new(stream);
-    io.set_read_timeout(Some(read));
-    io.set_write_timeout(Some(write));
-    Box::pin(io)
+    Box::pin(TimeoutStream::new(stream, Some(read), Some(write)))
 }
 
 #[cfg(test)]

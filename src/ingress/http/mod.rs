@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod context;
 pub mod framing_guard;
+pub mod io_timeout;
 pub mod memory;
 pub mod metrics;
 pub mod middleware;
