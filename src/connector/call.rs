@@ -646,11 +646,13 @@ pub(super) fn fail_stale_responses(inner: &Inner) {
 /// Hand a reply to the call waiting for `msg_id`; a response nobody waits for is a late one.
 fn deliver(inner: &Inner, msg_id: &str, delivery: Delivery) {
     let mut delivery = Some(delivery);
+    // A call that stopped listening gives its reply back, dropped here, not while the call's
+    // slot counts this reader (a response body may be large).
     let delivered = inner.pending.with(msg_id, |p| {
-        let _ = p.tx.send(delivery.take().expect("delivered once"));
+        p.tx.send(delivery.take().expect("delivered once")).err()
     });
     match (delivered, delivery) {
-        (Some(()), _) | (None, None) => {}
+        (Some(_), _) | (None, None) => {}
         (None, Some(delivery)) => {
             if matches!(delivery, Delivery::Response { .. }) {
                 inner.known_responders.late_response(msg_id);

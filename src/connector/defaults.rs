@@ -46,7 +46,8 @@ pub const EVENT_PORT: u16 = 417;
 pub const CONTROL_PORT: u16 = 888;
 
 /// Slots of the table in which calls wait for their replies (see `inbox::PendingCalls`): a
-/// power of two, 128 KB of pointers. A call takes the slot its random message id hashes to,
+/// power of two; 32 bytes each, 512 KiB of zeroed memory per instance, of which only the pages
+/// of slots used are touched (idle RSS unchanged). A call takes the slot its random message id hashes to,
 /// drawing again while that slot is taken; at 10,000 calls in flight (10,000 held gateway
 /// connections) 61% of the slots are taken and one call in ~2,500 draws `PENDING_DRAWS` times
 /// in vain and waits in the locked overflow map instead.

@@ -96,8 +96,14 @@ struct Slot {
     call: UnsafeCell<MaybeUninit<Waiting>>,
 }
 
-// SAFETY: `call` is reached by other threads only under the protocol above.
+// SAFETY: `call` is reached by other threads only under the protocol above, and what it
+// holds may be used and dropped on any thread (checked below).
 unsafe impl Sync for Slot {}
+
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Waiting>();
+};
 
 /// An 8-byte message id (every one busgate draws) as one word; `None` for any other, which
 /// no slot holds. Text ids never pack to [`FREE`] or [`MOVING`].
@@ -171,10 +177,12 @@ impl PendingCalls {
             let at = self.slot_of(key);
             let slot = &self.slots[at];
             // Acquire: the call that left the slot dropped its entry before it freed it.
+            // SeqCst, with the look into the overflow after it: a call entering the overflow
+            // counts itself before it looks at this slot, so one of the two sees the other.
             if slot.id.load(Ordering::Relaxed) != FREE
                 || slot
                     .id
-                    .compare_exchange(FREE, MOVING, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(FREE, MOVING, Ordering::SeqCst, Ordering::Relaxed)
                     .is_err()
             {
                 continue;
@@ -187,19 +195,37 @@ impl PendingCalls {
             // under a matching id.
             unsafe { (*slot.call.get()).write(Waiting { tx, kept }) };
             // Published: a reader that sees the id sees the entry written.
-            slot.id.store(key, Ordering::SeqCst);
+            slot.id.store(key, Ordering::Release);
             return (msg_id, Place::Slot(at));
         }
-        let mut overflow = self.overflow.lock().expect("pending overflow lock");
-        let msg_id = loop {
-            let id = new_id();
-            if !overflow.contains_key(&id) && !self.in_slot(&id) {
-                break id;
+        loop {
+            let mut overflow = self.overflow.lock().expect("pending overflow lock");
+            // Counted before the look at the slot: a call moving into a slot from now on
+            // looks into the map, under this lock, so after this id is in it.
+            self.overflowing.fetch_add(1, Ordering::SeqCst);
+            let msg_id = new_id();
+            let held = packed(&msg_id).map(|key| {
+                let held = self.slots[self.slot_of(key)].id.load(Ordering::SeqCst);
+                (held == key, held == MOVING)
+            });
+            match held {
+                Some((true, _)) => {}
+                // A call moving in there may have this id, and may be waiting for this lock
+                // to see whether the map has it: let it go on, then draw again.
+                Some((_, true)) => {
+                    self.overflowing.fetch_sub(1, Ordering::SeqCst);
+                    drop(overflow);
+                    std::thread::yield_now();
+                    continue;
+                }
+                _ if overflow.contains_key(&msg_id) => {}
+                _ => {
+                    overflow.insert(msg_id.clone(), Waiting { tx, kept });
+                    return (msg_id, Place::Overflow);
+                }
             }
-        };
-        overflow.insert(msg_id.clone(), Waiting { tx, kept });
-        self.overflowing.fetch_add(1, Ordering::Release);
-        (msg_id, Place::Overflow)
+            self.overflowing.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// The call `msg_id` ends: it waits no more.
@@ -227,14 +253,15 @@ impl PendingCalls {
             Place::Overflow => {
                 let mut overflow = self.overflow.lock().expect("pending overflow lock");
                 if overflow.remove(msg_id).is_some() {
-                    self.overflowing.fetch_sub(1, Ordering::Release);
+                    self.overflowing.fetch_sub(1, Ordering::SeqCst);
                 }
             }
         }
         self.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// `f` of the call waiting for `msg_id`, if one is.
+    /// `f` of the call waiting for `msg_id`, if one is. A call leaving waits for `f` to
+    /// return: it must neither block nor end a call.
     pub(crate) fn with<R>(&self, msg_id: &str, f: impl FnOnce(&Waiting) -> R) -> Option<R> {
         if let Some(key) = packed(msg_id) {
             let slot = &self.slots[self.slot_of(key)];
@@ -246,20 +273,15 @@ impl PendingCalls {
                 return Some(f(call));
             }
         }
-        if self.overflowing.load(Ordering::Acquire) == 0 {
+        if self.overflowing.load(Ordering::SeqCst) == 0 {
             return None;
         }
         let overflow = self.overflow.lock().expect("pending overflow lock");
         overflow.get(msg_id).map(f)
     }
 
-    fn in_slot(&self, msg_id: &str) -> bool {
-        packed(msg_id)
-            .is_some_and(|key| self.slots[self.slot_of(key)].id.load(Ordering::SeqCst) == key)
-    }
-
     fn in_overflow(&self, msg_id: &str) -> bool {
-        self.overflowing.load(Ordering::Acquire) > 0
+        self.overflowing.load(Ordering::SeqCst) > 0
             && self
                 .overflow
                 .lock()
@@ -454,6 +476,44 @@ mod tests {
         for id in ["cccccccc ", "ccccccc", "", "\0\0\0\0\0\0\0\0"] {
             assert_eq!(calls.with(id, |_| ()), None, "{id:?}");
         }
+    }
+
+    #[test]
+    fn no_two_waiting_calls_share_an_id_across_the_slots_and_the_overflow() {
+        use std::collections::HashSet;
+        use std::sync::Arc;
+        // One slot and four possible ids: three threads keep drawing the same ids, one call
+        // in the slot and the others in the overflow, entering and leaving at once.
+        let calls = Arc::new(PendingCalls::with_slots(1));
+        let live = Arc::new(Mutex::new(HashSet::new()));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (calls, live) = (calls.clone(), live.clone());
+                std::thread::spawn(move || {
+                    let ids = ["aaaaaaaa", "bbbbbbbb", "cccccccc", "dddddddd"];
+                    let mut draw = || {
+                        use rand::Rng;
+                        ids[rand::rng().random_range(0..ids.len())].to_owned()
+                    };
+                    for _ in 0..20_000 {
+                        let (tx, _rx) = channel();
+                        let (msg_id, place) = calls.register(tx, Headers::All, &mut draw);
+                        assert!(
+                            live.lock().unwrap().insert(msg_id.clone()),
+                            "{msg_id} twice"
+                        );
+                        std::thread::yield_now();
+                        live.lock().unwrap().remove(&msg_id);
+                        calls.remove(&msg_id, place);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(calls.len(), 0);
+        assert_eq!(calls.overflowing.load(Ordering::SeqCst), 0);
     }
 
     #[test]
