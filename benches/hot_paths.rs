@@ -14,7 +14,7 @@ use busgate::telemetry::log_scope::{LogOwner, RequestLog, ScopeKind};
 use busgate::telemetry::metrics::{Outcome, ServiceMetrics};
 use busgate::telemetry::names;
 use busgate::telemetry::trace::{
-    self, ServiceIdentity, ServiceTracer, SpanContext, SpanKind, Status,
+    self, ServiceIdentity, ServiceTracer, SpanContext, SpanKind, SpanName, Status,
 };
 use busgate::telemetry::TelemetryConfig;
 use busgate::Deployment;
@@ -85,7 +85,10 @@ fn span(tracer: &ServiceTracer, parent: &SpanContext) -> SpanContext {
     let mut span = tracer.start(
         parent,
         SpanKind::Server,
-        || ":443/arithmetic".to_owned(),
+        SpanName::Server {
+            port: 443,
+            path: "/arithmetic",
+        },
         |a| {
             a.str(names::A_HTTP_METHOD, "GET");
             a.str(names::A_HTTP_ROUTE, "/arithmetic");

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use busgate::ingress::http::{HttpIngress, IngressConfig};
-use busgate::telemetry::trace::{SpanContext, SpanKind};
+use busgate::telemetry::trace::{SpanContext, SpanKind, SpanName};
 use busgate::telemetry::{OtlpProtocol, TelemetryConfig};
 use busgate::{examples, BusConfig, Connector, Ctx, Deployment, Error, Service};
 use bytes::Bytes;
@@ -309,7 +309,7 @@ async fn prod_exports_error_forced_and_slow_traces_only() {
         let root = client.tracer().start(
             &SpanContext::NONE,
             SpanKind::Internal,
-            || format!("root {path}"),
+            SpanName::Text(&format!("root {path}")),
             |_| {},
         );
         let ctx = ctx.with_span_context(root.context().clone());
@@ -377,7 +377,7 @@ async fn handler_tracing_spans_are_children_of_their_hop() {
     let root = client.tracer().start(
         &SpanContext::NONE,
         SpanKind::Internal,
-        || "root".to_owned(),
+        SpanName::Text("root"),
         |_| {},
     );
     let ctx = client.ctx().with_span_context(root.context().clone());
@@ -425,7 +425,7 @@ async fn otlp_over_https_with_a_private_ca() {
         let root = client.tracer().start(
             &SpanContext::NONE,
             SpanKind::Internal,
-            || format!("trusted {trusted}"),
+            SpanName::Text(&format!("trusted {trusted}")),
             |_| {},
         );
         client.tracer().end(root);

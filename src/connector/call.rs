@@ -17,7 +17,7 @@ use super::instance::{Ctx, Inner};
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
-use crate::telemetry::trace::{self, Span, SpanKind, Status};
+use crate::telemetry::trace::{self, Span, SpanKind, SpanName, Status};
 use crate::transport::{Refused, Subject, Subscription, TransportError, TransportErrorKind};
 use crate::wire::codec::Headers;
 use crate::wire::frame::{self, Fragment, OpCode};
@@ -254,7 +254,12 @@ impl Observed {
         let span = inner.tracer.start(
             &ctx.otel,
             SpanKind::Client,
-            || trace::client_span_name(&out.method, &out.url.host, out.url.port, &out.url.path),
+            SpanName::Client {
+                method: &out.method,
+                host: &out.url.host,
+                port: out.url.port,
+                path: &out.url.path,
+            },
             |a| {
                 a.str(A_MESSAGING_SYSTEM, NATS);
                 a.str(A_MESSAGING_DESTINATION, &out.subject);

@@ -5,9 +5,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderMap, CONTENT_LENGTH};
 use http::{Request, Response};
 
+use crate::wire::codec;
 use crate::wire::frame::{self, Fragment};
 
 /// A reassembly with no new fragment for this long, while no other message's fragments arrive
@@ -169,7 +170,7 @@ impl<T: Fragmented, R> Defragmenter<T, R> {
         }
         let headers = whole.headers_mut();
         headers.remove(frame::names::FRAGMENT);
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(total));
+        headers.insert(CONTENT_LENGTH, codec::length_value(total));
         whole.set_body(body.freeze());
         DefragOutcome::Complete(whole)
     }
@@ -203,6 +204,7 @@ impl<T: Fragmented, R> Defragmenter<T, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     fn frag(i: usize, n: usize, body: &'static str) -> Response<Bytes> {
         let mut r = Response::new(Bytes::from_static(body.as_bytes()));

@@ -23,7 +23,7 @@ use crate::telemetry::handler_spans;
 use crate::telemetry::log_scope::{RequestLog, ScopeKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
-use crate::telemetry::trace::{self, SpanKind, Status};
+use crate::telemetry::trace::{self, SpanKind, SpanName, Status};
 use crate::transport::{
     Bus, BusMessage, Refused, Subject, Subscription, TransportError, TransportErrorKind,
 };
@@ -339,7 +339,10 @@ async fn serve_request(inner: Arc<Inner>, ep: Arc<Endpoint>, accepted: Accepted)
     let mut span = inner.tracer.start(
         &trace::extract(req.headers()),
         SpanKind::Server,
-        || trace::server_span_name(port, &ep.route.path),
+        SpanName::Server {
+            port,
+            path: &ep.route.path,
+        },
         |a| {
             // The service's own name is the span's resource (`service.name`).
             a.str(A_HTTP_METHOD, method.as_str());

@@ -335,7 +335,18 @@ fn decode_chunked(mut buf: &[u8]) -> Result<Bytes, WireError> {
 
 /// The decoded message's own length (its framing headers were kept out of the map).
 fn put_length(headers: &mut HeaderMap, len: usize) {
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(CONTENT_LENGTH, length_value(len));
+}
+
+/// A `Content-Length` value: `0` shared, any other one allocation of its digits.
+/// `HeaderValue::from(usize)` made two (a 20-byte buffer, then a box to share it), on
+/// every decoded message.
+pub fn length_value(len: usize) -> HeaderValue {
+    if len == 0 {
+        return HeaderValue::from_static("0");
+    }
+    HeaderValue::from_bytes(itoa::Buffer::new().format(len).as_bytes())
+        .expect("decimal digits make a header value")
 }
 
 #[cfg(test)]
@@ -448,6 +459,13 @@ X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
         let again = decode_request(encode_request(&req).unwrap()).unwrap();
         assert_eq!(again.body(), "Hello, you!");
         assert_eq!(again.headers().get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn length_values_read_as_the_numbers() {
+        for n in [0usize, 1, 9, 10, 1024, 16 << 20, usize::MAX] {
+            assert_eq!(length_value(n), HeaderValue::from(n), "{n}");
+        }
     }
 
     #[test]

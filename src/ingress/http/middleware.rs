@@ -24,12 +24,11 @@ use http::{Method, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::compression;
-use super::context::{
-    conn_info, error_response, request_state, ConnInfo, Proxied, RequestState, ResponseError,
-};
+use super::context::{error_response, ConnInfo, Proxied, RequestState, ResponseError};
 use super::shared::Shared;
 use crate::error::Error;
 use crate::telemetry::log_scope::{RequestLog, ScopeKind};
+use crate::wire::codec;
 use crate::wire::error::truncated;
 use crate::wire::frame::{self, is_internal_header};
 
@@ -37,14 +36,13 @@ use crate::wire::frame::{self, is_internal_header};
 ///
 /// As axum's router did before: a response whose body size is known gets its
 /// `Content-Length`, and the response to a `HEAD` has no body.
-pub async fn handle(shared: &Shared, info: ConnInfo, mut req: Request) -> Response {
-    req.extensions_mut().insert(RequestState::new(info));
+pub async fn handle(shared: &Shared, info: ConnInfo, req: Request) -> Response {
     let head = req.method() == Method::HEAD;
-    let mut res = telemetry(shared, req).await;
+    let mut res = telemetry(shared, RequestState::new(info), req).await;
     if !res.headers().contains_key(header::CONTENT_LENGTH) {
         if let Some(size) = axum::body::HttpBody::size_hint(res.body()).exact() {
             res.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                .insert(header::CONTENT_LENGTH, codec::length_value(size as usize));
         }
     }
     if head {
@@ -55,8 +53,8 @@ pub async fn handle(shared: &Shared, info: ConnInfo, mut req: Request) -> Respon
 
 /// The client's address: the first `X-Forwarded-For` hop when the peer is a trusted proxy,
 /// else the peer itself.
-pub fn client_ip(shared: &Shared, req: &Request) -> IpAddr {
-    let peer = conn_info(req).peer.ip();
+pub fn client_ip(shared: &Shared, info: &ConnInfo, req: &Request) -> IpAddr {
+    let peer = info.peer.ip();
     if !shared.config.trusted_proxies.contains(&peer) {
         return peer;
     }
@@ -159,12 +157,12 @@ fn new_trace_id() -> opentelemetry::trace::TraceId {
 /// The root SERVER span of every request `:<port><path>`, continued from the client's
 /// `traceparent` only on trusted listeners; `Server-Timing` with total and bus time; the
 /// ingress metrics per listener and target.
-async fn telemetry(shared: &Shared, mut req: Request) -> Response {
+async fn telemetry(shared: &Shared, mut state: RequestState, req: Request) -> Response {
     use crate::telemetry::names::*;
     use crate::telemetry::trace::{self, SpanContext, SpanKind, Status};
 
     let started = std::time::Instant::now();
-    let info = conn_info(&req);
+    let info = state.info;
     let parent = if shared
         .config
         .trust_trace_context
@@ -189,13 +187,19 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     let mut span = tracer.start(
         &parent,
         SpanKind::Server,
-        || trace::server_span_name(info.listen_port, &path),
+        trace::SpanName::Server {
+            port: info.listen_port,
+            path: &path,
+        },
         |a| {
             a.str(A_HTTP_METHOD, &method);
             a.str(A_URL_PATH, &path);
             a.str(A_URL_SCHEME, if info.tls { "https" } else { "http" });
             a.int(A_SERVER_PORT, info.listen_port as i64);
-            a.str(A_CLIENT_ADDRESS, ip_text(client_ip(shared, &req)).as_str());
+            a.str(
+                A_CLIENT_ADDRESS,
+                ip_text(client_ip(shared, &info, &req)).as_str(),
+            );
             a.str(A_HTTP_ROUTE, &route);
             if let Some(q) = req.uri().query() {
                 a.str(A_URL_QUERY, q);
@@ -209,7 +213,7 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
             }
         },
     );
-    request_state(&mut req).trace = Some(span.context().clone());
+    state.trace = Some(span.context().clone());
 
     let listener = shared.metrics.listener(info.listen_port);
     listener.in_flight.inc();
@@ -219,7 +223,7 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
         shared.conn.log_owner(),
         span.context().trace_id(),
     );
-    let mut res = log.scope(stages(shared, req)).await;
+    let (mut res, proxied) = log.scope(stages(shared, state, req)).await;
     listener.in_flight.dec();
 
     let elapsed = started.elapsed();
@@ -227,7 +231,6 @@ async fn telemetry(shared: &Shared, mut req: Request) -> Response {
     let response_size = axum::body::HttpBody::size_hint(res.body())
         .exact()
         .unwrap_or(0);
-    let proxied = res.extensions().get::<Proxied>().copied();
     let request_size = proxied.map_or(0, |p| p.request_body_size);
     span.set_int(A_HTTP_STATUS, status as i64);
     span.set_int(A_HTTP_REQUEST_BODY_SIZE, request_size as i64);
@@ -291,24 +294,42 @@ struct Unwind {
 
 /// The stages inside telemetry, one future: the request halves in order, compression around
 /// the favicon and the proxy (the only await), then the response halves in reverse order.
-async fn stages(shared: &Shared, mut req: Request) -> Response {
+/// The request's state and what the proxy measured travel beside the request and the
+/// response, not in their extensions: each extension map is a box, a table and a box per
+/// value (two inserts cost ~1,400 instructions a request with their drops).
+async fn stages(
+    shared: &Shared,
+    mut state: RequestState,
+    mut req: Request,
+) -> (Response, Option<Proxied>) {
     let mut unwind = Unwind::default();
-    let res = match request_stages(shared, &mut req, &mut unwind) {
+    let proxied = std::sync::OnceLock::new();
+    let res = match request_stages(shared, &mut state, &mut req, &mut unwind) {
         Some(early) => early,
-        None => compression::compress(req, |req| default_favicon(shared, req)).await,
+        None => {
+            let state = &state;
+            let proxied = &proxied;
+            compression::compress(req, move |req| default_favicon(shared, state, req, proxied))
+                .await
+        }
     };
-    response_stages(unwind, res)
+    (response_stages(unwind, res), proxied.into_inner())
 }
 
 /// The request half of each stage from the error printer to cache control; `Some` when a
 /// stage answers the request itself.
-fn request_stages(shared: &Shared, req: &mut Request, unwind: &mut Unwind) -> Option<Response> {
-    unwind.printer = Some(error_printer(shared, req));
+fn request_stages(
+    shared: &Shared,
+    state: &mut RequestState,
+    req: &mut Request,
+    unwind: &mut Unwind,
+) -> Option<Response> {
+    unwind.printer = Some(error_printer(shared, state, req));
     if let Some(res) = blocked_paths(shared, req) {
         return Some(res);
     }
     unwind.access_log = Some(access_log(shared, req));
-    if let Some(res) = secure_redirect(shared, req) {
+    if let Some(res) = secure_redirect(shared, &state.info, req) {
         return Some(res);
     }
     match cors(shared, req) {
@@ -322,11 +343,11 @@ fn request_stages(shared: &Shared, req: &mut Request, unwind: &mut Unwind) -> Op
         }
         Cors::Allowed(origin) => unwind.cors_origin = Some(origin),
     }
-    x_forward(shared, req);
+    x_forward(shared, &state.info, req);
     strip_internal_headers(req.headers_mut());
     unwind.internal_headers = true;
     root_path(req);
-    timeout(shared, req);
+    state.deadline = timeout(shared, req);
     unwind.cache_control = true;
     None
 }
@@ -357,14 +378,17 @@ fn response_stages(unwind: Unwind, mut res: Response) -> Response {
 /// may see the full error.
 /// The trace id is the request span's (read from its context, written out only on an error
 /// page: as a `String` of its own it cost an allocation, a clone and two extension inserts).
-fn error_printer(shared: &Shared, req: &Request) -> (opentelemetry::trace::TraceId, bool) {
-    let trace_id = req
-        .extensions()
-        .get::<RequestState>()
-        .and_then(|s| s.trace.as_ref())
+fn error_printer(
+    shared: &Shared,
+    state: &RequestState,
+    req: &Request,
+) -> (opentelemetry::trace::TraceId, bool) {
+    let trace_id = state
+        .trace
+        .as_ref()
         .map(|cx| cx.trace_id())
         .unwrap_or_else(new_trace_id);
-    (trace_id, client_ip(shared, req).is_loopback())
+    (trace_id, client_ip(shared, &state.info, req).is_loopback())
 }
 
 /// Renders an [`ResponseError`] as `text/plain`: the full error and stack for a client on
@@ -445,8 +469,7 @@ fn access_log_result(uri: &Uri, res: &Response) {
 
 /// Plain `GET` on port 80 (the `Host`'s port, as Go takes it) goes to `https://` when TLS
 /// serves port 443.
-fn secure_redirect(shared: &Shared, req: &Request) -> Option<Response> {
-    let info = conn_info(req);
+fn secure_redirect(shared: &Shared, info: &ConnInfo, req: &Request) -> Option<Response> {
     if info.tls
         || super::proxy::external_port(req.headers(), req.uri(), info.tls) != "80"
         || req.method() != Method::GET
@@ -529,8 +552,7 @@ const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path")
 
 /// `X-Forwarded-*` from a trusted proxy are kept; from anyone else they are replaced by what
 /// this ingress saw. `X-Forwarded-Path` is always the external path.
-fn x_forward(shared: &Shared, req: &mut Request) {
-    let info = conn_info(req);
+fn x_forward(shared: &Shared, info: &ConnInfo, req: &mut Request) {
     let trusted = shared.config.trusted_proxies.contains(&info.peer.ip());
     let path = HeaderValue::from_str(req.uri().path());
     let headers = req.headers_mut();
@@ -588,7 +610,7 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
 const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static(REQUEST_TIMEOUT_HEADER);
 
 /// The deadline: `TimeBudget`, or `Request-Timeout` seconds when the client sends a positive one.
-fn timeout(shared: &Shared, req: &mut Request) {
+fn timeout(shared: &Shared, req: &Request) -> Option<Instant> {
     let asked = req
         .headers()
         .get(REQUEST_TIMEOUT)
@@ -597,15 +619,20 @@ fn timeout(shared: &Shared, req: &mut Request) {
         .filter(|s| *s > 0)
         .map(Duration::from_secs);
     let budget = asked.or(Some(shared.config.time_budget).filter(|b| !b.is_zero()));
-    request_state(req).deadline = budget.map(|b| Instant::now() + b);
+    budget.map(|b| Instant::now() + b)
 }
 
 static FAVICON: &[u8] = include_bytes!("favicon.ico");
 
 /// A service-less `/favicon.ico` gets a built-in icon instead of a 404.
-async fn default_favicon(shared: &Shared, req: Request) -> Response {
+async fn default_favicon(
+    shared: &Shared,
+    state: &RequestState,
+    req: Request,
+    proxied: &std::sync::OnceLock<Proxied>,
+) -> Response {
     let is_favicon = req.uri().path() == "/favicon.ico";
-    let res = super::proxy::proxy(shared, req).await;
+    let res = super::proxy::proxy(shared, state, req, proxied).await;
     if is_favicon
         && res
             .extensions()

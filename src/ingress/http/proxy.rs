@@ -1,6 +1,7 @@
 //! The proxy itself (reference §4.3): the first path segment names the bus host (and port),
 //! the rest is the path; the body is read within the memory budget and sent as a unicast.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -95,8 +96,14 @@ pub fn external_port<'a>(headers: &'a HeaderMap, uri: &'a http::Uri, tls: bool) 
     }
 }
 
-/// The innermost stage: the request to the bus, its response back.
-pub async fn proxy(shared: &Shared, req: Request) -> Response {
+/// The innermost stage: the request to the bus, its response back; what it measured in
+/// `proxied`, for the telemetry stage.
+pub async fn proxy(
+    shared: &Shared,
+    state: &RequestState,
+    req: Request,
+    proxied: &OnceLock<Proxied>,
+) -> Response {
     let (mut parts, body) = req.into_parts();
     if conflicting_framing(&parts.headers) {
         // Request smuggling: the two framings could be read differently by another hop.
@@ -107,8 +114,7 @@ pub async fn proxy(shared: &Shared, req: Request) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return res;
     }
-    let state = parts.extensions.get::<RequestState>();
-    let tls = state.is_some_and(|s| s.info.tls);
+    let tls = state.info.tls;
     let Some(target) = parse_target(parts.uri.path()) else {
         return empty_not_found();
     };
@@ -155,16 +161,16 @@ pub async fn proxy(shared: &Shared, req: Request) -> Response {
     let request_body_size = bus_req.body().len();
     // The response leaves the bus here: its internal headers never enter its map.
     let mut ctx = shared.conn.ctx().for_external_responses();
-    if let Some(deadline) = state.and_then(|s| s.deadline) {
+    if let Some(deadline) = state.deadline {
         ctx = ctx.with_deadline(deadline);
     }
-    if let Some(cx) = state.and_then(|s| s.trace.as_ref()) {
+    if let Some(cx) = &state.trace {
         ctx = ctx.with_span_context(cx.clone());
     }
     let bus_started = std::time::Instant::now();
     let result = ctx.request(bus_req).await;
     let bus_time = bus_started.elapsed();
-    let mut out = match result {
+    let out = match result {
         Ok(res) => {
             let (res_parts, res_body) = res.into_parts();
             let mut out = Response::new(Body::from(res_body));
@@ -174,7 +180,8 @@ pub async fn proxy(shared: &Shared, req: Request) -> Response {
         }
         Err(e) => error_response(e),
     };
-    out.extensions_mut().insert(Proxied {
+    // Set once: the proxy runs once per request.
+    let _ = proxied.set(Proxied {
         bus_time,
         request_body_size,
     });

@@ -40,7 +40,7 @@ use crate::connector::BusConfig;
 use crate::connector::{Connector, Service, StartError};
 use crate::error::Error;
 use crate::telemetry::names::*;
-use crate::telemetry::trace::{self, SpanContext, SpanKind, Status};
+use crate::telemetry::trace::{self, SpanContext, SpanKind, SpanName, Status};
 
 /// Longest command line accepted (RFC 5321 asks for 512; extensions make them longer).
 pub const MAX_COMMAND_LINE: usize = 4096;
@@ -594,7 +594,10 @@ async fn deliver(
     let mut span = tracer.start(
         &SpanContext::NONE,
         SpanKind::Server,
-        || trace::server_span_name(shared.port, ""),
+        SpanName::Server {
+            port: shared.port,
+            path: "",
+        },
         |a| {
             a.int(A_SERVER_PORT, shared.port as i64);
             a.str(A_CLIENT_ADDRESS, &ip_text(peer.ip()));

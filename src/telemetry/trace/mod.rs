@@ -23,5 +23,5 @@ pub use opentelemetry::trace::{
 };
 pub use propagation::{extract, inject, otel_context, parse_trace_id, trace_id};
 pub use settings::*;
-pub use span::{client_span_name, server_span_name, Attributes, Span};
+pub use span::{Attributes, Span, SpanName};
 pub use tracer::{ServiceIdentity, ServiceTracer};

@@ -11,9 +11,59 @@ use super::packed::PackedSpan;
 use crate::error::Error;
 use crate::telemetry::names::*;
 
+/// A span's name, in its parts: written out only when the span is recorded, and told muffled
+/// or not without being written (three names a request were built only for that check).
+#[derive(Debug, Clone, Copy)]
+pub enum SpanName<'a> {
+    /// `:<port><path>`, a SERVER span.
+    Server { port: u16, path: &'a str },
+    /// `<METHOD> <host>:<port><path>`, a CLIENT span.
+    Client {
+        method: &'a str,
+        host: &'a str,
+        port: u16,
+        path: &'a str,
+    },
+    /// Any other name, as it is.
+    Text(&'a str),
+}
+
+/// Suffixes of the names of metrics scrapes, whose spans nobody wants to see.
+const MUFFLED_SUFFIXES: [&str; 2] = ["/metrics.core/collect", "/metrics.core:443/collect"];
+
+impl SpanName<'_> {
+    /// The name written out.
+    pub fn to_text(&self) -> String {
+        match *self {
+            SpanName::Server { port, path } => server_span_name(port, path),
+            SpanName::Client {
+                method,
+                host,
+                port,
+                path,
+            } => client_span_name(method, host, port, path),
+            SpanName::Text(text) => text.to_owned(),
+        }
+    }
+
+    /// Spans nobody wants to see: the `:888/trace` broadcast and metrics scrapes (their
+    /// children follow, because they are not sampled). As the written name would tell: a
+    /// suffix that starts with `/` can only end a name within its path.
+    pub fn is_muffled(&self) -> bool {
+        let muffled_path = |path: &str| MUFFLED_SUFFIXES.iter().any(|s| path.ends_with(s));
+        match *self {
+            SpanName::Server { port, path } => {
+                (port == 888 && path == "/trace") || muffled_path(path)
+            }
+            SpanName::Client { path, .. } => muffled_path(path),
+            SpanName::Text(text) => text == ":888/trace" || muffled_path(text),
+        }
+    }
+}
+
 /// `:<port><path>`, the name of SERVER spans (built without the formatting machinery: this
 /// runs for every recorded hop).
-pub fn server_span_name(port: u16, path: &str) -> String {
+fn server_span_name(port: u16, path: &str) -> String {
     let mut digits = itoa::Buffer::new();
     let port = digits.format(port);
     let mut name = String::with_capacity(1 + port.len() + path.len());
@@ -24,7 +74,7 @@ pub fn server_span_name(port: u16, path: &str) -> String {
 }
 
 /// `<METHOD> <host>:<port><path>`, the name of CLIENT spans.
-pub fn client_span_name(method: &str, host: &str, port: u16, path: &str) -> String {
+fn client_span_name(method: &str, host: &str, port: u16, path: &str) -> String {
     let mut digits = itoa::Buffer::new();
     let port = digits.format(port);
     let mut name = String::with_capacity(method.len() + host.len() + port.len() + path.len() + 2);
@@ -186,6 +236,69 @@ impl Waiting {
         match self {
             Waiting::Packed(p) => p.unpack(scope),
             Waiting::Data(d) => *d,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule on the written name, as it was applied before names were kept in parts.
+    fn muffled_text(name: &str) -> bool {
+        name == ":888/trace"
+            || name.ends_with("/metrics.core/collect")
+            || name.ends_with("/metrics.core:443/collect")
+    }
+
+    #[test]
+    fn names_are_muffled_as_their_written_text_would_be() {
+        let paths = [
+            "",
+            "/",
+            "/trace",
+            "/trace/x",
+            "/collect",
+            "/metrics.core/collect",
+            "/metrics.core:443/collect",
+            "/metrics.core/collect/",
+            "/x/metrics.core/collect",
+            "/metrics.core:444/collect",
+            "metrics.core/collect",
+        ];
+        for port in [0, 80, 443, 888, 8080] {
+            for path in paths {
+                let server = SpanName::Server { port, path };
+                assert_eq!(server.to_text(), format!(":{port}{path}"));
+                assert_eq!(
+                    server.is_muffled(),
+                    muffled_text(&server.to_text()),
+                    "{server:?}"
+                );
+                for host in ["metrics.core", "calc.example"] {
+                    let client = SpanName::Client {
+                        method: "GET",
+                        host,
+                        port,
+                        path,
+                    };
+                    assert_eq!(client.to_text(), format!("GET {host}:{port}{path}"));
+                    assert_eq!(
+                        client.is_muffled(),
+                        muffled_text(&client.to_text()),
+                        "{client:?}"
+                    );
+                }
+            }
+        }
+        for text in [
+            ":888/trace",
+            ":443/x",
+            "GET a:443/metrics.core/collect",
+            "x",
+        ] {
+            assert_eq!(SpanName::Text(text).is_muffled(), muffled_text(text));
+            assert_eq!(SpanName::Text(text).to_text(), text);
         }
     }
 }

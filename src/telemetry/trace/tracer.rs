@@ -13,19 +13,11 @@ use super::otlp::encode_resource;
 use super::packed::PackedSpan;
 use super::sender::OtlpHttpSender;
 use super::settings::{OtlpProtocol, TelemetryConfig, EXPORT_INTERVAL, EXPORT_TIMEOUT};
-use super::span::{Attributes, Recording, Span, Waiting};
+use super::span::{Attributes, Recording, Span, SpanName, Waiting};
 use super::tail::Selector;
 use crate::config::Deployment;
 use crate::telemetry::error::{TelemetryError, TelemetryErrorKind};
 use crate::telemetry::names::OWN_TRACER_NAME;
-
-/// Spans nobody wants to see: the `:888/trace` broadcast and metrics scrapes (their children
-/// follow, because they are not sampled).
-fn is_muffled(name: &str) -> bool {
-    name == ":888/trace"
-        || name.ends_with("/metrics.core/collect")
-        || name.ends_with("/metrics.core:443/collect")
-}
 
 fn nonzero_random<T: Default + PartialEq>(mut draw: impl FnMut() -> T) -> T {
     loop {
@@ -107,13 +99,13 @@ impl ServiceTracer {
         })
     }
 
-    /// Start a span of `kind` under `parent` (a new trace when `parent` is invalid). `name` and
-    /// `attributes` are only evaluated when the span is recorded.
+    /// Start a span of `kind` under `parent` (a new trace when `parent` is invalid). `name` is
+    /// written out and `attributes` evaluated only when the span is recorded.
     pub fn start(
         &self,
         parent: &SpanContext,
         kind: SpanKind,
-        name: impl FnOnce() -> String,
+        name: SpanName<'_>,
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let trace_id = if parent.is_valid() {
@@ -128,20 +120,15 @@ impl ServiceTracer {
             self.enabled
         };
         let mut recording = Recording::Off;
-        if sampled && self.sink.is_some() {
-            let name = name();
-            if is_muffled(&name) {
-                sampled = false;
-            } else {
-                // Packed whatever the sink: PROD drops most spans unseen, and the OTLP/HTTP
-                // export encodes straight from the bytes.
-                let mut packed = PackedSpan::new(parent, kind, &name, SystemTime::now());
-                attributes(&mut Attributes(&mut packed));
-                recording = Recording::Packed(packed);
-            }
-        } else if sampled && is_muffled(&name()) {
-            // Not recorded here, but the flag tells the services downstream not to record.
+        if sampled && name.is_muffled() {
+            // Not recorded, and the flag tells the services downstream not to record.
             sampled = false;
+        } else if sampled && self.sink.is_some() {
+            // Packed whatever the sink: PROD drops most spans unseen, and the OTLP/HTTP
+            // export encodes straight from the bytes.
+            let mut packed = PackedSpan::new(parent, kind, &name.to_text(), SystemTime::now());
+            attributes(&mut Attributes(&mut packed));
+            recording = Recording::Packed(packed);
         }
         let flags = if sampled {
             TraceFlags::SAMPLED
@@ -295,7 +282,7 @@ mod tests {
         let root = tracer.start(
             &SpanContext::NONE,
             SpanKind::Server,
-            || ":443/x".into(),
+            SpanName::Text(":443/x"),
             |_| {},
         );
         assert!(root.context().is_valid() && root.context().is_sampled());
@@ -304,7 +291,7 @@ mod tests {
         let child = tracer.start(
             root.context(),
             SpanKind::Client,
-            || "GET x".into(),
+            SpanName::Text("GET x"),
             |_| unreachable!("attributes of an unrecorded span are not built"),
         );
         assert_eq!(child.context().trace_id(), root.context().trace_id());
@@ -313,14 +300,17 @@ mod tests {
         let muffled = tracer.start(
             &SpanContext::NONE,
             SpanKind::Server,
-            || ":888/trace".into(),
+            SpanName::Server {
+                port: 888,
+                path: "/trace",
+            },
             |_| {},
         );
         assert!(!muffled.context().is_sampled());
         let under = tracer.start(
             muffled.context(),
             SpanKind::Client,
-            || "GET y".into(),
+            SpanName::Text("GET y"),
             |_| {},
         );
         assert!(!under.context().is_sampled());
@@ -333,7 +323,7 @@ mod tests {
         let span = tracer.start(
             &SpanContext::NONE,
             SpanKind::Server,
-            || unreachable!(),
+            SpanName::Text(":443/x"),
             |_| unreachable!(),
         );
         assert!(span.context().is_valid() && !span.context().is_sampled());
