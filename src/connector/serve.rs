@@ -195,8 +195,14 @@ async fn dispatch(
 ) {
     if let Some(accepted) = accept_request(inner, queue_label, msg.payload, last_inbox).await {
         // Boxed: the task then holds a pointer, not the ~2.7 KB future, which tokio's spawn
-        // and task cell otherwise copy several times (~1,500 instructions per request).
-        let request = Box::pin(serve_request(inner.clone(), ep.clone(), accepted));
+        // and task cell otherwise copy several times (~1,500 instructions per request). The
+        // box is allocated before the future is made, so that only its captures are written,
+        // straight into it: `Box::pin` made it on the stack and copied it whole.
+        let slot = Box::new_uninit();
+        let request = Box::into_pin(Box::write(
+            slot,
+            serve_request(inner.clone(), ep.clone(), accepted),
+        ));
         inner.tasks.spawn(request);
     }
 }
