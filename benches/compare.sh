@@ -2,7 +2,7 @@
 # busgate's request path beside its floors, in one run on one machine (the method is in
 # BENCHMARKS.md, where this script writes its figures between the compare.sh markers):
 #
-#   benches/compare.sh                 # everything, about 6 minutes on 2 cores
+#   benches/compare.sh                 # everything, about 9 minutes on 2 cores
 #   CONNS="64" DURATION=3 benches/compare.sh --no-write   # a quick look, BENCHMARKS.md untouched
 #
 # Configurations, each behind `GET /hello.example/hello?name=w` (nginx and the bridge answer the
@@ -12,8 +12,9 @@
 # nginx -> nginx (one worker each, upstream keep-alive); an axum hello world.
 # For each, at 1, 64 and 256 connections (wrk -t2): req/s, p50, p99, CPU microseconds per
 # request of each side and of nats-server (utime + stime from /proc), peak RSS. Then: a 16 MB
-# POST through the ingress (MB/s), idle RSS, RSS with 10,000 open keep-alive connections, and
-# callgrind instructions per request of busgate and of the bridge.
+# POST through the ingress (MB/s), idle RSS, RSS with 10,000 open keep-alive connections, the
+# goals' ratios from interleaved rounds at 64 connections (ROUNDS, default 5), and callgrind
+# instructions per request of busgate and of the bridge.
 #
 # Needs: wrk, nginx, valgrind, curl, python3 (Debian packages; installed when run as root),
 # nats-server (NATS_SERVER_BIN, else the Go-built one of scripts/go-tools, else PATH).
@@ -266,6 +267,79 @@ kill "$holder" 2>/dev/null || true
 wait "$holder" 2>/dev/null || true
 stop_all
 
+# --- Interleaved rounds --------------------------------------------------------------------
+# The rows above run one after another: a neighbour's load that comes and goes moves one
+# configuration's req/s and not the next one's. Here the configurations with a goal run side
+# by side (idle when not measured) and take turns at 64 connections, the order rotated each
+# round; each round gives its ratios, reported as the median of the rounds and their range.
+ROUNDS=${ROUNDS:-5}
+echo "compare.sh: $ROUNDS interleaved rounds at 64 connections" >&2
+turn_names=(on off split inproc bridge nginx)
+declare -A turn_url
+p=$(free_port)
+start_busgate il-on MICROBUS_PLANE=ilon$RANDOM MICROBUS_NATS="$nats_url" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+turn_url[on]=http://127.0.0.1:$p$path
+p=$(free_port)
+start_busgate il-off MICROBUS_PLANE=iloff$RANDOM MICROBUS_NATS="$nats_url" BUSGATE_TELEMETRY=off -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+turn_url[off]=http://127.0.0.1:$p$path
+p=$(free_port)
+split_plane=ilsplit$RANDOM
+start_busgate il-split-ingress MICROBUS_PLANE=$split_plane MICROBUS_NATS="$nats_url" -- ingress --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-split-examples MICROBUS_PLANE=$split_plane MICROBUS_NATS="$nats_url" -- examples --admin-addr "127.0.0.1:$(free_port)"
+turn_url[split]=http://127.0.0.1:$p$path
+p=$(free_port)
+start_busgate il-inproc -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+turn_url[inproc]=http://127.0.0.1:$p$path
+p=$(free_port)
+"$bridge_bin" responder "$nats_url" il.hello >"$work/il-responder.log" 2>&1 &
+pids+=($!)
+"$bridge_bin" bridge "127.0.0.1:$p" "$nats_url" il.hello >"$work/il-bridge.log" 2>&1 &
+pids+=($!)
+turn_url[bridge]=http://127.0.0.1:$p$path
+up=$(free_port) front=$(free_port)
+nginx_conf il-upstream "$up" 'default_type text/plain; return 200 "Hello, w!";'
+nginx_conf il-front "$front" 'proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";' "$up"
+turn_url[nginx]=http://127.0.0.1:$front$path
+for name in "${turn_names[@]}"; do wait_ok "${turn_url[$name]}" "Hello, w!"; done
+rounds=$work/rounds.tsv
+: >"$rounds"
+for round in $(seq "$ROUNDS"); do
+  for i in "${!turn_names[@]}"; do
+    name=${turn_names[$(( (i + round - 1) % ${#turn_names[@]} ))]}
+    wrk -t2 -c64 -d1s "${turn_url[$name]}" >/dev/null
+    out=$(wrk -t2 -c64 -d3s --latency "${turn_url[$name]}")
+    printf "%s\t%s\t%s\t%s\n" "$round" "$name" "$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')" \
+      "$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")" >>"$rounds"
+  done
+done
+stop_all
+interleaved=$(python3 - "$rounds" <<'EOF'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    rnd, name, rps, p99 = line.split()
+    runs.setdefault(int(rnd), {})[name] = (float(rps), float(p99))
+def ratio(label, f):
+    values = sorted(f(r) for r in runs.values())
+    return f"{label} {statistics.median(values):.2f} ({values[0]:.2f}-{values[-1]:.2f})"
+parts = [
+    ratio("all-in-one on NATS, telemetry on ×bridge", lambda r: r["on"][0] / r["bridge"][0]),
+    ratio("×nginx", lambda r: r["on"][0] / r["nginx"][0]),
+    ratio("p99 ×nginx", lambda r: r["on"][1] / r["nginx"][1]),
+    ratio("telemetry on ÷ off", lambda r: r["on"][0] / r["off"][0]),
+    ratio("split ×bridge", lambda r: r["split"][0] / r["bridge"][0]),
+    ratio("in-process bus ×nginx", lambda r: r["inproc"][0] / r["nginx"][0]),
+]
+names = ["on", "off", "split", "inproc", "bridge", "nginx"]
+medians = {n: statistics.median(r[n][0] for r in runs.values()) for n in names}
+print(f"Interleaved at 64 connections ({len(runs)} rounds of 3 s per configuration, side by side, "
+      "the order rotated each round; the median ratio of the rounds, their range in brackets): "
+      + "; ".join(parts) + ". Median req/s: "
+      + ", ".join(f"{n} {medians[n]:,.0f}" for n in names) + ".")
+EOF
+)
+echo "$interleaved" >&2
+
 # --- Instructions per request (callgrind) --------------------------------------------------
 callgrind() { # NAME URL then the commands to run under valgrind, one per argument (words split)
   local name=$1 url=$2; shift 2
@@ -324,6 +398,8 @@ EOF
   echo "16 MB POST (median of 5, curl, MB/s): busgate all-in-one on NATS ${busgate_post}, nginx -> nginx ${nginx_post}."
   echo
   echo "busgate all-in-one on NATS, telemetry on: idle RSS ${idle_rss} MB; with ${HELD_CONNECTIONS} keep-alive connections open ${held_rss} MB, ${parked} of them parked (${opened_rss} MB as the last opened; ${held_line}); meanwhile another request: ${served}."
+  echo
+  echo "$interleaved"
   echo
   echo "Instructions per request (callgrind, wrk -t1 -c4 for 10 s): busgate all-in-one on NATS ${cg_busgate}; bare bridge + responder ${cg_bridge} (ratio $(awk -v a="$cg_busgate" -v b="$cg_bridge" 'BEGIN { printf "%.2f", a / b }'))."
 } >>"$report"
