@@ -346,16 +346,16 @@ Content-Length: {}\r\nMicrobus-Op-Code: Req\r\n{extra}\r\n{body}",
     // subject, the evil.example inbox (valid return address) and the client's traffic.
     let evil_inbox = format!("{plane}.r.example.evil.e1");
     for m in seen.lock().unwrap().iter() {
-        let s = &m.subject;
+        let s: &str = &m.subject;
         assert!(
             !s.contains('>') && !s.split('.').any(|t| t == "*"),
             "wildcard subject {s}"
         );
         assert!(
-            s == &target || s == &evil_inbox || s.contains(".client.") || s.contains(c.id()),
+            s == target || s == evil_inbox || s.contains(".client.") || s.contains(c.id()),
             "unexpected subject {s}"
         );
-        if s == &evil_inbox {
+        if s == evil_inbox {
             let res = codec::decode_response(m.payload.clone()).unwrap();
             let op = Frame(res.headers()).op_code();
             // Acks, a rejected fragment count, a 408 for nothing left... never a crash.

@@ -194,7 +194,7 @@ impl InProcBus {
 
 fn deliver(tx: &mpsc::Sender<BusMessage>, subject: &str, payload: &Bytes) {
     let msg = BusMessage {
-        subject: subject.to_owned(),
+        subject: subject.into(),
         payload: payload.clone(),
     };
     if tx.try_send(msg).is_err() {
@@ -206,11 +206,16 @@ fn deliver(tx: &mpsc::Sender<BusMessage>, subject: &str, payload: &Bytes) {
     }
 }
 
+/// Split and searched by bytes (three publishes a call): `str::split` and `contains` with
+/// chars went through char searchers, ~900 instructions a publish.
 fn is_valid_publish_subject(subject: &str) -> bool {
     !subject.is_empty()
-        && subject
-            .split('.')
-            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains([' ', '\t', '\r', '\n']))
+        && subject.as_bytes().split(|&b| b == b'.').all(|t| {
+            !t.is_empty()
+                && t != b"*"
+                && t != b">"
+                && !t.iter().any(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        })
 }
 
 fn matches(pattern: &[String], tokens: &[&str]) -> bool {
@@ -279,6 +284,26 @@ mod tests {
         assert!(!matches(&pat("a.>"), &t("a")));
         assert!(matches(&pat("a.b"), &t("a.b")));
         assert!(!matches(&pat("a.b.c"), &t("a.b")));
+    }
+
+    #[test]
+    fn publish_subjects_are_whole_tokens_without_wildcards_or_spaces() {
+        for good in [
+            "a",
+            "a.b",
+            "microbus.443.example.hello.|.GET.hello",
+            "a.b*.c",
+            "a.>b",
+            "é.x",
+        ] {
+            assert!(is_valid_publish_subject(good), "{good}");
+        }
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "*", "a.*", "a.*.b", ">", "a.>", "a b", "a.b\tc", "a.b\r",
+            "\na",
+        ] {
+            assert!(!is_valid_publish_subject(bad), "{bad:?}");
+        }
     }
 
     #[tokio::test]

@@ -4,10 +4,12 @@ use bytes::Bytes;
 
 use crate::error::KindError;
 
-/// A message as the transport delivers it.
+/// A message as the transport delivers it. The subject is the client's own shared bytes: made
+/// into a `String` it was formatted and copied for every message (~230 instructions each,
+/// three messages a call in one process).
 #[derive(Debug, Clone)]
 pub struct BusMessage {
-    pub subject: String,
+    pub subject: async_nats::Subject,
     pub payload: Bytes,
 }
 

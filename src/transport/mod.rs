@@ -153,7 +153,7 @@ impl Subscription {
             Subscription::Nats(s) => {
                 use futures::StreamExt;
                 s.next().await.map(|m| BusMessage {
-                    subject: m.subject.to_string(),
+                    subject: m.subject,
                     payload: m.payload,
                 })
             }

