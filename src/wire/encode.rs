@@ -144,8 +144,13 @@ fn put_content_length(out: &mut BytesMut, len: usize) {
 }
 
 /// `name` (lowercase, as `HeaderName` keeps it) written in canonical form (`Microbus-Msg-Id`),
-/// straight into `out`.
+/// straight into `out`: a known name as the frame's table spells it, any other upper-cased
+/// byte by byte.
 fn put_canonical_name(out: &mut BytesMut, name: &str) {
+    if let Some(canonical) = super::frame::canonical_of_lowercase(name) {
+        out.put_slice(canonical.as_bytes());
+        return;
+    }
     let start = out.len();
     out.put_slice(name.as_bytes());
     let mut upper = true;
@@ -220,6 +225,53 @@ mod tests {
 
     use super::*;
     use crate::wire::codec::tests::GOLDEN_ACK;
+
+    #[test]
+    fn canonical_names_are_those_upper_cased_after_each_dash() {
+        let by_bytes = |name: &str| {
+            let mut upper = true;
+            name.bytes()
+                .map(|b| {
+                    let c = if upper { b.to_ascii_uppercase() } else { b };
+                    upper = b == b'-';
+                    c as char
+                })
+                .collect::<String>()
+        };
+        for name in [
+            "microbus-msg-id",
+            "microbus-from-host",
+            "microbus-from-id",
+            "microbus-from-version",
+            "microbus-op-code",
+            "microbus-time-budget",
+            "microbus-call-depth",
+            "microbus-queue",
+            "microbus-fragment",
+            "microbus-locality",
+            "microbus-clock-shift",
+            "microbus-baggage-x",
+            "traceparent",
+            "tracestate",
+            "x-forwarded-host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-prefix",
+            "x-forwarded-path",
+            "x-forwarded-protocol",
+            "content-type",
+            "accept",
+            "user-agent",
+            "x",
+            "m",
+            "t-",
+            "-a",
+        ] {
+            let mut out = BytesMut::new();
+            put_canonical_name(&mut out, name);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), by_bytes(name), "{name}");
+        }
+    }
 
     #[test]
     fn sort_keys_order_names_as_their_bytes_do() {

@@ -269,6 +269,17 @@ pub fn known_header_name(name: &str) -> Option<&'static HeaderName> {
         .then_some(known)
 }
 
+/// The spelling busgate and Go write for a known name given in lower case (as `HeaderName`
+/// keeps names and the frame's constants are); `None` for other names. The encoder writes it
+/// as it is instead of upper-casing the name byte by byte (~25 names a call).
+pub fn canonical_of_lowercase(name: &str) -> Option<&'static str> {
+    if !matches!(name.as_bytes().first()?, b'm' | b't' | b'x') {
+        return None;
+    }
+    let (known, canonical) = KNOWN.get(usize::from(KNOWN_BY_SLOT[slot(name.as_bytes())]))?;
+    (known.as_str() == name).then_some(*canonical)
+}
+
 /// A name's place in [`KNOWN_BY_SLOT`]: its length, last byte and tenth byte, in lower case,
 /// mixed so that no two known names share one (checked when the table is made).
 const fn slot(name: &[u8]) -> usize {
