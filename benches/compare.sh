@@ -13,7 +13,7 @@
 # For each, at 1, 64 and 256 connections (wrk -t2): req/s, p50, p99, CPU microseconds per
 # request of each side and of nats-server (utime + stime from /proc), peak RSS. Then: a 16 MB
 # POST through the ingress (MB/s), idle RSS, RSS with 10,000 open keep-alive connections, the
-# goals' ratios from interleaved rounds at 64 connections (ROUNDS, default 5), and callgrind
+# goals' ratios from interleaved rounds at 64 connections (ROUNDS, default 7), and callgrind
 # instructions per request of busgate and of the bridge.
 #
 # Needs: wrk, nginx, valgrind, curl, python3 (Debian packages; installed when run as root),
@@ -270,9 +270,10 @@ stop_all
 # --- Interleaved rounds --------------------------------------------------------------------
 # The rows above run one after another: a neighbour's load that comes and goes moves one
 # configuration's req/s and not the next one's. Here the configurations with a goal run side
-# by side (idle when not measured) and take turns at 64 connections, the order rotated each
-# round; each round gives its ratios, reported as the median of the rounds and their range.
-ROUNDS=${ROUNDS:-5}
+# by side (idle when not measured) and take turns at 64 connections, in a new random order each
+# round (a rotation kept each configuration behind the same one every round); each round gives
+# its ratios, reported as the median of the rounds and their range.
+ROUNDS=${ROUNDS:-7}
 echo "compare.sh: $ROUNDS interleaved rounds at 64 connections" >&2
 turn_names=(on off split inproc bridge nginx)
 declare -A turn_url
@@ -304,8 +305,7 @@ for name in "${turn_names[@]}"; do wait_ok "${turn_url[$name]}" "Hello, w!"; don
 rounds=$work/rounds.tsv
 : >"$rounds"
 for round in $(seq "$ROUNDS"); do
-  for i in "${!turn_names[@]}"; do
-    name=${turn_names[$(( (i + round - 1) % ${#turn_names[@]} ))]}
+  for name in $(shuf -e "${turn_names[@]}"); do
     wrk -t2 -c64 -d1s "${turn_url[$name]}" >/dev/null
     out=$(wrk -t2 -c64 -d3s --latency "${turn_url[$name]}")
     printf "%s\t%s\t%s\t%s\n" "$round" "$name" "$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')" \
@@ -333,7 +333,7 @@ parts = [
 names = ["on", "off", "split", "inproc", "bridge", "nginx"]
 medians = {n: statistics.median(r[n][0] for r in runs.values()) for n in names}
 print(f"Interleaved at 64 connections ({len(runs)} rounds of 3 s per configuration, side by side, "
-      "the order rotated each round; the median ratio of the rounds, their range in brackets): "
+      "in a random order each round; the median ratio of the rounds, their range in brackets): "
       + "; ".join(parts) + ". Median req/s: "
       + ", ".join(f"{n} {medians[n]:,.0f}" for n in names) + ".")
 EOF
