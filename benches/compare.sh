@@ -2,7 +2,7 @@
 # busgate's request path beside its floors, in one run on one machine (the method is in
 # BENCHMARKS.md, where this script writes its figures between the compare.sh markers):
 #
-#   benches/compare.sh                 # everything, about 9 minutes on 2 cores
+#   benches/compare.sh                 # everything, about 10 minutes on 2 cores
 #   CONNS="64" DURATION=3 benches/compare.sh --no-write   # a quick look, BENCHMARKS.md untouched
 #
 # Configurations, each behind `GET /hello.example/hello?name=w` (nginx and the bridge answer the
