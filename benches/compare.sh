@@ -278,18 +278,19 @@ echo "compare.sh: $ROUNDS interleaved rounds at 64 connections" >&2
 turn_names=(on off split inproc bridge nginx)
 declare -A turn_url
 p=$(free_port)
-start_busgate il-on MICROBUS_PLANE=ilon$RANDOM MICROBUS_NATS="$nats_url" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+# Each its own SMTP port too: busgate_env's one port would go to whichever started first.
+start_busgate il-on MICROBUS_PLANE=ilon$RANDOM BUSGATE_SMTP_INGRESS_PORT="$(free_port)" MICROBUS_NATS="$nats_url" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
 turn_url[on]=http://127.0.0.1:$p$path
 p=$(free_port)
-start_busgate il-off MICROBUS_PLANE=iloff$RANDOM MICROBUS_NATS="$nats_url" BUSGATE_TELEMETRY=off -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-off MICROBUS_PLANE=iloff$RANDOM BUSGATE_SMTP_INGRESS_PORT="$(free_port)" MICROBUS_NATS="$nats_url" BUSGATE_TELEMETRY=off -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
 turn_url[off]=http://127.0.0.1:$p$path
 p=$(free_port)
 split_plane=ilsplit$RANDOM
 start_busgate il-split-ingress MICROBUS_PLANE=$split_plane MICROBUS_NATS="$nats_url" -- ingress --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
-start_busgate il-split-examples MICROBUS_PLANE=$split_plane MICROBUS_NATS="$nats_url" -- examples --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-split-examples MICROBUS_PLANE=$split_plane BUSGATE_SMTP_INGRESS_PORT="$(free_port)" MICROBUS_NATS="$nats_url" -- examples --admin-addr "127.0.0.1:$(free_port)"
 turn_url[split]=http://127.0.0.1:$p$path
 p=$(free_port)
-start_busgate il-inproc -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-inproc BUSGATE_SMTP_INGRESS_PORT="$(free_port)" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
 turn_url[inproc]=http://127.0.0.1:$p$path
 p=$(free_port)
 "$bridge_bin" responder "$nats_url" il.hello >"$work/il-responder.log" 2>&1 &
@@ -308,19 +309,32 @@ for round in $(seq "$ROUNDS"); do
   for name in $(shuf -e "${turn_names[@]}"); do
     wrk -t2 -c64 -d1s "${turn_url[$name]}" >/dev/null
     out=$(wrk -t2 -c64 -d3s --latency "${turn_url[$name]}")
-    printf "%s\t%s\t%s\t%s\n" "$round" "$name" "$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')" \
-      "$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")" >>"$rounds"
+    errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i} END {print s + 0}')
+    printf "%s\t%s\t%s\t%s\t%s\n" "$round" "$name" "$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')" \
+      "$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")" "$errors" >>"$rounds"
   done
 done
 stop_all
 interleaved=$(python3 - "$rounds" <<'EOF'
 import statistics, sys
-runs = {}
+runs, errors = {}, {}
 for line in open(sys.argv[1]):
-    rnd, name, rps, p99 = line.split()
-    runs.setdefault(int(rnd), {})[name] = (float(rps), float(p99))
+    fields = line.split("\t")
+    rnd, name = int(fields[0]), fields[1]
+    rps, p99, err = (float(f) if f.strip() else 0.0 for f in fields[2:5])
+    runs.setdefault(rnd, {})[name] = (rps, p99)
+    errors[name] = errors.get(name, 0) + int(err)
 def ratio(label, f):
-    values = sorted(f(r) for r in runs.values())
+    # A round where a denominator is zero (wrk printed nothing) says nothing.
+    values = []
+    for r in runs.values():
+        try:
+            values.append(f(r))
+        except ZeroDivisionError:
+            pass
+    if not values:
+        return f"{label} -"
+    values.sort()
     return f"{label} {statistics.median(values):.2f} ({values[0]:.2f}-{values[-1]:.2f})"
 parts = [
     ratio("all-in-one on NATS, telemetry on ×bridge", lambda r: r["on"][0] / r["bridge"][0]),
@@ -335,7 +349,8 @@ medians = {n: statistics.median(r[n][0] for r in runs.values()) for n in names}
 print(f"Interleaved at 64 connections ({len(runs)} rounds of 3 s per configuration, side by side, "
       "in a random order each round; the median ratio of the rounds, their range in brackets): "
       + "; ".join(parts) + ". Median req/s: "
-      + ", ".join(f"{n} {medians[n]:,.0f}" for n in names) + ".")
+      + ", ".join(f"{n} {medians[n]:,.0f}" for n in names) + ". Errors: "
+      + (", ".join(f"{n} {e}" for n, e in errors.items() if e) or "none") + ".")
 EOF
 )
 echo "$interleaved" >&2

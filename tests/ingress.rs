@@ -316,6 +316,12 @@ async fn blocked_paths_and_favicon() {
     assert_eq!(res.header("content-type"), Some("image/x-icon"));
     assert_eq!(res.header("cache-control"), Some("public, max-age=86400"));
     assert_eq!(&res.body[..4], &[0, 0, 1, 0], "an ICO header");
+    // The icon did not come off the bus: its timing has no bus part.
+    let timing = res.header("server-timing").unwrap_or_default();
+    assert!(
+        timing.starts_with("total;dur=") && !timing.contains("bus;dur="),
+        "{timing}"
+    );
     s.stop().await;
 }
 

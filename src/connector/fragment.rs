@@ -170,7 +170,7 @@ impl<T: Fragmented, R> Defragmenter<T, R> {
         }
         let headers = whole.headers_mut();
         headers.remove(frame::names::FRAGMENT);
-        headers.insert(CONTENT_LENGTH, codec::length_value(total));
+        headers.insert(CONTENT_LENGTH, codec::length_value(total as u64));
         whole.set_body(body.freeze());
         DefragOutcome::Complete(whole)
     }

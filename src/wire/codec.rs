@@ -335,13 +335,13 @@ fn decode_chunked(mut buf: &[u8]) -> Result<Bytes, WireError> {
 
 /// The decoded message's own length (its framing headers were kept out of the map).
 fn put_length(headers: &mut HeaderMap, len: usize) {
-    headers.insert(CONTENT_LENGTH, length_value(len));
+    headers.insert(CONTENT_LENGTH, length_value(len as u64));
 }
 
 /// A `Content-Length` value: `0` shared, any other one allocation of its digits.
 /// `HeaderValue::from(usize)` made two (a 20-byte buffer, then a box to share it), on
 /// every decoded message.
-pub fn length_value(len: usize) -> HeaderValue {
+pub fn length_value(len: u64) -> HeaderValue {
     if len == 0 {
         return HeaderValue::from_static("0");
     }
@@ -463,7 +463,7 @@ X-Multi: a\r\nx-multi: b\r\n\r\n5\r\nHello\r\n6\r\n, you!\r\n0\r\n\r\n";
 
     #[test]
     fn length_values_read_as_the_numbers() {
-        for n in [0usize, 1, 9, 10, 1024, 16 << 20, usize::MAX] {
+        for n in [0u64, 1, 9, 10, 1024, 16 << 20, u64::MAX] {
             assert_eq!(length_value(n), HeaderValue::from(n), "{n}");
         }
     }

@@ -42,7 +42,7 @@ pub async fn handle(shared: &Shared, info: ConnInfo, req: Request) -> Response {
     if !res.headers().contains_key(header::CONTENT_LENGTH) {
         if let Some(size) = axum::body::HttpBody::size_hint(res.body()).exact() {
             res.headers_mut()
-                .insert(header::CONTENT_LENGTH, codec::length_value(size as usize));
+                .insert(header::CONTENT_LENGTH, codec::length_value(size));
         }
     }
     if head {
@@ -632,7 +632,10 @@ async fn default_favicon(
     proxied: &std::sync::OnceLock<Proxied>,
 ) -> Response {
     let is_favicon = req.uri().path() == "/favicon.ico";
-    let res = super::proxy::proxy(shared, state, req, proxied).await;
+    // What the proxy measured belongs to its own response only: the built-in icon did not
+    // come off the bus (no `bus;dur` in its `Server-Timing`, no request body counted).
+    let measured = std::sync::OnceLock::new();
+    let res = super::proxy::proxy(shared, state, req, &measured).await;
     if is_favicon
         && res
             .extensions()
@@ -649,6 +652,9 @@ async fn default_favicon(
             HeaderValue::from_static("public, max-age=86400"),
         );
         return icon;
+    }
+    if let Some(m) = measured.into_inner() {
+        let _ = proxied.set(m);
     }
     res
 }

@@ -47,8 +47,9 @@ impl SpanName<'_> {
     }
 
     /// Spans nobody wants to see: the `:888/trace` broadcast and metrics scrapes (their
-    /// children follow, because they are not sampled). As the written name would tell: a
-    /// suffix that starts with `/` can only end a name within its path.
+    /// children follow, because they are not sampled). As the written name would tell for
+    /// every name busgate makes: its paths start with `/` (or are empty) and its hosts hold
+    /// none, so a suffix that starts with `/` can only end a name within its path.
     pub fn is_muffled(&self) -> bool {
         let muffled_path = |path: &str| MUFFLED_SUFFIXES.iter().any(|s| path.ends_with(s));
         match *self {
