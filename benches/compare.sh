@@ -101,6 +101,9 @@ results=$work/results.tsv
 rss=$work/rss.tsv
 : >"$rss"
 
+# Non-2xx responses and socket errors in wrk's output on stdin.
+wrk_errors() { awk '/Non-2xx|Socket errors/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i} END {print s + 0}'; }
+
 # measure NAME URL "GATEWAY PIDS" "SERVICE PIDS" (service pids may be empty: same process)
 measure() {
   local name=$1 url=$2 gw=$3 svc=$4 c
@@ -117,7 +120,7 @@ measure() {
     rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
     p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
     p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
-    errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i} END {print s + 0}')
+    errors=$(echo "$out" | wrk_errors)
     awk -v name="$name" -v c="$c" -v n="$requests" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v e="$errors" \
         -v g=$((g1 - g0)) -v s=$((s1 - s0)) -v nt=$((n1 - n0)) -v svc="$svc" -v t="$tick" \
       'BEGIN { us = 1e6 / t / n; printf "%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s\t%.1f\n", name, c, rps, p50, p99, e, g * us, (svc == "" ? "-" : sprintf("%.1f", s * us)), nt * us }' \
@@ -127,10 +130,12 @@ measure() {
   printf "%s\t%s\n" "$name" "$(( $(sum_kb VmHWM $gw $svc) / 1024 ))" >>"$rss"
 }
 
-busgate_env=(env MICROBUS_PLANE=bench$RANDOM BUSGATE_SMTP_INGRESS_PORT="$(free_port)")
+busgate_env=(env MICROBUS_PLANE=bench$RANDOM)
 start_busgate() { # NAME ENV... -- ARGS...: starts and records its pid in $last_pid
   local log=$work/$1.log; shift
-  local envs=()
+  # Each its own SMTP port: busgates running side by side would otherwise share one, bound
+  # only by whichever started first.
+  local envs=(BUSGATE_SMTP_INGRESS_PORT="$(free_port)")
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done
   shift
   "${busgate_env[@]}" "${envs[@]}" "$busgate" "$@" >"$log" 2>&1 &
@@ -169,12 +174,16 @@ wait_ok "http://127.0.0.1:$port$path" "Hello, w!"
 measure "busgate, in-process bus" "http://127.0.0.1:$port$path" "$last_pid" ""
 stop_all
 
+start_bridge() { # NAME PORT: the responder and the bridge on subject NAME.hello
+  "$bridge_bin" responder "$nats_url" "$1.hello" >"$work/$1-responder.log" 2>&1 &
+  responder_pid=$!; pids+=("$responder_pid")
+  "$bridge_bin" bridge "127.0.0.1:$2" "$nats_url" "$1.hello" >"$work/$1-bridge.log" 2>&1 &
+  bridge_pid=$!; pids+=("$bridge_pid")
+}
+
 echo "compare.sh: bare bridge" >&2
 port=$(free_port)
-"$bridge_bin" responder "$nats_url" bench.hello >"$work/responder.log" 2>&1 &
-responder_pid=$!; pids+=("$responder_pid")
-"$bridge_bin" bridge "127.0.0.1:$port" "$nats_url" bench.hello >"$work/bridge.log" 2>&1 &
-bridge_pid=$!; pids+=("$bridge_pid")
+start_bridge bench "$port"
 wait_ok "http://127.0.0.1:$port$path" "Hello, w!"
 measure "bare bridge (axum -> async-nats -> responder)" "http://127.0.0.1:$port$path" "$bridge_pid" "$responder_pid"
 stop_all
@@ -209,13 +218,18 @@ EOF
   pids+=("$last_pid")
 }
 nginx_workers() { pgrep -P "$1" | tr '\n' ' '; }
+start_nginx_pair() { # PREFIX FRONT-PORT: an upstream answering the hello, a front proxying to it
+  local up
+  up=$(free_port)
+  nginx_conf "$1upstream" "$up" 'default_type text/plain; return 200 "Hello, w!";'
+  upstream_pid=$last_pid
+  nginx_conf "$1front" "$2" 'proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";' "$up"
+  front_pid=$last_pid
+}
 
 echo "compare.sh: nginx -> nginx" >&2
-up=$(free_port) front=$(free_port)
-nginx_conf upstream "$up" 'default_type text/plain; return 200 "Hello, w!";'
-upstream_pid=$last_pid
-nginx_conf front "$front" 'proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";' "$up"
-front_pid=$last_pid
+front=$(free_port)
+start_nginx_pair "" "$front"
 wait_ok "http://127.0.0.1:$front$path" "Hello, w!"
 measure "nginx -> nginx" "http://127.0.0.1:$front$path" "$front_pid $(nginx_workers "$front_pid")" "$upstream_pid $(nginx_workers "$upstream_pid")"
 nginx_front_url="http://127.0.0.1:$front$path"
@@ -278,29 +292,24 @@ echo "compare.sh: $ROUNDS interleaved rounds at 64 connections" >&2
 turn_names=(on off split inproc bridge nginx)
 declare -A turn_url
 p=$(free_port)
-# Each its own SMTP port too: busgate_env's one port would go to whichever started first.
-start_busgate il-on MICROBUS_PLANE=ilon$RANDOM BUSGATE_SMTP_INGRESS_PORT="$(free_port)" MICROBUS_NATS="$nats_url" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-on MICROBUS_PLANE=ilon$RANDOM MICROBUS_NATS="$nats_url" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
 turn_url[on]=http://127.0.0.1:$p$path
 p=$(free_port)
-start_busgate il-off MICROBUS_PLANE=iloff$RANDOM BUSGATE_SMTP_INGRESS_PORT="$(free_port)" MICROBUS_NATS="$nats_url" BUSGATE_TELEMETRY=off -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-off MICROBUS_PLANE=iloff$RANDOM MICROBUS_NATS="$nats_url" BUSGATE_TELEMETRY=off -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
 turn_url[off]=http://127.0.0.1:$p$path
 p=$(free_port)
 split_plane=ilsplit$RANDOM
 start_busgate il-split-ingress MICROBUS_PLANE=$split_plane MICROBUS_NATS="$nats_url" -- ingress --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
-start_busgate il-split-examples MICROBUS_PLANE=$split_plane BUSGATE_SMTP_INGRESS_PORT="$(free_port)" MICROBUS_NATS="$nats_url" -- examples --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-split-examples MICROBUS_PLANE=$split_plane MICROBUS_NATS="$nats_url" -- examples --admin-addr "127.0.0.1:$(free_port)"
 turn_url[split]=http://127.0.0.1:$p$path
 p=$(free_port)
-start_busgate il-inproc BUSGATE_SMTP_INGRESS_PORT="$(free_port)" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+start_busgate il-inproc -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
 turn_url[inproc]=http://127.0.0.1:$p$path
 p=$(free_port)
-"$bridge_bin" responder "$nats_url" il.hello >"$work/il-responder.log" 2>&1 &
-pids+=($!)
-"$bridge_bin" bridge "127.0.0.1:$p" "$nats_url" il.hello >"$work/il-bridge.log" 2>&1 &
-pids+=($!)
+start_bridge il "$p"
 turn_url[bridge]=http://127.0.0.1:$p$path
-up=$(free_port) front=$(free_port)
-nginx_conf il-upstream "$up" 'default_type text/plain; return 200 "Hello, w!";'
-nginx_conf il-front "$front" 'proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";' "$up"
+front=$(free_port)
+start_nginx_pair il- "$front"
 turn_url[nginx]=http://127.0.0.1:$front$path
 for name in "${turn_names[@]}"; do wait_ok "${turn_url[$name]}" "Hello, w!"; done
 rounds=$work/rounds.tsv
@@ -309,7 +318,7 @@ for round in $(seq "$ROUNDS"); do
   for name in $(shuf -e "${turn_names[@]}"); do
     wrk -t2 -c64 -d1s "${turn_url[$name]}" >/dev/null
     out=$(wrk -t2 -c64 -d3s --latency "${turn_url[$name]}")
-    errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i} END {print s + 0}')
+    errors=$(echo "$out" | wrk_errors)
     printf "%s\t%s\t%s\t%s\t%s\n" "$round" "$name" "$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')" \
       "$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")" "$errors" >>"$rounds"
   done

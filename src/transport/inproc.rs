@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use async_nats::Subject;
 use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -111,7 +112,14 @@ impl InProcBus {
         self.inner.state.subscribe()
     }
 
-    pub fn publish(&self, subject: &str, payload: Bytes) -> Result<(), TransportError> {
+    /// Deliver `payload` to every subscription `subject` matches (one member of each queue
+    /// group). Each receiver gets the publisher's own subject, shared, not a copy.
+    pub fn publish(
+        &self,
+        subject: impl Into<Subject>,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let subject: Subject = subject.into();
         if payload.len() > self.inner.max_payload {
             return Err(TransportError::new(
                 TransportErrorKind::PayloadTooLarge,
@@ -122,7 +130,7 @@ impl InProcBus {
                 ),
             ));
         }
-        if !is_valid_publish_subject(subject) {
+        if !is_valid_publish_subject(&subject) {
             return Err(TransportError::new(
                 TransportErrorKind::Rejected,
                 format!("invalid subject '{subject}'"),
@@ -134,26 +142,26 @@ impl InProcBus {
             .read()
             .expect("registry lock poisoned")
             .routes
-            .get(subject)
+            .get(&*subject)
             .cloned();
         let routes = match cached {
             Some(routes) => routes,
             None => {
                 let mut registry = self.inner.registry.write().expect("registry lock poisoned");
-                let routes = registry.routes_of(subject);
+                let routes = registry.routes_of(&subject);
                 if registry.routes.len() >= ROUTE_CACHE_MAX {
                     registry.routes.clear();
                 }
-                registry.routes.insert(subject.to_owned(), routes.clone());
+                registry.routes.insert(subject.to_string(), routes.clone());
                 routes
             }
         };
         for route in routes.iter() {
             match route {
-                Route::Plain(tx) => deliver(tx, subject, &payload),
+                Route::Plain(tx) => deliver(tx, &subject, &payload),
                 Route::Group(members) => {
                     let pick = rand::rng().random_range(0..members.len());
-                    deliver(&members[pick], subject, &payload);
+                    deliver(&members[pick], &subject, &payload);
                 }
             }
         }
@@ -192,15 +200,15 @@ impl InProcBus {
     }
 }
 
-fn deliver(tx: &mpsc::Sender<BusMessage>, subject: &str, payload: &Bytes) {
+fn deliver(tx: &mpsc::Sender<BusMessage>, subject: &Subject, payload: &Bytes) {
     let msg = BusMessage {
-        subject: subject.into(),
+        subject: subject.clone(),
         payload: payload.clone(),
     };
     if tx.try_send(msg).is_err() {
         // Same policy as a NATS slow consumer: the message is dropped, not queued without bound.
         tracing::warn!(
-            subject,
+            subject = &**subject,
             "in-process subscription full or closed; message dropped"
         );
     }
@@ -354,7 +362,7 @@ mod tests {
         assert_eq!(second.next().await.unwrap().payload, "3");
         // Past the cap the memory starts over, and delivery goes on.
         for i in 0..ROUTE_CACHE_MAX + 10 {
-            bus.publish(&format!("other.{i}"), Bytes::new()).unwrap();
+            bus.publish(format!("other.{i}"), Bytes::new()).unwrap();
         }
         assert!(bus.inner.registry.read().unwrap().routes.len() <= ROUTE_CACHE_MAX);
         bus.publish("r.x", Bytes::from_static(b"4")).unwrap();

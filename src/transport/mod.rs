@@ -53,7 +53,7 @@ impl Bus {
     pub async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), TransportError> {
         match self {
             Bus::Nats(b) => b.publish(subject, payload).await,
-            Bus::InProc(b) => b.publish(&subject, payload),
+            Bus::InProc(b) => b.publish(subject, payload),
         }
     }
 

@@ -259,6 +259,9 @@ mod tests {
             "x-forwarded-prefix",
             "x-forwarded-path",
             "x-forwarded-protocol",
+            // In a known name's slot (same length, last and tenth byte), but not that name.
+            "microbus-mxg-id",
+            "x-forwarded-hast",
             "content-type",
             "accept",
             "user-agent",

@@ -251,20 +251,25 @@ static KNOWN: [(HeaderName, &str); 18] = [
     ),
 ];
 
-/// The shared name of a frame header received as `name` (any case); `None` for other names.
-pub fn known_header_name(name: &str) -> Option<&'static HeaderName> {
-    // Every known name starts with m, t or x: most other headers are turned away by their
-    // first byte instead of a comparison with each known name.
+/// The one known name `name` (any case) could be, still to be confirmed: every known name
+/// starts with m, t or x, so most other headers are turned away by their first byte; the
+/// rest find their one candidate by the name's length, last byte and tenth byte (after
+/// `microbus-`) through a table made at compile time. A scan of the known names' keys cost
+/// ~170 instructions per header, 14 headers per served request.
+fn known_candidate(name: &str) -> Option<&'static (HeaderName, &'static str)> {
     let first = name.as_bytes().first()?.to_ascii_lowercase();
     if !matches!(first, b'm' | b't' | b'x') {
         return None;
     }
-    // One candidate at most, found by the name's length, last byte and tenth byte (after
-    // `microbus-`) through a table made at compile time, then confirmed against the spellings
-    // busgate and Go write (canonical case) and HTTP/2 would (lower case) byte for byte, any
-    // other case last (a case-insensitive comparison goes byte by byte). A scan of the known
-    // names' keys cost ~170 instructions per header, 14 headers per served request.
-    let (known, canonical) = KNOWN.get(usize::from(KNOWN_BY_SLOT[slot(name.as_bytes())]))?;
+    KNOWN.get(usize::from(KNOWN_BY_SLOT[slot(name.as_bytes())]))
+}
+
+/// The shared name of a frame header received as `name` (any case); `None` for other names.
+/// The candidate is confirmed against the spellings busgate and Go write (canonical case) and
+/// HTTP/2 would (lower case) byte for byte, any other case last (a case-insensitive comparison
+/// goes byte by byte).
+pub fn known_header_name(name: &str) -> Option<&'static HeaderName> {
+    let (known, canonical) = known_candidate(name)?;
     (name == *canonical || name == known.as_str() || known.as_str().eq_ignore_ascii_case(name))
         .then_some(known)
 }
@@ -273,10 +278,7 @@ pub fn known_header_name(name: &str) -> Option<&'static HeaderName> {
 /// keeps names and the frame's constants are); `None` for other names. The encoder writes it
 /// as it is instead of upper-casing the name byte by byte (~25 names a call).
 pub fn canonical_of_lowercase(name: &str) -> Option<&'static str> {
-    if !matches!(name.as_bytes().first()?, b'm' | b't' | b'x') {
-        return None;
-    }
-    let (known, canonical) = KNOWN.get(usize::from(KNOWN_BY_SLOT[slot(name.as_bytes())]))?;
+    let (known, canonical) = known_candidate(name)?;
     (known.as_str() == name).then_some(*canonical)
 }
 

@@ -303,6 +303,8 @@ async fn stages(
     mut req: Request,
 ) -> (Response, Option<Proxied>) {
     let mut unwind = Unwind::default();
+    // Set by the favicon stage from the proxy's own result: compression hands back only the
+    // response.
     let proxied = std::sync::OnceLock::new();
     let res = match request_stages(shared, &mut state, &mut req, &mut unwind) {
         Some(early) => early,
@@ -632,10 +634,7 @@ async fn default_favicon(
     proxied: &std::sync::OnceLock<Proxied>,
 ) -> Response {
     let is_favicon = req.uri().path() == "/favicon.ico";
-    // What the proxy measured belongs to its own response only: the built-in icon did not
-    // come off the bus (no `bus;dur` in its `Server-Timing`, no request body counted).
-    let measured = std::sync::OnceLock::new();
-    let res = super::proxy::proxy(shared, state, req, &measured).await;
+    let (res, measured) = super::proxy::proxy(shared, state, req).await;
     if is_favicon
         && res
             .extensions()
@@ -651,9 +650,11 @@ async fn default_favicon(
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=86400"),
         );
+        // Not off the bus: no `bus;dur` in its `Server-Timing`, no request body counted.
         return icon;
     }
-    if let Some(m) = measured.into_inner() {
+    if let Some(m) = measured {
+        // Set once: the proxy runs once per request.
         let _ = proxied.set(m);
     }
     res

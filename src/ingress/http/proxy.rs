@@ -1,7 +1,6 @@
 //! The proxy itself (reference §4.3): the first path segment names the bus host (and port),
 //! the rest is the path; the body is read within the memory budget and sent as a unicast.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -96,14 +95,13 @@ pub fn external_port<'a>(headers: &'a HeaderMap, uri: &'a http::Uri, tls: bool) 
     }
 }
 
-/// The innermost stage: the request to the bus, its response back; what it measured in
-/// `proxied`, for the telemetry stage.
+/// The innermost stage: the request to the bus, its response back, and what it measured
+/// (for the telemetry stage) when the request went onto the bus.
 pub async fn proxy(
     shared: &Shared,
     state: &RequestState,
     req: Request,
-    proxied: &OnceLock<Proxied>,
-) -> Response {
+) -> (Response, Option<Proxied>) {
     let (mut parts, body) = req.into_parts();
     if conflicting_framing(&parts.headers) {
         // Request smuggling: the two framings could be read differently by another hop.
@@ -112,16 +110,16 @@ pub async fn proxy(
         ));
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return res;
+        return (res, None);
     }
     let tls = state.info.tls;
     let Some(target) = parse_target(parts.uri.path()) else {
-        return empty_not_found();
+        return (empty_not_found(), None);
     };
     let external_port = external_port(&parts.headers, &parts.uri, tls);
     let port = shared.config.port_mappings.map(external_port, target.port);
     if port == CONTROL_PORT {
-        return empty_not_found();
+        return (empty_not_found(), None);
     }
     // Pushed piece by piece: `format!` cost ~1,200 instructions here, once a request.
     let query = parts.uri.query();
@@ -145,7 +143,7 @@ pub async fn proxy(
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 tokio::spawn(linger(body));
             }
-            return error_response(e);
+            return (error_response(e), None);
         }
     };
     let mut bus_req = match http::Request::builder()
@@ -154,7 +152,7 @@ pub async fn proxy(
         .body(body)
     {
         Ok(r) => r,
-        Err(_) => return empty_not_found(),
+        Err(_) => return (empty_not_found(), None),
     };
     *bus_req.headers_mut() = end_to_end(std::mem::take(&mut parts.headers));
 
@@ -180,12 +178,11 @@ pub async fn proxy(
         }
         Err(e) => error_response(e),
     };
-    // Set once: the proxy runs once per request.
-    let _ = proxied.set(Proxied {
+    let proxied = Proxied {
         bus_time,
         request_body_size,
-    });
-    out
+    };
+    (out, Some(proxied))
 }
 
 /// Most bytes of a refused body read and thrown away so that the client, still sending,
