@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::{client, text, TestBus};
 use http::{Request, Response, StatusCode};
 
-on_both_buses!(
+on_every_bus!(
     unicast_reaches_the_service,
     no_responder_is_ack_timeout_404,
     deadline_is_408,

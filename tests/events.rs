@@ -17,7 +17,7 @@ use busgate::ingress::smtp::{SmtpConfig, SmtpIngress};
 use busgate::{json, Connector, Ctx, Error, Service};
 use common::{client, TestBus};
 
-on_both_buses!(
+on_every_bus!(
     a_veto_from_one_of_two_sinks_stops_the_registration,
     replicas_of_one_sink_service_share_one_copy_and_other_services_get_their_own,
     a_failing_sink_is_no_consent,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::TestBus;
 use http::{Request, Response, StatusCode};
 
-on_both_buses!(
+on_every_bus!(
     go_trace_selections_get_empty_json_with_or_without_an_id,
     a_go_error_without_a_message_keeps_its_status,
     a_call_without_a_deadline_sends_no_time_budget,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use busgate::{Ctx, Service};
 use common::{client, text, TestBus};
 
-on_both_buses!(graceful_shutdown_loses_no_accepted_request);
+on_every_bus!(graceful_shutdown_loses_no_accepted_request);
 
 fn slow_echo() -> Service {
     Service::new("drain.test").get("/work", |_ctx: Ctx, _req| async move {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::TestBus;
 use http::{Request, Response, StatusCode};
 
-on_both_buses!(
+on_every_bus!(
     answers_a_go_shaped_request,
     acked_but_silent_responder_times_out_408,
     reads_go_err_responses,

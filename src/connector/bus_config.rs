@@ -22,6 +22,21 @@ pub const NATS_TLS_CA: Setting<Option<PathBuf>> = env_path("MICROBUS_NATS_TLS_CA
 pub const NATS_TLS_CERT: Setting<Option<PathBuf>> = env_path("MICROBUS_NATS_TLS_CERT");
 pub const NATS_TLS_KEY: Setting<Option<PathBuf>> = env_path("MICROBUS_NATS_TLS_KEY");
 
+/// Microbus's short circuit: `0` or `false` sends every request, ack and response through
+/// NATS, even between connectors of this process (see [`NatsOptions::short_circuit`]).
+pub const SHORT_CIRCUIT: Setting<bool> = Setting {
+    property: "",
+    env: "MICROBUS_SHORT_CIRCUIT",
+    default: || true,
+    parse: |v| match v.trim() {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        v if v.eq_ignore_ascii_case("false") => Ok(false),
+        v if v.eq_ignore_ascii_case("true") => Ok(true),
+        _ => Err("1, true, 0 or false".to_owned()),
+    },
+};
+
 /// The plane: deployments that share a NATS stay apart by it.
 pub const PLANE: Setting<String> = Setting {
     property: "",
@@ -160,6 +175,7 @@ impl BusConfig {
                 o.tls_ca = from.read(&NATS_TLS_CA)?;
                 o.tls_cert = from.read(&NATS_TLS_CERT)?;
                 o.tls_key = from.read(&NATS_TLS_KEY)?;
+                o = o.with_short_circuit(from.read(&SHORT_CIRCUIT)?);
                 Transport::Nats(Box::new(o.with_tls_files_from(&cwd)))
             }
         };

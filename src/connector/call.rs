@@ -18,7 +18,9 @@ use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, Span, SpanKind, SpanName, Status};
-use crate::transport::{Refused, Subject, Subscription, TransportError, TransportErrorKind};
+use crate::transport::{
+    BusMessage, MessageHandler, Refused, Subject, TransportError, TransportErrorKind,
+};
 use crate::wire::codec::Headers;
 use crate::wire::frame::{self, Fragment, OpCode};
 use crate::wire::reply::{decode_reply, Reply};
@@ -135,6 +137,13 @@ fn transport_error(e: TransportError) -> Error {
     }
 }
 
+/// Whom a fragment is for: every subscriber (a multicast's first), or one.
+#[derive(Clone, Copy)]
+enum Audience {
+    All,
+    One,
+}
+
 /// Encode fragment `index` (0-based) of `req`, with the connector's frame for message
 /// `msg_id`, and publish it to `subject`.
 async fn publish_fragment(
@@ -142,8 +151,7 @@ async fn publish_fragment(
     req: &mut Request<Bytes>,
     out: &Outgoing,
     msg_id: &str,
-    index: usize,
-    subject: Subject,
+    (index, subject, audience): (usize, Subject, Audience),
 ) -> Result<(), Error> {
     let total = out.fragments.len();
     let fragment = (total > 1).then(|| {
@@ -193,11 +201,11 @@ async fn publish_fragment(
     *req.body_mut() = out.fragments[index].clone();
     let payload = codec::encode_request_with_frame(req, &pairs[..len])
         .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
-    inner
-        .bus
-        .publish(subject, payload)
-        .await
-        .map_err(transport_error)
+    match audience {
+        Audience::All => inner.bus.publish(subject, payload).await,
+        Audience::One => inner.bus.publish_to_one(subject, payload).await,
+    }
+    .map_err(transport_error)
 }
 
 /// Wait until the connection has taken a large body's first fragment (async-nats's flush), so
@@ -236,7 +244,8 @@ async fn publish_rest(
     .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
     let direct = Subject::from(direct);
     for i in 1..out.fragments.len() {
-        publish_fragment(inner, req, out, msg_id, i, direct.clone()).await?;
+        let fragment = (i, direct.clone(), Audience::One);
+        publish_fragment(inner, req, out, msg_id, fragment).await?;
     }
     Ok(())
 }
@@ -388,7 +397,8 @@ async fn unicast_exchange(
     rx: &mut mpsc::UnboundedReceiver<Delivery>,
     observed: &mut Observed,
 ) -> Result<Response<Bytes>, Error> {
-    publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await?;
+    let first = (0, out.subject.clone(), Audience::One);
+    publish_fragment(inner, req, out, msg_id, first).await?;
     first_fragment_taken(inner, out).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut acked = false;
@@ -476,7 +486,8 @@ async fn multicast_exchange(
     rx: &mut mpsc::UnboundedReceiver<Delivery>,
     observed: &mut Observed,
 ) -> Vec<Result<Response<Bytes>, Error>> {
-    if let Err(e) = publish_fragment(inner, req, out, msg_id, 0, out.subject.clone()).await {
+    let first = (0, out.subject.clone(), Audience::All);
+    if let Err(e) = publish_fragment(inner, req, out, msg_id, first).await {
         return vec![Err(e)];
     }
     if let Err(e) = first_fragment_taken(inner, out).await {
@@ -556,83 +567,86 @@ async fn multicast_exchange(
     }
 }
 
-/// Read the response inbox: acks and responses, reassembled, routed by message id.
-pub(crate) async fn inbox_loop(inner: Arc<Inner>, mut sub: Subscription) {
-    // Registered once (see `serve::subscription_loop`).
-    let stopped = inner.stop_inbox.cancelled();
-    tokio::pin!(stopped);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            msg = sub.next() => match msg { Some(m) => m, None => break },
-        };
-        let kept = |msg_id: Option<&str>| {
-            msg_id
-                .and_then(|id| inner.pending.with(id, |p| p.kept))
-                .unwrap_or(Headers::All)
-        };
-        let reply = match decode_reply(msg.payload, kept) {
-            Ok(reply) => reply,
-            Err(e) => {
-                tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed response");
-                continue;
-            }
-        };
-        let (res, frame) = match reply {
-            Reply::Ack(ack) => {
-                let (Some(msg_id), Some(from_id)) = (ack.frame.msg_id, ack.frame.from_id) else {
-                    tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
-                    continue;
-                };
-                let delivery = Delivery::Ack {
-                    proceed: ack.status == StatusCode::CONTINUE,
-                    from_id,
-                    queue: ack.frame.queue,
-                };
-                deliver(&inner, &msg_id, delivery);
-                continue;
-            }
-            Reply::Response(res, frame) => (res, frame),
-        };
-        let (Some(msg_id), Some(from_id)) = (frame.msg_id, frame.from_id) else {
-            tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
-            continue;
-        };
-        let (queue, op_code) = (frame.queue, frame.op_code);
-        let delivery = match frame.fragment.filter(|fr| fr.total > 1) {
-            None => Delivery::Response {
+/// The response inbox's handler: each ack and response is read and handed to its call on the
+/// transport's task, as it arrives. A task of its own, fed by the subscription's channel, cost
+/// a channel hop and a wake-up for each of a call's two replies. It holds the instance weakly:
+/// the transport keeps the handler, and the instance keeps the transport.
+pub(crate) fn inbox_handler(inner: &Arc<Inner>) -> MessageHandler {
+    let inner = Arc::downgrade(inner);
+    Arc::new(move |msg: BusMessage| {
+        if let Some(inner) = inner.upgrade() {
+            read_reply(&inner, msg);
+        }
+    })
+}
+
+/// Read one message of the response inbox: an ack or a response (reassembled when it comes in
+/// fragments), routed by message id.
+fn read_reply(inner: &Inner, msg: BusMessage) {
+    let kept = |msg_id: Option<&str>| {
+        msg_id
+            .and_then(|id| inner.pending.with(id, |p| p.kept))
+            .unwrap_or(Headers::All)
+    };
+    let reply = match decode_reply(msg.payload, kept) {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(host = %inner.hostname, error = %e, "dropping malformed response");
+            return;
+        }
+    };
+    let (res, frame) = match reply {
+        Reply::Ack(ack) => {
+            let (Some(msg_id), Some(from_id)) = (ack.frame.msg_id, ack.frame.from_id) else {
+                tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
+                return;
+            };
+            let delivery = Delivery::Ack {
+                proceed: ack.status == StatusCode::CONTINUE,
                 from_id,
-                queue,
-                op_code,
-                res,
-            },
-            Some(fr) => {
-                let key = format!("{from_id}|{msg_id}");
-                let waiting = || (from_id.clone(), msg_id.clone());
-                match inner.response_defrag.add(key, fr, res, waiting) {
-                    DefragOutcome::Complete(res) => Delivery::Response {
-                        from_id,
-                        queue,
-                        op_code,
-                        res,
-                    },
-                    DefragOutcome::Pending => continue,
-                    DefragOutcome::Orphan => {
-                        // Its reassembly was dropped, and its call failed then.
-                        tracing::debug!(host = %inner.hostname, %msg_id, "dropping a fragment of a dropped reassembly");
-                        continue;
-                    }
-                    DefragOutcome::Rejected(why) => {
-                        tracing::warn!(host = %inner.hostname, %msg_id, why, "dropping response fragment");
-                        continue;
-                    }
+                queue: ack.frame.queue,
+            };
+            deliver(inner, &msg_id, delivery);
+            return;
+        }
+        Reply::Response(res, frame) => (res, frame),
+    };
+    let (Some(msg_id), Some(from_id)) = (frame.msg_id, frame.from_id) else {
+        tracing::warn!(host = %inner.hostname, "dropping response without Msg-Id or From-Id");
+        return;
+    };
+    let (queue, op_code) = (frame.queue, frame.op_code);
+    let delivery = match frame.fragment.filter(|fr| fr.total > 1) {
+        None => Delivery::Response {
+            from_id,
+            queue,
+            op_code,
+            res,
+        },
+        Some(fr) => {
+            let key = format!("{from_id}|{msg_id}");
+            let waiting = || (from_id.clone(), msg_id.clone());
+            match inner.response_defrag.add(key, fr, res, waiting) {
+                DefragOutcome::Complete(res) => Delivery::Response {
+                    from_id,
+                    queue,
+                    op_code,
+                    res,
+                },
+                DefragOutcome::Pending => return,
+                DefragOutcome::Orphan => {
+                    // Its reassembly was dropped, and its call failed then.
+                    tracing::debug!(host = %inner.hostname, %msg_id, "dropping a fragment of a dropped reassembly");
+                    return;
+                }
+                DefragOutcome::Rejected(why) => {
+                    tracing::warn!(host = %inner.hostname, %msg_id, why, "dropping response fragment");
+                    return;
                 }
             }
-        };
-        deliver(&inner, &msg_id, delivery);
-    }
-    sub.drain().await;
+        }
+    };
+    deliver(inner, &msg_id, delivery);
 }
 
 /// Fail the calls whose response fragments stopped arriving, at once: without this they would

@@ -12,7 +12,6 @@ use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,7 +30,7 @@ use crate::telemetry::error::TelemetryError;
 use crate::telemetry::log_scope::LogOwner;
 use crate::telemetry::metrics::ServiceMetrics;
 use crate::telemetry::trace::{ServiceIdentity, ServiceTracer, SpanContext};
-use crate::transport::{Bus, ConnectionState, TransportError};
+use crate::transport::{Bus, ConnectionState, HandlerSubscription, TransportError};
 use crate::wire::codec::Headers;
 use crate::wire::{self, is_valid_service_hostname, WireError};
 
@@ -214,7 +213,7 @@ impl Service {
             stop_serving: CancellationToken::new(),
             lifetime: CancellationToken::new(),
             stop_inbox: CancellationToken::new(),
-            inbox_task: Mutex::new(None),
+            inbox: Mutex::new(None),
             started: AtomicBool::new(false),
             refresh: self.refresh,
             tracer: Arc::new(tracer),
@@ -284,8 +283,10 @@ pub(crate) struct Inner {
     pub stop_serving: CancellationToken,
     /// Cancelled when in-flight handlers must give up.
     pub lifetime: CancellationToken,
+    /// Cancelled to stop sweeping reassemblies, once the calls have ended.
     pub stop_inbox: CancellationToken,
-    pub inbox_task: Mutex<Option<JoinHandle<()>>>,
+    /// The response inbox's subscription, drained at shutdown.
+    pub inbox: Mutex<Option<HandlerSubscription>>,
     pub started: AtomicBool,
     pub refresh: Option<RefreshHook>,
     pub tracer: Arc<ServiceTracer>,
@@ -404,9 +405,9 @@ impl Connector {
             .metrics
             .observe_callback("shutdown", false, begun.elapsed());
         inner.stop_inbox.cancel();
-        let inbox = inner.inbox_task.lock().expect("inbox lock").take();
-        if let Some(task) = inbox {
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        let inbox = inner.inbox.lock().expect("inbox lock").take();
+        if let Some(inbox) = inbox {
+            inbox.drain().await;
         }
         inner.bus.close().await;
         // Flushing the exporter blocks on network I/O.

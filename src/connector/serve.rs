@@ -50,10 +50,13 @@ impl Connector {
         let probe = inbox_subject.clone();
         let inbox = inner
             .bus
-            .subscribe(inbox_subject, Some(inner.id.clone()))
+            .subscribe_with_handler(
+                inbox_subject,
+                Some(inner.id.clone()),
+                call::inbox_handler(&self.inner),
+            )
             .await?;
-        let task = tokio::spawn(call::inbox_loop(self.inner.clone(), inbox));
-        *inner.inbox_task.lock().expect("inbox lock") = Some(task);
+        *inner.inbox.lock().expect("inbox lock") = Some(inbox);
         tokio::spawn(sweep_loop(self.inner.clone()));
 
         let mut all = control::endpoints();
@@ -513,7 +516,7 @@ impl<'a> ReplyFrame<'a> {
 async fn publish_ack(inner: &Inner, reply: &ReplyTo, status: StatusCode) {
     let payload =
         codec::encode_ack_frame(status, ReplyFrame::new(inner, reply, OpCode::Ack).pairs());
-    if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
+    if let Err(e) = inner.bus.publish_to_one(reply.inbox.clone(), payload).await {
         tracing::warn!(host = %inner.hostname, error = %e, "cannot publish ack");
     }
 }
@@ -543,7 +546,7 @@ async fn respond(inner: &Inner, reply: &ReplyTo, result: Result<Response<Bytes>,
         }
         *res.body_mut() = part;
         let payload = codec::encode_response_with_frame(&res, own.pairs());
-        if let Err(e) = inner.bus.publish(reply.inbox.clone(), payload).await {
+        if let Err(e) = inner.bus.publish_to_one(reply.inbox.clone(), payload).await {
             tracing::warn!(host = %inner.hostname, error = %e, "cannot publish response");
             return;
         }

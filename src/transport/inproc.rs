@@ -10,7 +10,9 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
-use super::message::{BusMessage, ConnectionState, TransportError, TransportErrorKind};
+use super::message::{
+    BusMessage, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
+};
 
 /// The payload limit of a default NATS server (`max_payload`), so that fragmentation behaves
 /// the same on both transports.
@@ -46,22 +48,32 @@ struct Registry {
 
 /// One destination of a subject: a plain subscription, or a queue group (one random member).
 enum Route {
-    Plain(mpsc::Sender<BusMessage>),
-    Group(Vec<mpsc::Sender<BusMessage>>),
+    Plain(Sink),
+    Group(Vec<Sink>),
+}
+
+/// Where a subscription's messages go: its channel, or its handler, called by the publisher.
+#[derive(Clone)]
+enum Sink {
+    Channel(mpsc::Sender<BusMessage>),
+    Handler(MessageHandler),
 }
 
 impl Registry {
     fn routes_of(&self, subject: &str) -> Arc<[Route]> {
         let tokens: Vec<&str> = subject.split('.').collect();
         let mut routes = Vec::new();
-        let mut groups: HashMap<&str, Vec<mpsc::Sender<BusMessage>>> = HashMap::new();
+        let mut groups: HashMap<&str, Vec<Sink>> = HashMap::new();
         for entry in self.subs.values() {
             if !matches(&entry.pattern, &tokens) {
                 continue;
             }
             match &entry.queue {
-                Some(q) => groups.entry(q.as_str()).or_default().push(entry.tx.clone()),
-                None => routes.push(Route::Plain(entry.tx.clone())),
+                Some(q) => groups
+                    .entry(q.as_str())
+                    .or_default()
+                    .push(entry.sink.clone()),
+                None => routes.push(Route::Plain(entry.sink.clone())),
             }
         }
         routes.extend(groups.into_values().map(Route::Group));
@@ -72,7 +84,7 @@ impl Registry {
 struct Entry {
     pattern: Vec<String>,
     queue: Option<String>,
-    tx: mpsc::Sender<BusMessage>,
+    sink: Sink,
 }
 
 impl std::fmt::Debug for InProcBus {
@@ -136,19 +148,37 @@ impl InProcBus {
                 format!("invalid subject '{subject}'"),
             ));
         }
+        self.deliver(&subject, &payload);
+        Ok(())
+    }
+
+    /// A registry for a NATS client's short circuit: no payload limit of its own (NATS's
+    /// applies, by which the connector cuts fragments).
+    pub fn short_circuit() -> InProcBus {
+        InProcBus::with_max_payload(usize::MAX)
+    }
+
+    /// Deliver as [`InProcBus::publish`] when anything subscribes to `subject`, and say
+    /// whether it did; a subject nothing here subscribes to is left for NATS.
+    pub fn deliver_if_subscribed(&self, subject: &Subject, payload: &Bytes) -> bool {
+        self.deliver(subject, payload)
+    }
+
+    /// Deliver to every route of `subject`; false when it has none.
+    fn deliver(&self, subject: &Subject, payload: &Bytes) -> bool {
         let cached = self
             .inner
             .registry
             .read()
             .expect("registry lock poisoned")
             .routes
-            .get(&*subject)
+            .get(&**subject)
             .cloned();
         let routes = match cached {
             Some(routes) => routes,
             None => {
                 let mut registry = self.inner.registry.write().expect("registry lock poisoned");
-                let routes = registry.routes_of(&subject);
+                let routes = registry.routes_of(subject);
                 if registry.routes.len() >= ROUTE_CACHE_MAX {
                     registry.routes.clear();
                 }
@@ -158,18 +188,39 @@ impl InProcBus {
         };
         for route in routes.iter() {
             match route {
-                Route::Plain(tx) => deliver(tx, &subject, &payload),
+                Route::Plain(sink) => deliver(sink, subject, payload),
                 Route::Group(members) => {
                     let pick = rand::rng().random_range(0..members.len());
-                    deliver(&members[pick], &subject, &payload);
+                    deliver(&members[pick], subject, payload);
                 }
             }
         }
-        Ok(())
+        !routes.is_empty()
     }
 
     pub fn subscribe(&self, subject: &str, queue: Option<String>) -> InProcSubscription {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_CAPACITY);
+        self.add_subscription(subject, queue, Sink::Channel(tx), Some(rx))
+    }
+
+    /// Subscribe with `handler` called by each publisher (see [`MessageHandler`]); the
+    /// subscription's `next` returns `None`.
+    pub fn subscribe_with_handler(
+        &self,
+        subject: &str,
+        queue: Option<String>,
+        handler: MessageHandler,
+    ) -> InProcSubscription {
+        self.add_subscription(subject, queue, Sink::Handler(handler), None)
+    }
+
+    fn add_subscription(
+        &self,
+        subject: &str,
+        queue: Option<String>,
+        sink: Sink,
+        rx: Option<mpsc::Receiver<BusMessage>>,
+    ) -> InProcSubscription {
         let mut registry = self.inner.registry.write().expect("registry lock poisoned");
         registry.next_id += 1;
         registry.routes.clear();
@@ -179,7 +230,7 @@ impl InProcBus {
             Entry {
                 pattern: subject.split('.').map(str::to_owned).collect(),
                 queue,
-                tx,
+                sink,
             },
         );
         InProcSubscription {
@@ -200,10 +251,14 @@ impl InProcBus {
     }
 }
 
-fn deliver(tx: &mpsc::Sender<BusMessage>, subject: &Subject, payload: &Bytes) {
+fn deliver(sink: &Sink, subject: &Subject, payload: &Bytes) {
     let msg = BusMessage {
         subject: subject.clone(),
         payload: payload.clone(),
+    };
+    let tx = match sink {
+        Sink::Channel(tx) => tx,
+        Sink::Handler(handler) => return handler(msg),
     };
     if tx.try_send(msg).is_err() {
         // Same policy as a NATS slow consumer: the message is dropped, not queued without bound.
@@ -249,12 +304,13 @@ fn matches(pattern: &[String], tokens: &[&str]) -> bool {
 pub struct InProcSubscription {
     id: u64,
     bus: std::sync::Weak<Inner>,
-    rx: mpsc::Receiver<BusMessage>,
+    /// `None` for a handler's subscription.
+    rx: Option<mpsc::Receiver<BusMessage>>,
 }
 
 impl InProcSubscription {
     pub async fn next(&mut self) -> Option<BusMessage> {
-        self.rx.recv().await
+        self.rx.as_mut()?.recv().await
     }
 
     /// Remove the subscription; buffered messages are still returned, then `None`.

@@ -13,6 +13,12 @@ pub struct BusMessage {
     pub payload: Bytes,
 }
 
+/// A function a subscription's messages are handed to as they arrive, on the transport's own
+/// task (NATS: the connection's; in-process: the publisher's), instead of through a channel to
+/// a task of their own. It must not block or wait: on NATS it holds up every other message of
+/// the connection.
+pub type MessageHandler = std::sync::Arc<dyn Fn(BusMessage) + Send + Sync>;
+
 /// Whether the transport can currently move messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 /// each request's ack and response) is handed to the client without a copy.
 pub use async_nats::Subject;
 pub use inproc::InProcBus;
-pub use message::{BusMessage, ConnectionState, TransportError, TransportErrorKind};
+pub use message::{
+    BusMessage, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
+};
 pub use nats::{NatsBus, NatsOptions, Refused};
 
 /// Which bus to connect to: each connector opens its own connection (named `<id>.<host>`).
@@ -50,9 +52,23 @@ pub enum Bus {
 }
 
 impl Bus {
+    /// Publish to every subscriber (one member of each queue group): a multicast.
     pub async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), TransportError> {
         match self {
             Bus::Nats(b) => b.publish(subject, payload).await,
+            Bus::InProc(b) => b.publish(subject, payload),
+        }
+    }
+
+    /// Publish a request, ack or response, meant for one subscriber: on NATS through the short
+    /// circuit when it reaches one (see [`NatsOptions::short_circuit`]).
+    pub async fn publish_to_one(
+        &self,
+        subject: Subject,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        match self {
+            Bus::Nats(b) => b.publish_to_one(subject, payload).await,
             Bus::InProc(b) => b.publish(subject, payload),
         }
     }
@@ -64,8 +80,42 @@ impl Bus {
         queue: Option<String>,
     ) -> Result<Subscription, TransportError> {
         match self {
-            Bus::Nats(b) => Ok(Subscription::Nats(b.subscribe(subject, queue).await?)),
+            Bus::Nats(b) => {
+                // On the short circuit too, under the same subject and queue.
+                let local = b
+                    .short_circuit()
+                    .map(|l| l.subscribe(&subject, queue.clone()));
+                let nats = b.subscribe(subject, queue).await?;
+                Ok(match local {
+                    None => Subscription::Nats(nats),
+                    Some(local) => Subscription::Paired {
+                        nats: Some(nats),
+                        local: Some(local),
+                    },
+                })
+            }
             Bus::InProc(b) => Ok(Subscription::InProc(b.subscribe(&subject, queue))),
+        }
+    }
+
+    /// Subscribe `subject` with each message handed to `handler` (see [`MessageHandler`]).
+    pub async fn subscribe_with_handler(
+        &self,
+        subject: String,
+        queue: Option<String>,
+        handler: MessageHandler,
+    ) -> Result<HandlerSubscription, TransportError> {
+        match self {
+            Bus::Nats(b) => {
+                let local = b
+                    .short_circuit()
+                    .map(|l| l.subscribe_with_handler(&subject, queue.clone(), handler.clone()));
+                let nats = b.subscribe_with_handler(subject, queue, handler).await?;
+                Ok(HandlerSubscription::Nats(nats, local))
+            }
+            Bus::InProc(b) => Ok(HandlerSubscription::InProc(
+                b.subscribe_with_handler(&subject, queue, handler),
+            )),
         }
     }
 
@@ -144,20 +194,44 @@ impl Bus {
 pub enum Subscription {
     Nats(async_nats::Subscriber),
     InProc(inproc::InProcSubscription),
+    /// On NATS and on its short circuit; each side is `None` once it has ended.
+    Paired {
+        nats: Option<async_nats::Subscriber>,
+        local: Option<inproc::InProcSubscription>,
+    },
+}
+
+async fn next_from_nats(s: &mut async_nats::Subscriber) -> Option<BusMessage> {
+    use futures::StreamExt;
+    s.next().await.map(|m| BusMessage {
+        subject: m.subject,
+        payload: m.payload,
+    })
 }
 
 impl Subscription {
     /// The next message; `None` once the subscription is drained or closed.
     pub async fn next(&mut self) -> Option<BusMessage> {
         match self {
-            Subscription::Nats(s) => {
-                use futures::StreamExt;
-                s.next().await.map(|m| BusMessage {
-                    subject: m.subject,
-                    payload: m.payload,
-                })
-            }
+            Subscription::Nats(s) => next_from_nats(s).await,
             Subscription::InProc(s) => s.next().await,
+            Subscription::Paired { nats, local } => loop {
+                let (from_nats, from_local) = match (nats.as_mut(), local.as_mut()) {
+                    (None, None) => return None,
+                    (Some(n), None) => return next_from_nats(n).await,
+                    (None, Some(l)) => return l.next().await,
+                    (Some(n), Some(l)) => tokio::select! {
+                        m = l.next() => (None, Some(m)),
+                        m = next_from_nats(n) => (Some(m), None),
+                    },
+                };
+                match (from_nats, from_local) {
+                    (Some(None), _) => *nats = None,
+                    (_, Some(None)) => *local = None,
+                    (Some(Some(m)), _) | (_, Some(Some(m))) => return Some(m),
+                    (None, None) => unreachable!("one side answered"),
+                }
+            },
         }
     }
 
@@ -170,6 +244,43 @@ impl Subscription {
                 }
             }
             Subscription::InProc(s) => s.drain(),
+            Subscription::Paired { nats, local } => {
+                if let Some(s) = local {
+                    s.drain();
+                }
+                if let Some(s) = nats {
+                    if let Err(e) = s.drain().await {
+                        tracing::debug!(error = %e, "drain of a closed subscription");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A subscription whose messages go to a [`MessageHandler`]; dropping it unsubscribes.
+pub enum HandlerSubscription {
+    /// On NATS, and on its short circuit when on.
+    Nats(
+        async_nats::HandlerSubscription,
+        Option<inproc::InProcSubscription>,
+    ),
+    InProc(inproc::InProcSubscription),
+}
+
+impl HandlerSubscription {
+    /// Stop new deliveries; messages already on their way still reach the handler.
+    pub async fn drain(self) {
+        match self {
+            HandlerSubscription::Nats(s, local) => {
+                if let Some(mut local) = local {
+                    local.drain();
+                }
+                if let Err(e) = s.drain().await {
+                    tracing::debug!(error = %e, "drain of a closed subscription");
+                }
+            }
+            HandlerSubscription::InProc(mut s) => s.drain(),
         }
     }
 }

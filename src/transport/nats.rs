@@ -9,7 +9,10 @@ use async_nats::{ConnectOptions, Event, Subject};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::message::{ConnectionState, TransportError, TransportErrorKind};
+use super::inproc::InProcBus;
+use super::message::{
+    BusMessage, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
+};
 
 /// Microbus's default bus address.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -53,14 +56,28 @@ pub struct NatsOptions {
     pub tls_key: Option<PathBuf>,
     /// Give up the initial connect after this long (default [`INITIAL_CONNECT_PATIENCE`]).
     pub initial_connect_patience: Option<Duration>,
+    /// The short circuit (Microbus's, `MICROBUS_SHORT_CIRCUIT`): a request, ack or response
+    /// whose subject a connector of these same options (clones included: one process's
+    /// configuration) subscribes to is handed to it in memory, not through NATS. Multicasts
+    /// still go through NATS, which reaches every subscriber. `None` sends everything
+    /// through NATS.
+    pub short_circuit: Option<InProcBus>,
 }
 
 impl NatsOptions {
+    /// Options for `url`, with the short circuit on (Microbus's default).
     pub fn new(url: impl Into<String>) -> NatsOptions {
         NatsOptions {
             url: url.into(),
+            short_circuit: Some(InProcBus::short_circuit()),
             ..NatsOptions::default()
         }
+    }
+
+    /// Turn the short circuit on (a new one, shared by clones made after) or off.
+    pub fn with_short_circuit(mut self, on: bool) -> NatsOptions {
+        self.short_circuit = on.then(InProcBus::short_circuit);
+        self
     }
 
     /// Take `ca.pem`, `cert.pem` and `key.pem` from `dir` when they exist, as Microbus does
@@ -84,6 +101,7 @@ impl NatsOptions {
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    short_circuit: Option<InProcBus>,
     state: watch::Receiver<ConnectionState>,
     reconnects: Arc<AtomicU64>,
     refusals: Arc<Refusals>,
@@ -279,10 +297,32 @@ impl NatsBus {
         })?;
         Ok(NatsBus {
             client,
+            short_circuit: opts.short_circuit.clone(),
             state: state_rx,
             reconnects,
             refusals,
         })
+    }
+
+    /// Publish to one subscriber (a request, an ack or a response): in memory when a
+    /// connector on the short circuit subscribes to `subject` (one member of each queue
+    /// group), else through NATS.
+    pub async fn publish_to_one(
+        &self,
+        subject: Subject,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        if let Some(local) = &self.short_circuit {
+            if local.deliver_if_subscribed(&subject, &payload) {
+                return Ok(());
+            }
+        }
+        self.publish(subject, payload).await
+    }
+
+    /// The short circuit, when on.
+    pub fn short_circuit(&self) -> Option<&InProcBus> {
+        self.short_circuit.as_ref()
     }
 
     pub async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), TransportError> {
@@ -342,6 +382,27 @@ impl NatsBus {
         result.map_err(|e| {
             TransportError::caused_by(TransportErrorKind::Rejected, "subscribe failed", e)
         })
+    }
+
+    /// Subscribe with `handler` called on the connection's task (see [`MessageHandler`]).
+    pub async fn subscribe_with_handler(
+        &self,
+        subject: String,
+        queue: Option<String>,
+        handler: MessageHandler,
+    ) -> Result<async_nats::HandlerSubscription, TransportError> {
+        let handler = Box::new(move |m: async_nats::Message| {
+            handler(BusMessage {
+                subject: m.subject,
+                payload: m.payload,
+            })
+        });
+        self.client
+            .subscribe_with_handler(subject, queue, handler)
+            .await
+            .map_err(|e| {
+                TransportError::caused_by(TransportErrorKind::Rejected, "subscribe failed", e)
+            })
     }
 
     /// Whether the server refused to let this connection publish to `subject` (or to

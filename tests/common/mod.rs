@@ -54,14 +54,25 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A configuration whose every request, ack and response crosses this server: the short
+    /// circuit is off, so that tests of the NATS path test it.
     pub fn config(&self) -> BusConfig {
+        BusConfig::on(Transport::Nats(Box::new(self.options())))
+            .with_plane(&unique_plane())
+            .unwrap()
+    }
+
+    /// As busgate runs by default: connectors started with (clones of) this configuration
+    /// reach each other through the short circuit.
+    pub fn config_with_short_circuit(&self) -> BusConfig {
         BusConfig::nats(&self.url())
             .with_plane(&unique_plane())
             .unwrap()
     }
 
+    /// Options for this server, short circuit off.
     pub fn options(&self) -> NatsOptions {
-        NatsOptions::new(self.url())
+        NatsOptions::new(self.url()).with_short_circuit(false)
     }
 
     pub fn stop(&mut self) {
@@ -174,10 +185,20 @@ pub struct TestBus {
 }
 
 impl TestBus {
+    /// NATS, every message through the server.
     pub fn nats() -> TestBus {
         let server = NatsServer::start();
         TestBus {
             config: server.config(),
+            server: Some(server),
+        }
+    }
+
+    /// NATS with the short circuit, as busgate runs by default.
+    pub fn short_circuit() -> TestBus {
+        let server = NatsServer::start();
+        TestBus {
+            config: server.config_with_short_circuit(),
             server: Some(server),
         }
     }
@@ -211,13 +232,21 @@ impl Drop for TempDir {
 
 /// Run each listed `async fn name(bus: TestBus)` on a fresh NATS server and on the in-process bus.
 #[macro_export]
-macro_rules! on_both_buses {
+macro_rules! on_every_bus {
     ($($name:ident),* $(,)?) => {
         mod on_nats {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::TestBus::nats()).await
+                }
+            )*
+        }
+        mod on_short_circuit {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::TestBus::short_circuit()).await
                 }
             )*
         }

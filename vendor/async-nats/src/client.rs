@@ -20,7 +20,10 @@ use crate::message::OutboundMessage;
 use crate::subject::ToSubject;
 use crate::ServerInfo;
 
-use super::{header::HeaderMap, status::StatusCode, Command, Message, Subscriber};
+use super::{
+    header::HeaderMap, status::StatusCode, Command, HandlerSubscription, Message, MessageHandler,
+    Subscriber, SubscriptionSink,
+};
 use crate::error::Error;
 use bytes::Bytes;
 use futures_util::future::TryFutureExt;
@@ -810,7 +813,7 @@ impl Client {
                 sid,
                 subject,
                 queue_group: None,
-                sender,
+                sender: SubscriptionSink::Channel(sender),
             })
             .await?;
 
@@ -859,11 +862,42 @@ impl Client {
                 sid,
                 subject,
                 queue_group: Some(queue_group),
-                sender,
+                sender: SubscriptionSink::Channel(sender),
             })
             .await?;
 
         Ok(Subscriber::new(sid, self.sender.clone(), receiver))
+    }
+
+    /// Subscribes to a subject (with a queue group, when given) whose messages are handed to
+    /// `handler` on the connection's own task, in the order they arrive, without a channel
+    /// and a task in between (busgate's patch). The handler must not block: it holds up
+    /// every other message of the connection. Dropping the returned subscription
+    /// unsubscribes; [`HandlerSubscription::drain`] drains it.
+    pub async fn subscribe_with_handler<S: ToSubject>(
+        &self,
+        subject: S,
+        queue_group: Option<String>,
+        handler: MessageHandler,
+    ) -> Result<HandlerSubscription, SubscribeError> {
+        let subject = self
+            .validate_subscribe_subject(subject)
+            .map_err(|e| SubscribeError::with_source(SubscribeErrorKind::InvalidSubject, e))?;
+        if let Some(queue_group) = &queue_group {
+            if !crate::is_valid_queue_group(queue_group) {
+                return Err(SubscribeError::new(SubscribeErrorKind::InvalidQueueName));
+            }
+        }
+        let sid = self.next_subscription_id.fetch_add(1, Ordering::Relaxed);
+        self.sender
+            .send(Command::Subscribe {
+                sid,
+                subject,
+                queue_group,
+                sender: SubscriptionSink::Handler(handler),
+            })
+            .await?;
+        Ok(HandlerSubscription::new(sid, self.sender.clone()))
     }
 
     /// Flushes the internal buffer ensuring that all messages are sent.

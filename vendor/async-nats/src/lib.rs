@@ -396,7 +396,7 @@ pub(crate) enum Command {
         sid: u64,
         subject: Subject,
         queue_group: Option<String>,
-        sender: mpsc::Sender<Message>,
+        sender: SubscriptionSink,
     },
     Unsubscribe {
         sid: u64,
@@ -441,10 +441,38 @@ pub(crate) enum ClientOp {
     Connect(ConnectInfo),
 }
 
+/// A function the connection's own task calls with each message of a subscription
+/// (busgate's patch: see [`Client::subscribe_with_handler`]).
+pub type MessageHandler = Box<dyn FnMut(Message) + Send + Sync>;
+
+/// Where a subscription's messages go: its [`Subscriber`]'s channel, or a handler.
+pub(crate) enum SubscriptionSink {
+    Channel(mpsc::Sender<Message>),
+    Handler(MessageHandler),
+}
+
+impl SubscriptionSink {
+    fn is_closed(&self) -> bool {
+        match self {
+            SubscriptionSink::Channel(sender) => sender.is_closed(),
+            SubscriptionSink::Handler(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for SubscriptionSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscriptionSink::Channel(sender) => f.debug_tuple("Channel").field(sender).finish(),
+            SubscriptionSink::Handler(_) => f.write_str("Handler"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Subscription {
     subject: Subject,
-    sender: mpsc::Sender<Message>,
+    sender: SubscriptionSink,
     queue_group: Option<String>,
     delivered: u64,
     max: Option<u64>,
@@ -767,9 +795,23 @@ impl ConnectionHandler {
                         length,
                     };
 
+                    let sender = match &mut subscription.sender {
+                        SubscriptionSink::Channel(sender) => sender,
+                        SubscriptionSink::Handler(handler) => {
+                            handler(message);
+                            subscription.delivered += 1;
+                            if let Some(max) = subscription.max {
+                                if subscription.delivered.ge(&max) {
+                                    debug!("max messages reached for subscription {}", sid);
+                                    self.subscriptions.remove(&sid);
+                                }
+                            }
+                            return;
+                        }
+                    };
                     // if the channel for subscription was dropped, remove the
                     // subscription from the map and unsubscribe.
-                    match subscription.sender.try_send(message) {
+                    match sender.try_send(message) {
                         Ok(_) => {
                             subscription.delivered += 1;
                             // if this `Subscription` has set `max` value, check if it
@@ -1459,6 +1501,62 @@ impl From<tokio::sync::mpsc::error::SendError<Command>> for UnsubscribeError {
 #[inline]
 fn drop_unsubscribe_command(sid: u64) -> Command {
     Command::Unsubscribe { sid, max: None }
+}
+
+/// A subscription whose messages go to a [`MessageHandler`] (busgate's patch): dropping it
+/// unsubscribes, as dropping a [`Subscriber`] does.
+#[derive(Debug)]
+pub struct HandlerSubscription {
+    sid: u64,
+    sender: mpsc::Sender<Command>,
+    /// Drained: the subscription ends at the drain's PONG, not at the drop.
+    drained: bool,
+}
+
+impl HandlerSubscription {
+    pub(crate) fn new(sid: u64, sender: mpsc::Sender<Command>) -> HandlerSubscription {
+        HandlerSubscription {
+            sid,
+            sender,
+            drained: false,
+        }
+    }
+
+    /// Unsubscribe at the server; the handler still gets every message the server sent
+    /// before it read the `UNSUB`, and is dropped at the `PONG` that follows them (as
+    /// [`Subscriber::drain`]).
+    pub async fn drain(mut self) -> Result<(), UnsubscribeError> {
+        self.drained = true;
+        self.sender
+            .send(Command::Drain {
+                sid: Some(self.sid),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for HandlerSubscription {
+    fn drop(&mut self) {
+        if self.drained {
+            return;
+        }
+        // Best effort, as `Subscriber`'s drop.
+        match self.sender.try_send(drop_unsubscribe_command(self.sid)) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(command)) => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let sender = self.sender.clone();
+                    handle.spawn(async move {
+                        if let Err(err) = sender.send(command).await {
+                            debug!("failed to send unsubscribe in HandlerSubscription::drop: {err}");
+                        }
+                    });
+                }
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
 }
 
 impl Drop for Subscriber {
