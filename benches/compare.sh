@@ -6,7 +6,9 @@
 #   CONNS="64" DURATION=3 benches/compare.sh --no-write   # a quick look, BENCHMARKS.md untouched
 #
 # Configurations, each behind `GET /hello.example/hello?name=w` (nginx and the bridge answer the
-# same text): busgate all-in-one on NATS with telemetry on (the default) and off; busgate split
+# same text): busgate all-in-one on NATS with telemetry on (the default) and off, and with the
+# short circuit off (MICROBUS_SHORT_CIRCUIT=0: the ingress's calls to the examples beside it go
+# through NATS as they would between processes, instead of in memory); busgate split
 # into `busgate ingress` and `busgate examples`; busgate on its in-process bus (no NATS); the
 # bare bridge (axum -> one async-nats request/reply -> a responder process, benches/bridge.rs);
 # nginx -> nginx (one worker each, upstream keep-alive); an axum hello world.
@@ -156,6 +158,7 @@ run_busgate_all_in_one() { # NAME ENV...
 echo "compare.sh: busgate all-in-one on NATS" >&2
 run_busgate_all_in_one "busgate, NATS, telemetry on"
 run_busgate_all_in_one "busgate, NATS, telemetry off" BUSGATE_TELEMETRY=off
+run_busgate_all_in_one "busgate, NATS, short circuit off" MICROBUS_SHORT_CIRCUIT=0
 
 echo "compare.sh: busgate split" >&2
 port=$(free_port)
@@ -289,7 +292,7 @@ stop_all
 # its ratios, reported as the median of the rounds and their range.
 ROUNDS=${ROUNDS:-7}
 echo "compare.sh: $ROUNDS interleaved rounds at 64 connections" >&2
-turn_names=(on off split inproc bridge nginx)
+turn_names=(on off nats split inproc bridge nginx)
 declare -A turn_url
 p=$(free_port)
 start_busgate il-on MICROBUS_PLANE=ilon$RANDOM MICROBUS_NATS="$nats_url" -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
@@ -297,6 +300,9 @@ turn_url[on]=http://127.0.0.1:$p$path
 p=$(free_port)
 start_busgate il-off MICROBUS_PLANE=iloff$RANDOM MICROBUS_NATS="$nats_url" BUSGATE_TELEMETRY=off -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
 turn_url[off]=http://127.0.0.1:$p$path
+p=$(free_port)
+start_busgate il-nats MICROBUS_PLANE=ilnats$RANDOM MICROBUS_NATS="$nats_url" MICROBUS_SHORT_CIRCUIT=0 -- --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
+turn_url[nats]=http://127.0.0.1:$p$path
 p=$(free_port)
 split_plane=ilsplit$RANDOM
 start_busgate il-split-ingress MICROBUS_PLANE=$split_plane MICROBUS_NATS="$nats_url" -- ingress --ports "$p" --admin-addr "127.0.0.1:$(free_port)"
@@ -350,10 +356,13 @@ parts = [
     ratio("×nginx", lambda r: r["on"][0] / r["nginx"][0]),
     ratio("p99 ×nginx", lambda r: r["on"][1] / r["nginx"][1]),
     ratio("telemetry on ÷ off", lambda r: r["on"][0] / r["off"][0]),
+    ratio("short circuit off ×bridge", lambda r: r["nats"][0] / r["bridge"][0]),
+    ratio("×nginx", lambda r: r["nats"][0] / r["nginx"][0]),
+    ratio("p99 ×nginx", lambda r: r["nats"][1] / r["nginx"][1]),
     ratio("split ×bridge", lambda r: r["split"][0] / r["bridge"][0]),
     ratio("in-process bus ×nginx", lambda r: r["inproc"][0] / r["nginx"][0]),
 ]
-names = ["on", "off", "split", "inproc", "bridge", "nginx"]
+names = ["on", "off", "nats", "split", "inproc", "bridge", "nginx"]
 medians = {n: statistics.median(r[n][0] for r in runs.values()) for n in names}
 print(f"Interleaved at 64 connections ({len(runs)} rounds of 3 s per configuration, side by side, "
       "in a random order each round; the median ratio of the rounds, their range in brackets): "
@@ -396,6 +405,9 @@ port=$(free_port)
 cg_busgate=$(callgrind busgate "http://127.0.0.1:$port$path" \
   "env MICROBUS_PLANE=cg$RANDOM MICROBUS_NATS=$nats_url BUSGATE_SMTP_INGRESS_PORT=$(free_port) $busgate --ports $port --admin-addr 127.0.0.1:$(free_port)")
 port=$(free_port)
+cg_nats=$(callgrind busgate-nats "http://127.0.0.1:$port$path" \
+  "env MICROBUS_PLANE=cg$RANDOM MICROBUS_NATS=$nats_url MICROBUS_SHORT_CIRCUIT=0 BUSGATE_SMTP_INGRESS_PORT=$(free_port) $busgate --ports $port --admin-addr 127.0.0.1:$(free_port)")
+port=$(free_port)
 cg_bridge=$(callgrind bridge "http://127.0.0.1:$port$path" \
   "$bridge_bin responder $nats_url cg.hello" "$bridge_bin bridge 127.0.0.1:$port $nats_url cg.hello")
 
@@ -425,7 +437,7 @@ EOF
   echo
   echo "$interleaved"
   echo
-  echo "Instructions per request (callgrind, wrk -t1 -c4 for 10 s): busgate all-in-one on NATS ${cg_busgate}; bare bridge + responder ${cg_bridge} (ratio $(awk -v a="$cg_busgate" -v b="$cg_bridge" 'BEGIN { printf "%.2f", a / b }'))."
+  echo "Instructions per request (callgrind, wrk -t1 -c4 for 10 s): busgate all-in-one on NATS ${cg_busgate}; the same with the short circuit off ${cg_nats}; bare bridge + responder ${cg_bridge} (ratios $(awk -v a="$cg_busgate" -v c="$cg_nats" -v b="$cg_bridge" 'BEGIN { printf "%.2f and %.2f", a / b, c / b }'))."
 } >>"$report"
 cpu=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 header="Run of $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src benches Cargo.toml || echo ' (with uncommitted changes)'); $(nproc) cores ($cpu), kernel $(uname -r), $nats_version, $(nginx -v 2>&1 | sed 's/.*: //'), wrk -t2 for ${DURATION} s per row after ${WARMUP} s of warm-up at 64 connections."
