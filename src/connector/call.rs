@@ -19,7 +19,7 @@ use crate::telemetry::metrics::Outcome;
 use crate::telemetry::names::*;
 use crate::telemetry::trace::{self, Span, SpanKind, SpanName, Status};
 use crate::transport::{
-    BusMessage, MessageHandler, Refused, Subject, TransportError, TransportErrorKind,
+    BusMessage, Carried, MessageHandler, Refused, Subject, TransportError, TransportErrorKind,
 };
 use crate::wire::codec::Headers;
 use crate::wire::frame::{self, Fragment, OpCode};
@@ -152,7 +152,7 @@ async fn publish_fragment(
     out: &Outgoing,
     msg_id: &str,
     (index, subject, audience): (usize, Subject, Audience),
-) -> Result<(), Error> {
+) -> Result<Carried, Error> {
     let total = out.fragments.len();
     let fragment = (total > 1).then(|| {
         Fragment {
@@ -202,7 +202,12 @@ async fn publish_fragment(
     let payload = codec::encode_request_with_frame(req, &pairs[..len])
         .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
     match audience {
-        Audience::All => inner.bus.publish(subject, payload).await,
+        // A multicast crosses NATS when there is one (on the in-process bus a flush is nothing).
+        Audience::All => inner
+            .bus
+            .publish(subject, payload)
+            .await
+            .map(|()| Carried::ByNats),
         Audience::One => inner.bus.publish_to_one(subject, payload).await,
     }
     .map_err(transport_error)
@@ -211,9 +216,9 @@ async fn publish_fragment(
 /// Wait until the connection has taken a large body's first fragment (async-nats's flush), so
 /// that its ack timeout does not count the time it queued behind other large bodies in the
 /// client. Bounded: a connection that is reconnecting takes nothing, and the ack timeout then
-/// runs as for any call.
-async fn first_fragment_taken(inner: &Inner, out: &Outgoing) -> Result<(), Error> {
-    if out.fragments.len() <= 1 {
+/// runs as for any call. A fragment delivered in memory was taken already.
+async fn first_fragment_taken(inner: &Inner, out: &Outgoing, first: Carried) -> Result<(), Error> {
+    if out.fragments.len() <= 1 || first == Carried::InMemory {
         return Ok(());
     }
     let patience = out.deadline.min(Instant::now() + FLUSH_PATIENCE);
@@ -398,8 +403,8 @@ async fn unicast_exchange(
     observed: &mut Observed,
 ) -> Result<Response<Bytes>, Error> {
     let first = (0, out.subject.clone(), Audience::One);
-    publish_fragment(inner, req, out, msg_id, first).await?;
-    first_fragment_taken(inner, out).await?;
+    let carried = publish_fragment(inner, req, out, msg_id, first).await?;
+    first_fragment_taken(inner, out, carried).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut acked = false;
     // One timer for the call: the ack's deadline (or the call's, when sooner) until the ack
@@ -487,10 +492,11 @@ async fn multicast_exchange(
     observed: &mut Observed,
 ) -> Vec<Result<Response<Bytes>, Error>> {
     let first = (0, out.subject.clone(), Audience::All);
-    if let Err(e) = publish_fragment(inner, req, out, msg_id, first).await {
-        return vec![Err(e)];
-    }
-    if let Err(e) = first_fragment_taken(inner, out).await {
+    let carried = match publish_fragment(inner, req, out, msg_id, first).await {
+        Ok(carried) => carried,
+        Err(e) => return vec![Err(e)],
+    };
+    if let Err(e) = first_fragment_taken(inner, out, carried).await {
         return vec![Err(e)];
     }
     let known = &inner.known_responders;

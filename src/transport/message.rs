@@ -53,3 +53,11 @@ pub enum TransportErrorKind {
 /// A transport error: its kind (what callers match on), what was being done, and the error
 /// of the client underneath when there is one.
 pub type TransportError = KindError<TransportErrorKind>;
+
+/// How a message meant for one subscriber went: a caller that waits for NATS to take what
+/// it sent (a flush) has nothing to wait for when it was delivered in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    InMemory,
+    ByNats,
+}

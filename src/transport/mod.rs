@@ -16,7 +16,7 @@ use tokio::sync::watch;
 pub use async_nats::Subject;
 pub use inproc::InProcBus;
 pub use message::{
-    BusMessage, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
+    BusMessage, Carried, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
 };
 pub use nats::{NatsBus, NatsOptions, Refused};
 
@@ -66,14 +66,17 @@ impl Bus {
         &self,
         subject: Subject,
         payload: Bytes,
-    ) -> Result<(), TransportError> {
+    ) -> Result<Carried, TransportError> {
         match self {
             Bus::Nats(b) => b.publish_to_one(subject, payload).await,
-            Bus::InProc(b) => b.publish(subject, payload),
+            Bus::InProc(b) => b.publish(subject, payload).map(|()| Carried::InMemory),
         }
     }
 
     /// Subscribe to `subject`; with a queue, each message goes to one member of the group.
+    /// On NATS with the short circuit, a message meant for one subscriber that this
+    /// subscription matches is delivered to it in memory and not through NATS, as in Go
+    /// fabric: so a wildcard subscription takes such messages from subscribers elsewhere.
     pub async fn subscribe(
         &self,
         subject: String,

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::inproc::InProcBus;
 use super::message::{
-    BusMessage, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
+    BusMessage, Carried, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
 };
 
 /// Microbus's default bus address.
@@ -311,13 +311,14 @@ impl NatsBus {
         &self,
         subject: Subject,
         payload: Bytes,
-    ) -> Result<(), TransportError> {
+    ) -> Result<Carried, TransportError> {
         if let Some(local) = &self.short_circuit {
             if local.deliver_if_subscribed(&subject, &payload) {
-                return Ok(());
+                return Ok(Carried::InMemory);
             }
         }
-        self.publish(subject, payload).await
+        self.publish(subject, payload).await?;
+        Ok(Carried::ByNats)
     }
 
     /// The short circuit, when on.
