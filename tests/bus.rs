@@ -31,6 +31,8 @@ on_every_bus!(
     control_plane_answers_on_own_host_and_all,
     locality_prefixed_subjects_reach_the_service,
     repeated_multicasts_return_once_the_known_responders_answered,
+    a_request_handed_over_in_memory_needs_no_ack,
+    a_subscriber_that_takes_without_acknowledging_is_an_ack_timeout,
 );
 
 async fn unicast_reaches_the_service(bus: TestBus) {
@@ -730,4 +732,104 @@ async fn repeated_multicasts_return_once_the_known_responders_answered(bus: Test
     for s in [a, c, d] {
         s.shutdown().await;
     }
+}
+
+/// Every message of `plane` the spy got until `quiet` passed without one: (op code, sender).
+async fn frames_seen(
+    spy: &mut busgate::transport::Subscription,
+    quiet: Duration,
+) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(quiet, spy.next()).await {
+        let text = String::from_utf8_lossy(&msg.payload).into_owned();
+        let header = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .to_owned()
+        };
+        seen.push((header("Microbus-Op-Code: "), header("Microbus-From-Host: ")));
+    }
+    seen
+}
+
+/// An endpoint acks every request it reads: one handed to it in memory (the in-process bus,
+/// the short circuit) is acknowledged by the handing over, and no ack message is made. Through
+/// NATS the request, its ack and the response all cross the bus.
+async fn a_request_handed_over_in_memory_needs_no_ack(bus: TestBus) {
+    let svc = whoami().start(&bus.config).await.unwrap();
+    let c = client(&bus).await;
+    let in_memory = match c.bus() {
+        busgate::transport::Bus::Nats(nats) => nats.short_circuit().is_some(),
+        busgate::transport::Bus::InProc(_) => true,
+    };
+    let mut spy = c
+        .bus()
+        .subscribe(format!("{}.>", c.plane()), None)
+        .await
+        .unwrap();
+    c.bus()
+        .round_trip(format!("{}.spy.probe", c.plane()))
+        .await
+        .unwrap();
+    let res = c.ctx().get("https://who.test/").await.unwrap();
+    assert_eq!(res.body(), svc.id());
+    let seen = frames_seen(&mut spy, Duration::from_millis(300)).await;
+    assert_eq!(count_of(&seen, "Req", "client.test"), 1, "{seen:?}");
+    assert_eq!(count_of(&seen, "Res", "who.test"), 1, "{seen:?}");
+    let acks = usize::from(!in_memory);
+    assert_eq!(count_of(&seen, "Ack", "who.test"), acks, "{seen:?}");
+    // A body of several fragments still has its first one acknowledged: the ack names the
+    // instance that takes the rest.
+    let body = Bytes::from(vec![7u8; 2_500_000]);
+    let echo = Service::new("echo.test")
+        .post("/", |_ctx: Ctx, req: Request<Bytes>| async move {
+            Ok(Response::new(req.into_body()))
+        })
+        .start(&bus.config)
+        .await
+        .unwrap();
+    let req = build_request("POST", "https://echo.test/", body.clone(), None).unwrap();
+    let res = c.request(req).await.unwrap();
+    assert!(res.body() == &body);
+    let seen = frames_seen(&mut spy, Duration::from_millis(300)).await;
+    assert_eq!(count_of(&seen, "Ack", "echo.test"), 1, "{seen:?}");
+    for conn in [c, svc, echo] {
+        conn.shutdown().await;
+    }
+}
+
+fn count_of(seen: &[(String, String)], op: &str, from: &str) -> usize {
+    seen.iter().filter(|(o, f)| o == op && f == from).count()
+}
+
+/// A subscriber that is not an endpoint (a raw bus subscription) acknowledges nothing by
+/// taking a request: the caller still fails fast with an ack timeout when no ack comes.
+async fn a_subscriber_that_takes_without_acknowledging_is_an_ack_timeout(bus: TestBus) {
+    let c = client(&bus).await;
+    let subject =
+        busgate::wire::subscription_subject(c.plane(), 443, "mute.test", "GET", "/").unwrap();
+    let mut mute = c
+        .bus()
+        .subscribe(subject, Some("mute.test".to_owned()))
+        .await
+        .unwrap();
+    c.bus()
+        .round_trip(format!("{}.mute.probe", c.plane()))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = c
+        .ctx()
+        .with_timeout(Duration::from_secs(20))
+        .get("https://mute.test/")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AckTimeout, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        mute.next().await.is_some(),
+        "the request reached the mute subscriber"
+    );
+    c.shutdown().await;
 }

@@ -218,7 +218,7 @@ async fn publish_fragment(
 /// client. Bounded: a connection that is reconnecting takes nothing, and the ack timeout then
 /// runs as for any call. A fragment delivered in memory was taken already.
 async fn first_fragment_taken(inner: &Inner, out: &Outgoing, first: Carried) -> Result<(), Error> {
-    if out.fragments.len() <= 1 || first == Carried::InMemory {
+    if out.fragments.len() <= 1 || first != Carried::ByNats {
         return Ok(());
     }
     let patience = out.deadline.min(Instant::now() + FLUSH_PATIENCE);
@@ -406,12 +406,21 @@ async fn unicast_exchange(
     let carried = publish_fragment(inner, req, out, msg_id, first).await?;
     first_fragment_taken(inner, out, carried).await?;
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
-    let mut acked = false;
+    // A whole request taken in memory by an endpoint is acknowledged by that: no ack comes.
+    let mut acked = carried == Carried::Acknowledged && out.fragments.len() == 1;
+    if acked {
+        observed.ack(inner, &out.url.host);
+    }
     // One timer for the call: the ack's deadline (or the call's, when sooner) until the ack
     // comes, then the call's. Two new timers on every turn of the loop cost ~1,000
     // instructions a call. Boxed: held across `publish_rest` it would grow every ingress
     // request's future (moved into its box once per request) by its size.
-    let mut timer = Box::pin(tokio::time::sleep_until(ack_deadline.min(out.deadline)));
+    let first_wait = if acked {
+        out.deadline
+    } else {
+        ack_deadline.min(out.deadline)
+    };
+    let mut timer = Box::pin(tokio::time::sleep_until(first_wait));
     loop {
         tokio::select! {
             delivery = rx.recv() => match delivery {

@@ -120,7 +120,7 @@ impl Connector {
                 route: ep.route.display(),
                 source,
             })?;
-            let sub = inner.bus.subscribe(subject, queue.clone()).await?;
+            let sub = inner.bus.subscribe_endpoint(subject, queue.clone()).await?;
             inner.tasks.spawn(subscription_loop(
                 self.inner.clone(),
                 ep.clone(),
@@ -196,7 +196,8 @@ async fn dispatch(
     msg: BusMessage,
     last_inbox: &mut LastInbox,
 ) {
-    if let Some(accepted) = accept_request(inner, queue_label, msg.payload, last_inbox).await {
+    let accepted = accept_request(inner, queue_label, msg, last_inbox).await;
+    if let Some(accepted) = accepted {
         // Boxed: the task then holds a pointer, not the ~2.7 KB future, which tokio's spawn
         // and task cell otherwise copy several times (~1,500 instructions per request). The
         // box is allocated before the future is made, so that only its captures are written,
@@ -253,9 +254,10 @@ struct Accepted {
 async fn accept_request(
     inner: &Inner,
     queue_label: &Arc<str>,
-    payload: Bytes,
+    msg: BusMessage,
     last_inbox: &mut LastInbox,
 ) -> Option<Accepted> {
+    let payload = msg.payload;
     let message = payload.clone();
     let req = match codec::decode_request(payload) {
         Ok(req) => req,
@@ -312,13 +314,12 @@ async fn accept_request(
             }
         },
     };
-    if fragment.is_none_or(|fr| fr.index == 1) {
-        let status = if fragment.is_some() {
-            StatusCode::CONTINUE
-        } else {
-            StatusCode::ACCEPTED
-        };
-        publish_ack(inner, &reply, status).await;
+    // A whole request handed over in memory was acknowledged by its delivery (see
+    // `Bus::subscribe_endpoint`); a first fragment's ack names this instance for the rest.
+    if fragment.is_some_and(|fr| fr.index == 1) {
+        publish_ack(inner, &reply, StatusCode::CONTINUE).await;
+    } else if fragment.is_none() && !msg.acknowledged {
+        publish_ack(inner, &reply, StatusCode::ACCEPTED).await;
     }
     req.map(|(req, inbound)| Accepted {
         reply,

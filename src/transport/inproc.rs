@@ -11,7 +11,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use super::message::{
-    BusMessage, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
+    BusMessage, Carried, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
 };
 
 /// The payload limit of a default NATS server (`max_payload`), so that fragmentation behaves
@@ -55,8 +55,26 @@ enum Route {
 /// Where a subscription's messages go: its channel, or its handler, called by the publisher.
 #[derive(Clone)]
 enum Sink {
-    Channel(mpsc::Sender<BusMessage>),
+    Channel(mpsc::Sender<BusMessage>, Receipt),
     Handler(MessageHandler),
+}
+
+/// Whether a subscriber acknowledges what it takes (a Microbus endpoint acks every request it
+/// reads), so that a message meant for it alone counts as acknowledged once handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    Silent,
+    Acknowledged,
+}
+
+/// Where a publish went.
+enum Delivered {
+    /// Nothing subscribes to the subject.
+    Nowhere,
+    /// Taken by at least one subscriber; `acknowledged` when one of them acknowledges it.
+    Taken { acknowledged: bool },
+    /// Every subscriber it was for was full or gone.
+    Dropped,
 }
 
 impl Registry {
@@ -132,6 +150,27 @@ impl InProcBus {
         payload: Bytes,
     ) -> Result<(), TransportError> {
         let subject: Subject = subject.into();
+        self.check(&subject, &payload)?;
+        self.deliver(&subject, &payload, false);
+        Ok(())
+    }
+
+    /// Publish a request, ack or response meant for one subscriber, and say how it went: a
+    /// subject nothing subscribes to takes it as NATS would, without a word (the caller's
+    /// ack timeout tells); one whose subscribers are all full refuses it.
+    pub fn publish_to_one(
+        &self,
+        subject: impl Into<Subject>,
+        payload: Bytes,
+    ) -> Result<Carried, TransportError> {
+        let subject: Subject = subject.into();
+        self.check(&subject, &payload)?;
+        Ok(self
+            .deliver_if_subscribed(&subject, &payload)?
+            .unwrap_or(Carried::InMemory))
+    }
+
+    fn check(&self, subject: &Subject, payload: &Bytes) -> Result<(), TransportError> {
         if payload.len() > self.inner.max_payload {
             return Err(TransportError::new(
                 TransportErrorKind::PayloadTooLarge,
@@ -142,13 +181,12 @@ impl InProcBus {
                 ),
             ));
         }
-        if !is_valid_publish_subject(&subject) {
+        if !is_valid_publish_subject(subject) {
             return Err(TransportError::new(
                 TransportErrorKind::Rejected,
                 format!("invalid subject '{subject}'"),
             ));
         }
-        self.deliver(&subject, &payload);
         Ok(())
     }
 
@@ -158,14 +196,29 @@ impl InProcBus {
         InProcBus::with_max_payload(usize::MAX)
     }
 
-    /// Deliver as [`InProcBus::publish`] when anything subscribes to `subject`, and say
-    /// whether it did; a subject nothing here subscribes to is left for NATS.
-    pub fn deliver_if_subscribed(&self, subject: &Subject, payload: &Bytes) -> bool {
-        self.deliver(subject, payload)
+    /// Deliver a message meant for one subscriber when anything here subscribes to
+    /// `subject`, and say how; `None` leaves it for NATS. Refused when every subscriber it
+    /// was for is full: as a NATS slow consumer would lose it, but said at once.
+    pub fn deliver_if_subscribed(
+        &self,
+        subject: &Subject,
+        payload: &Bytes,
+    ) -> Result<Option<Carried>, TransportError> {
+        match self.deliver(subject, payload, true) {
+            Delivered::Nowhere => Ok(None),
+            Delivered::Taken { acknowledged: true } => Ok(Some(Carried::Acknowledged)),
+            Delivered::Taken {
+                acknowledged: false,
+            } => Ok(Some(Carried::InMemory)),
+            Delivered::Dropped => Err(TransportError::new(
+                TransportErrorKind::Rejected,
+                format!("every in-process subscriber of '{subject}' is full"),
+            )),
+        }
     }
 
-    /// Deliver to every route of `subject`; false when it has none.
-    fn deliver(&self, subject: &Subject, payload: &Bytes) -> bool {
+    /// Deliver to every route of `subject`; `to_one` for a message meant for one subscriber.
+    fn deliver(&self, subject: &Subject, payload: &Bytes, to_one: bool) -> Delivered {
         let cached = self
             .inner
             .registry
@@ -186,21 +239,40 @@ impl InProcBus {
                 routes
             }
         };
+        if routes.is_empty() {
+            return Delivered::Nowhere;
+        }
+        let mut delivered = Delivered::Dropped;
         for route in routes.iter() {
-            match route {
-                Route::Plain(sink) => deliver(sink, subject, payload),
-                Route::Group(members) => {
-                    let pick = rand::rng().random_range(0..members.len());
-                    deliver(&members[pick], subject, payload);
-                }
+            let sink = match route {
+                Route::Plain(sink) => sink,
+                Route::Group(members) => &members[rand::rng().random_range(0..members.len())],
+            };
+            if let Some(acknowledged) = deliver(sink, subject, payload, to_one) {
+                delivered = match delivered {
+                    Delivered::Taken { acknowledged: a } => Delivered::Taken {
+                        acknowledged: a || acknowledged,
+                    },
+                    _ => Delivered::Taken { acknowledged },
+                };
             }
         }
-        !routes.is_empty()
+        delivered
     }
 
     pub fn subscribe(&self, subject: &str, queue: Option<String>) -> InProcSubscription {
+        self.subscribe_as(subject, queue, Receipt::Silent)
+    }
+
+    /// Subscribe as one that does or does not acknowledge what it takes (see [`Receipt`]).
+    pub fn subscribe_as(
+        &self,
+        subject: &str,
+        queue: Option<String>,
+        receipt: Receipt,
+    ) -> InProcSubscription {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_CAPACITY);
-        self.add_subscription(subject, queue, Sink::Channel(tx), Some(rx))
+        self.add_subscription(subject, queue, Sink::Channel(tx, receipt), Some(rx))
     }
 
     /// Subscribe with `handler` called by each publisher (see [`MessageHandler`]); the
@@ -251,22 +323,31 @@ impl InProcBus {
     }
 }
 
-fn deliver(sink: &Sink, subject: &Subject, payload: &Bytes) {
-    let msg = BusMessage {
+/// Hand a message to one subscription: `Some(acknowledged)` when it took it.
+fn deliver(sink: &Sink, subject: &Subject, payload: &Bytes, to_one: bool) -> Option<bool> {
+    let mut msg = BusMessage {
         subject: subject.clone(),
         payload: payload.clone(),
+        acknowledged: false,
     };
-    let tx = match sink {
-        Sink::Channel(tx) => tx,
-        Sink::Handler(handler) => return handler(msg),
+    let (tx, receipt) = match sink {
+        Sink::Channel(tx, receipt) => (tx, *receipt),
+        Sink::Handler(handler) => {
+            handler(msg);
+            return Some(false);
+        }
     };
+    msg.acknowledged = to_one && receipt == Receipt::Acknowledged;
+    let acknowledged = msg.acknowledged;
     if tx.try_send(msg).is_err() {
         // Same policy as a NATS slow consumer: the message is dropped, not queued without bound.
         tracing::warn!(
             subject = &**subject,
             "in-process subscription full or closed; message dropped"
         );
+        return None;
     }
+    Some(acknowledged)
 }
 
 /// Split and searched by bytes (three publishes a call): `str::split` and `contains` with
@@ -438,5 +519,43 @@ mod tests {
         assert!(bus.publish("a", Bytes::from_static(b"123456789")).is_err());
         assert!(bus.publish("a.*", Bytes::new()).is_err());
         assert!(bus.publish("a..b", Bytes::new()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_message_for_one_endpoint_is_acknowledged_by_its_delivery() {
+        let bus = InProcBus::new();
+        let mut endpoint = bus.subscribe_as("e.x", Some("e".into()), Receipt::Acknowledged);
+        let mut raw = bus.subscribe("r.x", Some("r".into()));
+        let m = || Bytes::from_static(b"m");
+        assert_eq!(
+            bus.publish_to_one("e.x", m()).unwrap(),
+            Carried::Acknowledged
+        );
+        assert!(endpoint.next().await.unwrap().acknowledged);
+        // A multicast is not: each responder acks for the caller to count.
+        bus.publish("e.x", m()).unwrap();
+        assert!(!endpoint.next().await.unwrap().acknowledged);
+        // Nor is what a subscriber that is not an endpoint takes.
+        assert_eq!(bus.publish_to_one("r.x", m()).unwrap(), Carried::InMemory);
+        assert!(!raw.next().await.unwrap().acknowledged);
+        // Nothing subscribed: taken without a word, as by NATS (the caller's ack timeout
+        // tells); left to NATS by a short circuit.
+        assert_eq!(bus.publish_to_one("n.x", m()).unwrap(), Carried::InMemory);
+        let nowhere = Subject::from("n.x");
+        assert!(bus.deliver_if_subscribed(&nowhere, &m()).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_message_for_one_whose_subscriber_is_full_is_refused_at_once() {
+        let bus = InProcBus::new();
+        let _full = bus.subscribe_as("f.x", Some("f".into()), Receipt::Acknowledged);
+        for _ in 0..SUBSCRIPTION_CAPACITY {
+            bus.publish_to_one("f.x", Bytes::new()).unwrap();
+        }
+        let err = bus.publish_to_one("f.x", Bytes::new()).unwrap_err();
+        assert_eq!(err.kind(), TransportErrorKind::Rejected);
+        assert!(err.to_string().contains("full"), "{err}");
+        // A multicast is dropped as by a NATS slow consumer, without an error.
+        bus.publish("f.x", Bytes::new()).unwrap();
     }
 }

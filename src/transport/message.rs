@@ -11,6 +11,9 @@ use crate::error::KindError;
 pub struct BusMessage {
     pub subject: async_nats::Subject,
     pub payload: Bytes,
+    /// Handed in memory to one subscriber that acknowledges what it takes: its publisher
+    /// knows it arrived ([`Carried::Acknowledged`]), and a request needs no ack.
+    pub acknowledged: bool,
 }
 
 /// A function a subscription's messages are handed to as they arrive, on the transport's own
@@ -55,9 +58,14 @@ pub enum TransportErrorKind {
 pub type TransportError = KindError<TransportErrorKind>;
 
 /// How a message meant for one subscriber went: a caller that waits for NATS to take what
-/// it sent (a flush) has nothing to wait for when it was delivered in memory.
+/// it sent (a flush) has nothing to wait for when it was delivered in memory, nor for an ack
+/// when the subscriber that took it acknowledges on receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carried {
-    InMemory,
     ByNats,
+    /// Delivered in memory, or, on the in-process bus, to nothing.
+    InMemory,
+    /// Taken in memory by a subscription that acknowledges what it takes (an endpoint's:
+    /// [`crate::transport::Bus::subscribe_endpoint`]), which then sends no ack.
+    Acknowledged,
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 /// A subject ready to publish to: shared bytes, so a subject used again (a caller's inbox, for
 /// each request's ack and response) is handed to the client without a copy.
 pub use async_nats::Subject;
-pub use inproc::InProcBus;
+pub use inproc::{InProcBus, Receipt};
 pub use message::{
     BusMessage, Carried, ConnectionState, MessageHandler, TransportError, TransportErrorKind,
 };
@@ -69,7 +69,7 @@ impl Bus {
     ) -> Result<Carried, TransportError> {
         match self {
             Bus::Nats(b) => b.publish_to_one(subject, payload).await,
-            Bus::InProc(b) => b.publish(subject, payload).map(|()| Carried::InMemory),
+            Bus::InProc(b) => b.publish_to_one(subject, payload),
         }
     }
 
@@ -82,12 +82,34 @@ impl Bus {
         subject: String,
         queue: Option<String>,
     ) -> Result<Subscription, TransportError> {
+        self.subscribe_as(subject, queue, Receipt::Silent).await
+    }
+
+    /// Subscribe as [`Bus::subscribe`] for an endpoint, whose subscriber acknowledges every
+    /// request it reads: one meant for it alone and handed over in memory counts as
+    /// acknowledged there and then ([`Carried::Acknowledged`], [`BusMessage::acknowledged`]),
+    /// which spares the call an ack message and a wake-up of its caller.
+    pub async fn subscribe_endpoint(
+        &self,
+        subject: String,
+        queue: Option<String>,
+    ) -> Result<Subscription, TransportError> {
+        self.subscribe_as(subject, queue, Receipt::Acknowledged)
+            .await
+    }
+
+    async fn subscribe_as(
+        &self,
+        subject: String,
+        queue: Option<String>,
+        receipt: Receipt,
+    ) -> Result<Subscription, TransportError> {
         match self {
             Bus::Nats(b) => {
                 // On the short circuit too, under the same subject and queue.
                 let local = b
                     .short_circuit()
-                    .map(|l| l.subscribe(&subject, queue.clone()));
+                    .map(|l| l.subscribe_as(&subject, queue.clone(), receipt));
                 let nats = b.subscribe(subject, queue).await?;
                 Ok(match local {
                     None => Subscription::Nats(nats),
@@ -97,7 +119,9 @@ impl Bus {
                     },
                 })
             }
-            Bus::InProc(b) => Ok(Subscription::InProc(b.subscribe(&subject, queue))),
+            Bus::InProc(b) => Ok(Subscription::InProc(
+                b.subscribe_as(&subject, queue, receipt),
+            )),
         }
     }
 
@@ -209,6 +233,7 @@ async fn next_from_nats(s: &mut async_nats::Subscriber) -> Option<BusMessage> {
     s.next().await.map(|m| BusMessage {
         subject: m.subject,
         payload: m.payload,
+        acknowledged: false,
     })
 }
 

@@ -313,8 +313,8 @@ impl NatsBus {
         payload: Bytes,
     ) -> Result<Carried, TransportError> {
         if let Some(local) = &self.short_circuit {
-            if local.deliver_if_subscribed(&subject, &payload) {
-                return Ok(Carried::InMemory);
+            if let Some(carried) = local.deliver_if_subscribed(&subject, &payload)? {
+                return Ok(carried);
             }
         }
         self.publish(subject, payload).await?;
@@ -396,6 +396,7 @@ impl NatsBus {
             handler(BusMessage {
                 subject: m.subject,
                 payload: m.payload,
+                acknowledged: false,
             })
         });
         self.client
