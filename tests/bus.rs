@@ -33,6 +33,7 @@ on_every_bus!(
     repeated_multicasts_return_once_the_known_responders_answered,
     a_request_handed_over_in_memory_needs_no_ack,
     a_subscriber_that_takes_without_acknowledging_is_an_ack_timeout,
+    more_headers_than_a_bus_message_carries_is_431,
 );
 
 async fn unicast_reaches_the_service(bus: TestBus) {
@@ -832,4 +833,36 @@ async fn a_subscriber_that_takes_without_acknowledging_is_an_ack_timeout(bus: Te
         "the request reached the mute subscriber"
     );
     c.shutdown().await;
+}
+
+/// A request with more headers than its subscriber would read is refused by the caller at
+/// once, instead of being dropped unread at the other end while the caller waits.
+async fn more_headers_than_a_bus_message_carries_is_431(bus: TestBus) {
+    let svc = whoami().start(&bus.config).await.unwrap();
+    let c = client(&bus).await;
+    let mut req = build_request("GET", "https://who.test/", Bytes::new(), None).unwrap();
+    for i in 0..300 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            http::HeaderValue::from_static("v"),
+        );
+    }
+    let err = c.request(req).await.unwrap_err();
+    assert_eq!(
+        err.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{err}"
+    );
+    assert!(err.message().contains("at most 256"), "{err}");
+    // Up to the limit it goes through.
+    let mut req = build_request("GET", "https://who.test/", Bytes::new(), None).unwrap();
+    for i in 0..200 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            http::HeaderValue::from_static("v"),
+        );
+    }
+    assert_eq!(c.request(req).await.unwrap().body(), svc.id());
+    c.shutdown().await;
+    svc.shutdown().await;
 }

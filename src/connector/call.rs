@@ -199,8 +199,15 @@ async fn publish_fragment(
         }
     }
     *req.body_mut() = out.fragments[index].clone();
-    let payload = codec::encode_request_with_frame(req, &pairs[..len])
-        .map_err(|e| Error::bad_request(e.to_string()).caused_by(e))?;
+    let payload = codec::encode_request_with_frame(req, &pairs[..len]).map_err(|e| match e {
+        WireError::TooManyHeaders { .. } => Error::with_kind(
+            ErrorKind::BadRequest,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            e.to_string(),
+        )
+        .caused_by(e),
+        e => Error::bad_request(e.to_string()).caused_by(e),
+    })?;
     match audience {
         // A multicast crosses NATS when there is one (on the in-process bus a flush is nothing).
         Audience::All => inner

@@ -244,17 +244,32 @@ impl InProcBus {
         }
         let mut delivered = Delivered::Dropped;
         for route in routes.iter() {
-            let sink = match route {
-                Route::Plain(sink) => sink,
-                Route::Group(members) => &members[rand::rng().random_range(0..members.len())],
+            let taken = match route {
+                Route::Plain(sink) => deliver(sink, subject, payload, to_one),
+                // A full member passes the message on to the next: it is lost only when the
+                // whole group is full.
+                Route::Group(members) => {
+                    let first = rand::rng().random_range(0..members.len());
+                    (0..members.len()).find_map(|i| {
+                        let member = &members[(first + i) % members.len()];
+                        deliver(member, subject, payload, to_one)
+                    })
+                }
             };
-            if let Some(acknowledged) = deliver(sink, subject, payload, to_one) {
-                delivered = match delivered {
-                    Delivered::Taken { acknowledged: a } => Delivered::Taken {
-                        acknowledged: a || acknowledged,
-                    },
-                    _ => Delivered::Taken { acknowledged },
-                };
+            match taken {
+                Some(acknowledged) => {
+                    delivered = match delivered {
+                        Delivered::Taken { acknowledged: a } => Delivered::Taken {
+                            acknowledged: a || acknowledged,
+                        },
+                        _ => Delivered::Taken { acknowledged },
+                    };
+                }
+                // Same policy as a NATS slow consumer: dropped, not queued without bound.
+                None => tracing::warn!(
+                    subject = &**subject,
+                    "in-process subscription full or closed; message dropped"
+                ),
             }
         }
         delivered
@@ -339,15 +354,7 @@ fn deliver(sink: &Sink, subject: &Subject, payload: &Bytes, to_one: bool) -> Opt
     };
     msg.acknowledged = to_one && receipt == Receipt::Acknowledged;
     let acknowledged = msg.acknowledged;
-    if tx.try_send(msg).is_err() {
-        // Same policy as a NATS slow consumer: the message is dropped, not queued without bound.
-        tracing::warn!(
-            subject = &**subject,
-            "in-process subscription full or closed; message dropped"
-        );
-        return None;
-    }
-    Some(acknowledged)
+    tx.try_send(msg).ok().map(|()| acknowledged)
 }
 
 /// Split and searched by bytes (three publishes a call): `str::split` and `contains` with
@@ -557,5 +564,27 @@ mod tests {
         assert!(err.to_string().contains("full"), "{err}");
         // A multicast is dropped as by a NATS slow consumer, without an error.
         bus.publish("f.x", Bytes::new()).unwrap();
+        // A member of the group with room takes what the full one cannot.
+        let mut sibling = bus.subscribe_as("f.x", Some("f".into()), Receipt::Acknowledged);
+        for _ in 0..100 {
+            assert_eq!(
+                bus.publish_to_one("f.x", Bytes::from_static(b"s")).unwrap(),
+                Carried::Acknowledged
+            );
+        }
+        for _ in 0..100 {
+            assert_eq!(sibling.next().await.unwrap().payload, "s");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_beside_a_plain_subscriber_still_counts_as_acknowledged() {
+        let bus = InProcBus::new();
+        let mut spy = bus.subscribe("p.>", None);
+        let mut endpoint = bus.subscribe_as("p.x", Some("e".into()), Receipt::Acknowledged);
+        let carried = bus.publish_to_one("p.x", Bytes::from_static(b"m")).unwrap();
+        assert_eq!(carried, Carried::Acknowledged);
+        assert!(endpoint.next().await.unwrap().acknowledged);
+        assert!(!spy.next().await.unwrap().acknowledged);
     }
 }

@@ -15,8 +15,7 @@ pub use super::encode::{
 use super::error::WireError;
 use super::frame;
 
-/// Most headers a bus message may carry; more is hostile input.
-pub const MAX_HEADERS: usize = 256;
+pub use super::encode::MAX_HEADERS;
 
 /// Decode a request in absolute form, or origin form with a `Host` header. The returned
 /// request always has an absolute URI, no `Transfer-Encoding` and an exact `Content-Length`.

@@ -7,9 +7,34 @@ use http::{Request, Response, StatusCode};
 
 use super::error::WireError;
 
+/// Most headers a bus message may carry; more is hostile input, and the decoder refuses it.
+pub const MAX_HEADERS: usize = 256;
+
 /// Encode a request whose URI is absolute (`https://host:port/path?query`).
 pub fn encode_request(req: &Request<Bytes>) -> Result<Bytes, WireError> {
     encode_request_with_frame(req, &[])
+}
+
+/// Refuse a request with more header lines than its subscriber reads ([`MAX_HEADERS`]): it
+/// would drop the message unread, and its caller would wait for an answer that never comes.
+/// The map's `Host`, `Content-Length` and `Transfer-Encoding` are written as two lines.
+fn check_header_count(headers: &HeaderMap, frame_len: usize) -> Result<(), WireError> {
+    let upper_bound = headers.len() + frame_len + 2;
+    if upper_bound <= MAX_HEADERS {
+        return Ok(());
+    }
+    let replaced: usize = [HOST, CONTENT_LENGTH, TRANSFER_ENCODING]
+        .iter()
+        .map(|name| headers.get_all(name).iter().count())
+        .sum();
+    let lines = upper_bound - replaced;
+    if lines > MAX_HEADERS {
+        return Err(WireError::TooManyHeaders {
+            count: lines,
+            max: MAX_HEADERS,
+        });
+    }
+    Ok(())
 }
 
 /// Encode a request with `frame`'s (lower-case name, value) pairs written among its headers,
@@ -29,6 +54,7 @@ pub fn encode_request_with_frame(
     let port = port.unwrap_or(if scheme == "http" { 80 } else { 443 });
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let body = req.body();
+    check_header_count(req.headers(), frame.len())?;
 
     let frame_bytes: usize = frame.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
     let head = header_bytes(req.headers()) + frame_bytes;

@@ -25,6 +25,8 @@ pub enum WireError {
     ConflictingFraming,
     #[error("unsupported Transfer-Encoding '{0}'")]
     UnsupportedTransferEncoding(String),
+    #[error("{count} headers: a bus message carries at most {max}")]
+    TooManyHeaders { count: usize, max: usize },
 }
 
 /// `s` cut to at most `max_chars` characters: text quoted back in errors and log lines (a URL,
