@@ -21,6 +21,8 @@ COPY --from=planner /src/recipe.json recipe.json
 # The patched async-nats is a path dependency (vendor/async-nats/PATCHED.md): the dependency
 # build compiles it from its sources.
 COPY vendor vendor
+# The build's flags (tokio_unstable, src/main.rs): the dependencies are built with them too.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin busgate
 COPY . .
 RUN cargo build --release --locked --bin busgate
