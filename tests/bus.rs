@@ -783,14 +783,8 @@ async fn a_request_handed_over_in_memory_needs_no_ack(bus: TestBus) {
     // A body of several fragments still has its first one acknowledged: the ack names the
     // instance that takes the rest.
     let body = Bytes::from(vec![7u8; 2_500_000]);
-    let echo = Service::new("echo.test")
-        .post("/", |_ctx: Ctx, req: Request<Bytes>| async move {
-            Ok(Response::new(req.into_body()))
-        })
-        .start(&bus.config)
-        .await
-        .unwrap();
-    let req = build_request("POST", "https://echo.test/", body.clone(), None).unwrap();
+    let echo = common::echo("echo.test").start(&bus.config).await.unwrap();
+    let req = build_request("POST", "https://echo.test/echo", body.clone(), None).unwrap();
     let res = c.request(req).await.unwrap();
     assert!(res.body() == &body);
     let seen = frames_seen(&mut spy, Duration::from_millis(300)).await;

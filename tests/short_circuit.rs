@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use busgate::transport::{ConnectionState, Transport};
 use busgate::{build_request, BusConfig, Ctx, ErrorKind, Queue, Service};
 use bytes::Bytes;
-use common::{free_port, NatsServer};
+use common::{echo, free_port, NatsServer};
 use http::Response;
 
 /// Messages the server has received from clients (`/varz` `in_msgs`).
@@ -36,12 +36,6 @@ fn whoami(host: &str) -> Service {
     Service::new(host)
         .any("/who", id)
         .route_with_queue("ANY", "/all", Queue::None, id)
-}
-
-fn echo(host: &str) -> Service {
-    Service::new(host).post("/echo", |_ctx: Ctx, req: http::Request<Bytes>| async move {
-        Ok(Response::new(req.into_body()))
-    })
 }
 
 /// The same plane on the same server, as another process would have it: its own short circuit.

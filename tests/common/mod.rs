@@ -407,6 +407,16 @@ pub fn text(s: impl Into<String>) -> http_types::Response<bytes::Bytes> {
     http_types::Response::new(bytes::Bytes::from(s.into()))
 }
 
+/// A service at `host` whose `POST /echo` answers with the request's body.
+pub fn echo(host: &str) -> busgate::Service {
+    busgate::Service::new(host).post(
+        "/echo",
+        |_ctx: busgate::Ctx, req: http_types::Request<bytes::Bytes>| async move {
+            Ok(http_types::Response::new(req.into_body()))
+        },
+    )
+}
+
 /// A service with no endpoints, to call others from.
 pub async fn client(bus: &TestBus) -> busgate::Connector {
     busgate::Service::new("client.test")
