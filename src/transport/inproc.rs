@@ -56,7 +56,7 @@ enum Route {
 #[derive(Clone)]
 enum Sink {
     Channel(mpsc::Sender<BusMessage>, Receipt),
-    Handler(MessageHandler),
+    Handler(MessageHandler, Receipt),
 }
 
 /// Whether a subscriber acknowledges what it takes (a Microbus endpoint acks every request it
@@ -298,7 +298,18 @@ impl InProcBus {
         queue: Option<String>,
         handler: MessageHandler,
     ) -> InProcSubscription {
-        self.add_subscription(subject, queue, Sink::Handler(handler), None)
+        self.subscribe_with_handler_as(subject, queue, handler, Receipt::Silent)
+    }
+
+    /// Subscribe with `handler` as one that does or does not acknowledge what it takes.
+    pub fn subscribe_with_handler_as(
+        &self,
+        subject: &str,
+        queue: Option<String>,
+        handler: MessageHandler,
+        receipt: Receipt,
+    ) -> InProcSubscription {
+        self.add_subscription(subject, queue, Sink::Handler(handler, receipt), None)
     }
 
     fn add_subscription(
@@ -340,21 +351,20 @@ impl InProcBus {
 
 /// Hand a message to one subscription: `Some(acknowledged)` when it took it.
 fn deliver(sink: &Sink, subject: &Subject, payload: &Bytes, to_one: bool) -> Option<bool> {
-    let mut msg = BusMessage {
+    let (Sink::Channel(_, receipt) | Sink::Handler(_, receipt)) = sink;
+    let acknowledged = to_one && *receipt == Receipt::Acknowledged;
+    let msg = BusMessage {
         subject: subject.clone(),
         payload: payload.clone(),
-        acknowledged: false,
+        acknowledged,
     };
-    let (tx, receipt) = match sink {
-        Sink::Channel(tx, receipt) => (tx, *receipt),
-        Sink::Handler(handler) => {
+    match sink {
+        Sink::Channel(tx, _) => tx.try_send(msg).ok().map(|()| acknowledged),
+        Sink::Handler(handler, _) => {
             handler(msg);
-            return Some(false);
+            Some(acknowledged)
         }
-    };
-    msg.acknowledged = to_one && receipt == Receipt::Acknowledged;
-    let acknowledged = msg.acknowledged;
-    tx.try_send(msg).ok().map(|()| acknowledged)
+    }
 }
 
 /// Split and searched by bytes (three publishes a call): `str::split` and `contains` with

@@ -82,34 +82,12 @@ impl Bus {
         subject: String,
         queue: Option<String>,
     ) -> Result<Subscription, TransportError> {
-        self.subscribe_as(subject, queue, Receipt::Silent).await
-    }
-
-    /// Subscribe as [`Bus::subscribe`] for an endpoint, whose subscriber acknowledges every
-    /// request it reads: one meant for it alone and handed over in memory counts as
-    /// acknowledged there and then ([`Carried::Acknowledged`], [`BusMessage::acknowledged`]),
-    /// which spares the call an ack message and a wake-up of its caller.
-    pub async fn subscribe_endpoint(
-        &self,
-        subject: String,
-        queue: Option<String>,
-    ) -> Result<Subscription, TransportError> {
-        self.subscribe_as(subject, queue, Receipt::Acknowledged)
-            .await
-    }
-
-    async fn subscribe_as(
-        &self,
-        subject: String,
-        queue: Option<String>,
-        receipt: Receipt,
-    ) -> Result<Subscription, TransportError> {
         match self {
             Bus::Nats(b) => {
                 // On the short circuit too, under the same subject and queue.
                 let local = b
                     .short_circuit()
-                    .map(|l| l.subscribe_as(&subject, queue.clone(), receipt));
+                    .map(|l| l.subscribe(&subject, queue.clone()));
                 let nats = b.subscribe(subject, queue).await?;
                 Ok(match local {
                     None => Subscription::Nats(nats),
@@ -119,10 +97,47 @@ impl Bus {
                     },
                 })
             }
-            Bus::InProc(b) => Ok(Subscription::InProc(
-                b.subscribe_as(&subject, queue, receipt),
-            )),
+            Bus::InProc(b) => Ok(Subscription::InProc(b.subscribe(&subject, queue))),
         }
+    }
+
+    /// Subscribe an endpoint, whose subscriber acknowledges every request it reads: NATS's
+    /// messages come through [`EndpointSubscription::next`]; those of the short circuit (or of
+    /// the in-process bus) are handed to `local` by their publisher, in its task, which spares
+    /// each a channel and a wake-up of the endpoint's task, and keeps the call on its worker.
+    /// One meant for this endpoint alone counts as acknowledged there and then
+    /// ([`Carried::Acknowledged`], [`BusMessage::acknowledged`]), which spares the call an ack.
+    pub async fn subscribe_endpoint(
+        &self,
+        subject: String,
+        queue: Option<String>,
+        local: MessageHandler,
+    ) -> Result<EndpointSubscription, TransportError> {
+        let (remote, local) = match self {
+            Bus::Nats(b) => {
+                let local = b.short_circuit().map(|l| {
+                    l.subscribe_with_handler_as(
+                        &subject,
+                        queue.clone(),
+                        local,
+                        Receipt::Acknowledged,
+                    )
+                });
+                (
+                    Some(Subscription::Nats(b.subscribe(subject, queue).await?)),
+                    local,
+                )
+            }
+            Bus::InProc(b) => (
+                None,
+                Some(b.subscribe_with_handler_as(&subject, queue, local, Receipt::Acknowledged)),
+            ),
+        };
+        Ok(EndpointSubscription {
+            remote,
+            local,
+            drained: false,
+        })
     }
 
     /// Subscribe `subject` with each message handed to `handler` (see [`MessageHandler`]).
@@ -282,6 +297,38 @@ impl Subscription {
                     }
                 }
             }
+        }
+    }
+}
+
+/// An endpoint's subscription (see [`Bus::subscribe_endpoint`]); dropping it unsubscribes.
+pub struct EndpointSubscription {
+    /// NATS's side: `None` on the in-process bus.
+    remote: Option<Subscription>,
+    /// The short circuit's side, whose messages go to the endpoint's handler.
+    local: Option<inproc::InProcSubscription>,
+    drained: bool,
+}
+
+impl EndpointSubscription {
+    /// The next message from NATS; `None` once drained or closed. With no NATS side it
+    /// waits until drained: the in-process messages go to the handler.
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        match &mut self.remote {
+            Some(remote) => remote.next().await,
+            None if self.drained => None,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stop new deliveries; NATS's messages already on their way are still returned by `next`.
+    pub async fn drain(&mut self) {
+        self.drained = true;
+        if let Some(local) = &mut self.local {
+            local.drain();
+        }
+        if let Some(remote) = &mut self.remote {
+            remote.drain().await;
         }
     }
 }
