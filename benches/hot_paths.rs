@@ -163,10 +163,12 @@ fn main() {
         metrics.observe_ack("calculator.example", Duration::from_micros(30));
     });
     measure("  of which server (2 histograms)", observe_server);
-    let h = metrics
-        .client_ack
-        .with_label_values(&["calculator.example"]);
-    measure("  histogram observe alone", || {
+    let h = prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new("ack", "A shared histogram.")
+            .buckets(busgate::telemetry::metrics::ACK_BUCKETS.to_vec()),
+    )
+    .expect("valid histogram");
+    measure("  shared histogram observe alone", || {
         h.observe(0.00003);
     });
     measure("  capped alone", || {

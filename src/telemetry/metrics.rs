@@ -13,6 +13,9 @@ use prometheus::{
 
 use fnv::FnvBuildHasher;
 
+pub use super::metric_handles::{
+    Buffered, BufferedCache, Flushed, HandleCache, MAX_CACHED_HANDLES,
+};
 use super::names::*;
 
 /// The distinct values of one capped label.
@@ -38,39 +41,6 @@ impl std::ops::Deref for Label {
             Label::Static(s) => s,
             Label::Shared(s) => s,
         }
-    }
-}
-
-/// Children of a metric vector resolved once per label set, keyed by a few machine words:
-/// `with_label_values` hashes every byte of every label, several times per request.
-pub struct HandleCache<K, V> {
-    handles: std::sync::RwLock<HashMap<K, V, FnvBuildHasher>>,
-}
-
-/// Label sets a [`HandleCache`] remembers; later ones are resolved each time (still correct,
-/// only slower), so a flood of distinct outcomes cannot grow memory.
-pub const MAX_CACHED_HANDLES: usize = 4096;
-
-impl<K, V> Default for HandleCache<K, V> {
-    fn default() -> Self {
-        HandleCache {
-            handles: Default::default(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> HandleCache<K, V> {
-    /// The handle for `key`, made by `resolve` the first time.
-    pub fn get(&self, key: K, resolve: impl FnOnce() -> V) -> V {
-        if let Some(v) = self.handles.read().expect("handles lock").get(&key) {
-            return v.clone();
-        }
-        let v = resolve();
-        let mut handles = self.handles.write().expect("handles lock");
-        if handles.len() < MAX_CACHED_HANDLES {
-            handles.insert(key, v.clone());
-        }
-        v
     }
 }
 
@@ -177,12 +147,14 @@ pub struct ServiceMetrics {
     pub const_labels: HashMap<String, String>,
     pub instance_id: String,
     started: Instant,
-    pub server_duration: HistogramVec,
-    pub server_body: HistogramVec,
-    pub client_duration: HistogramVec,
+    // Observed through each thread's buffer, registered `Flushed` (see `BufferedCache`): read
+    // them through the registry.
+    server_duration: HistogramVec,
+    server_body: HistogramVec,
+    client_duration: HistogramVec,
     /// The generation's count of outgoing calls by result.
-    pub client_requests: IntCounterVec,
-    pub client_ack: HistogramVec,
+    client_requests: IntCounterVec,
+    client_ack: HistogramVec,
     pub client_timeouts: IntCounterVec,
     pub client_late_responses: IntCounter,
     pub callback_duration: HistogramVec,
@@ -196,9 +168,9 @@ pub struct ServiceMetrics {
     /// in-process bus there is no connection to report.
     nats_registered: std::sync::Once,
     overflows: IntCounterVec,
-    server_handles: HandleCache<[usize; 4], (Histogram, Histogram)>,
-    client_handles: HandleCache<[usize; 4], (Histogram, IntCounter)>,
-    ack_handles: HandleCache<usize, Histogram>,
+    server_handles: Arc<BufferedCache<[usize; 4], (Histogram, Histogram)>>,
+    client_handles: Arc<BufferedCache<[usize; 4], (Histogram, IntCounter)>>,
+    ack_handles: Arc<BufferedCache<usize, Histogram>>,
     /// Values seen per capped label (a handful of labels: a list beats a map).
     seen: std::sync::RwLock<Vec<(&'static str, InternedValues)>>,
 }
@@ -314,17 +286,37 @@ impl ServiceMetrics {
             ),
             nats_registered: std::sync::Once::new(),
             seen: std::sync::RwLock::new(Vec::new()),
-            server_handles: HandleCache::default(),
-            client_handles: HandleCache::default(),
-            ack_handles: HandleCache::default(),
+            server_handles: Arc::default(),
+            client_handles: Arc::default(),
+            ack_handles: Arc::default(),
             const_labels: labels.clone(),
             registry,
         };
-        register(&m.registry, m.server_duration.clone());
-        register(&m.registry, m.server_body.clone());
-        register(&m.registry, m.client_duration.clone());
-        register(&m.registry, m.client_requests.clone());
-        register(&m.registry, m.client_ack.clone());
+        let (server, client, ack) = (
+            m.server_handles.clone(),
+            m.client_handles.clone(),
+            m.ack_handles.clone(),
+        );
+        let flush_server: Arc<dyn Fn() + Send + Sync> = Arc::new(move || server.flush());
+        let flush_client: Arc<dyn Fn() + Send + Sync> = Arc::new(move || client.flush());
+        let flush_ack: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ack.flush());
+        register(
+            &m.registry,
+            Flushed::new(m.server_duration.clone(), flush_server.clone()),
+        );
+        register(
+            &m.registry,
+            Flushed::new(m.server_body.clone(), flush_server),
+        );
+        register(
+            &m.registry,
+            Flushed::new(m.client_duration.clone(), flush_client.clone()),
+        );
+        register(
+            &m.registry,
+            Flushed::new(m.client_requests.clone(), flush_client),
+        );
+        register(&m.registry, Flushed::new(m.client_ack.clone(), flush_ack));
         for g in cache {
             register(&m.registry, g);
         }
@@ -412,7 +404,7 @@ impl ServiceMetrics {
             label_id(&method),
             outcome_id(&outcome),
         ];
-        let (duration, body_size) = self.server_handles.get(key, || {
+        let resolve = || {
             let handler = handler();
             let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
             let labels = [
@@ -426,9 +418,12 @@ impl ServiceMetrics {
                 self.server_duration.with_label_values(&labels),
                 self.server_body.with_label_values(&labels),
             )
-        });
-        duration.observe(outcome.elapsed.as_secs_f64());
-        body_size.observe(body as f64);
+        };
+        self.server_handles
+            .observe(key, resolve, |(duration, body_size)| {
+                duration.observe(outcome.elapsed.as_secs_f64());
+                body_size.observe(body as f64);
+            });
     }
 
     /// An outgoing call: busgate's latency histogram and the generation's request counter,
@@ -453,7 +448,7 @@ impl ServiceMetrics {
             label_id(&method),
             outcome_id(&outcome) << 1 | counted_as_error as usize,
         ];
-        let (duration, count) = self.client_handles.get(key, || {
+        let resolve = || {
             let (mut port_buf, mut code_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
             let (port, code) = (port_buf.format(port), code_buf.format(outcome.code));
             (
@@ -472,9 +467,12 @@ impl ServiceMetrics {
                     if counted_as_error { ERROR } else { OK },
                 ]),
             )
-        });
-        duration.observe(outcome.elapsed.as_secs_f64());
-        count.inc();
+        };
+        self.client_handles
+            .observe(key, resolve, |(duration, count)| {
+                duration.observe(outcome.elapsed.as_secs_f64());
+                count.inc();
+            });
     }
 
     pub fn observe_ack(&self, host: &str, elapsed: Duration) {
@@ -482,11 +480,11 @@ impl ServiceMetrics {
             return;
         }
         let host = self.capped(L_HOST, host);
-        self.ack_handles
-            .get(label_id(&host), || {
-                self.client_ack.with_label_values(&[&host])
-            })
-            .observe(elapsed.as_secs_f64());
+        self.ack_handles.observe(
+            label_id(&host),
+            || self.client_ack.with_label_values(&[&host]),
+            |ack| ack.observe(elapsed.as_secs_f64()),
+        );
     }
 
     pub fn count_timeout(&self, host: &str, port: u16, method: &str) {
@@ -728,29 +726,6 @@ mod tests {
             text.contains(r#"busgate_nats_connected{id="abc123",service="unit.test",ver="3"} 1"#)
         );
         assert!(live_service("abc123").is_some());
-    }
-
-    #[test]
-    fn handle_cache_resolves_once_per_key_and_stays_bounded() {
-        let cache: HandleCache<usize, usize> = HandleCache::default();
-        let resolved = std::cell::Cell::new(0);
-        let resolve = |v: usize| {
-            resolved.set(resolved.get() + 1);
-            v * 2
-        };
-        assert_eq!(cache.get(7, || resolve(7)), 14);
-        assert_eq!(cache.get(7, || resolve(7)), 14);
-        assert_eq!(resolved.get(), 1);
-        for k in 0..MAX_CACHED_HANDLES + 10 {
-            assert_eq!(cache.get(k, || resolve(k)), k * 2);
-        }
-        assert_eq!(cache.handles.read().unwrap().len(), MAX_CACHED_HANDLES);
-        // Past the bound a key is resolved each time, and still right.
-        let before = resolved.get();
-        let past = MAX_CACHED_HANDLES + 5;
-        assert_eq!(cache.get(past, || resolve(past)), past * 2);
-        assert_eq!(cache.get(past, || resolve(past)), past * 2);
-        assert_eq!(resolved.get(), before + 2);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod exposition;
 pub mod handler_spans;
 pub mod log_scope;
 pub mod logs;
+pub mod metric_handles;
 pub mod metrics;
 pub mod names;
 pub mod trace;

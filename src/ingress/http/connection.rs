@@ -116,7 +116,7 @@ impl Listener {
 pub async fn serve(listener: Arc<Listener>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
     let shared = &listener.shared;
     let gauges = shared.metrics.listener(listener.port);
-    let _open = Counted::new(gauges.open_connections);
+    let _open = Counted::new(gauges.open_connections.clone());
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(ConnActivity::default());
     let service = IngressService {
@@ -135,7 +135,7 @@ pub async fn serve(listener: Arc<Listener>, stream: TcpStream, peer: SocketAddr,
             let guard = FramingGuard::new(io, config.max_header_bytes, config.read_header_timeout);
             let parking = Parking {
                 readable: |io: &TimedStream, cx: &mut Context<'_>| io.get_ref().poll_read_ready(cx),
-                parked: gauges.parked_connections,
+                parked: gauges.parked_connections.clone(),
             };
             serve_guarded(&listener, guard, service, &activity, Some(parking), watcher).await;
         }

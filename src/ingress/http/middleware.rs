@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::compression;
 use super::context::{error_response, ConnInfo, Proxied, RequestState, ResponseError};
+use super::metrics::Served;
 use super::shared::Shared;
 use crate::error::Error;
 use crate::telemetry::log_scope::{RequestLog, ScopeKind};
@@ -254,12 +255,15 @@ async fn telemetry(shared: &Shared, mut state: RequestState, req: Request) -> Re
         };
         let route = service_metrics.capped(L_ROUTE, route);
         let method = service_metrics.capped(L_METHOD, &method);
-        shared
-            .metrics
-            .duration(info.listen_port, &route, &method, status)
-            .observe(elapsed.as_secs_f64());
-        listener.request_body.observe(request_size as f64);
-        listener.response_body.observe(response_size as f64);
+        shared.metrics.observe(Served {
+            port: info.listen_port,
+            route: &route,
+            method: &method,
+            status,
+            elapsed,
+            request_size: request_size as u64,
+            response_size,
+        });
     }
 
     let mut timing = String::with_capacity(40);
