@@ -111,11 +111,18 @@ async fn nats_connections(monitor_port: u16) -> u64 {
 }
 
 async fn curl_get(url: &str) -> String {
+    let body = try_curl_get(url).await;
+    body.unwrap_or_else(|| panic!("curl {url}"))
+}
+
+/// The body at `url`, or `None` when curl fails (a monitoring port not listening yet).
+async fn try_curl_get(url: &str) -> Option<String> {
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
         let out = Command::new("curl").args(["-fsS", &url]).output().unwrap();
-        assert!(out.status.success(), "curl {url}");
-        String::from_utf8(out.stdout).unwrap()
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
     })
     .await
     .unwrap()
@@ -746,8 +753,11 @@ async fn cluster() -> Vec<Node> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for n in &nodes {
         loop {
-            let body = curl_get(&format!("http://127.0.0.1:{}/routez", n.monitor)).await;
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            // The monitoring port may come up after the client port the start waited for.
+            let body = try_curl_get(&format!("http://127.0.0.1:{}/routez", n.monitor))
+                .await
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             if v["num_routes"].as_u64().unwrap_or(0) >= 2 {
                 break;
             }

@@ -231,6 +231,27 @@ pub const ACCESS_LOG: Setting<bool> = Setting {
     parse: boolean,
 };
 
+/// busgate's own: threads that serve the HTTP connections, each with a single-thread runtime
+/// of its own; 0 serves them on the process's runtime with everything else.
+pub const THREADS: Setting<usize> = Setting {
+    property: "Threads",
+    env: "BUSGATE_HTTP_INGRESS_THREADS",
+    // One a core: a connection and the in-process calls of its requests then stay on one
+    // thread, where the shared runtime's workers parked and woke each other for every request
+    // (18-19% more requests a second for 18% less CPU each, BENCHMARKS.md, thirteenth session).
+    default: || std::thread::available_parallelism().map_or(1, |n| n.get()),
+    parse: |v| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_THREADS)
+            .ok_or_else(|| format!("a number of threads, 0 to {MAX_THREADS}"))
+    },
+};
+
+/// More connection threads than this is a typo, not a machine.
+pub const MAX_THREADS: usize = 1024;
+
 /// A comma-separated set (blanks ignored); `why` when an item does not parse. FNV where one is looked up per request (the
 /// peer address, three times a request, and the listener's port): SipHash cost ~150
 /// instructions a lookup, and no client adds to these sets.
@@ -253,7 +274,7 @@ fn at_least_1s(v: &str) -> Result<Duration, String> {
 }
 
 /// This component's properties and their variables, in the order they are documented.
-pub const PROPERTIES: [(&str, &str); 13] = [
+pub const PROPERTIES: [(&str, &str); 14] = [
     PORTS.names(),
     PORT_MAPPINGS.names(),
     TIME_BUDGET.names(),
@@ -267,6 +288,7 @@ pub const PROPERTIES: [(&str, &str); 13] = [
     TRUST_TRACE_CONTEXT.names(),
     BLOCKED_PATHS.names(),
     ACCESS_LOG.names(),
+    THREADS.names(),
 ];
 
 /// Prefix of the environment variables that override properties: `Ports` is
@@ -417,6 +439,8 @@ pub struct IngressConfig {
     pub blocked_paths: BlockedPaths,
     /// Whether every request is logged ("Request received").
     pub access_log: bool,
+    /// Threads of their own for the connections (see [`THREADS`]); 0 for none.
+    pub threads: usize,
     /// Where `httpingress-<port>-cert.pem` and `-key.pem` are looked for.
     pub cert_dir: PathBuf,
     /// The address the listeners bind (all interfaces by default).
@@ -451,6 +475,7 @@ impl IngressConfig {
             trust_trace_context: from.read(&TRUST_TRACE_CONTEXT)?,
             blocked_paths: from.read(&BLOCKED_PATHS)?,
             access_log: from.read(&ACCESS_LOG)?,
+            threads: from.read(&THREADS)?,
             cert_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             bind_ip: IpAddr::from([0, 0, 0, 0]),
         })

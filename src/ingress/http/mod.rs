@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod proxy;
 pub mod shared;
+pub mod threads;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ use connection::Listener;
 pub use connection::{IngressService, PARK_AFTER, TLS_HANDSHAKE_TIMEOUT};
 use memory::MemoryBudget;
 pub use shared::Shared;
+use threads::ConnectionThreads;
 
 use crate::connector::BusConfig;
 use crate::connector::{Connector, Service, StartError};
@@ -55,6 +57,8 @@ pub enum IngressError {
     Listen { port: u16, source: std::io::Error },
     #[error("invalid TLS files for port {port}: {message}")]
     Tls { port: u16, message: String },
+    #[error("cannot start the HTTP connection threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// A running HTTP ingress.
@@ -64,6 +68,8 @@ pub struct HttpIngress {
     stop: CancellationToken,
     accept_loops: Vec<JoinHandle<()>>,
     graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+    /// Where connections are served; ended after them, at shutdown.
+    threads: Arc<ConnectionThreads>,
 }
 
 impl HttpIngress {
@@ -95,6 +101,8 @@ impl HttpIngress {
                 .map_err(|source| IngressError::Listen { port, source })?;
             listeners.push((port, listener, tls));
         }
+        let threads =
+            Arc::new(ConnectionThreads::start(config.threads).map_err(IngressError::Threads)?);
         let shared = Arc::new(Shared {
             metrics: IngressMetrics::register(conn.metrics()),
             memory: MemoryBudget::new(config.request_memory_limit_bytes / 2),
@@ -110,7 +118,7 @@ impl HttpIngress {
             let addr = listener
                 .local_addr()
                 .map_err(|source| IngressError::Listen { port, source })?;
-            tracing::info!(%addr, tls = tls.is_some(), "HTTP ingress listening");
+            tracing::info!(%addr, tls = tls.is_some(), threads = threads.len(), "HTTP ingress listening");
             addrs.push((port, addr));
             let each = Arc::new(Listener::new(
                 shared.clone(),
@@ -118,7 +126,12 @@ impl HttpIngress {
                 tls,
                 stop.clone(),
             ));
-            accept_loops.push(tokio::spawn(accept_loop(listener, each, graceful.clone())));
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener,
+                each,
+                graceful.clone(),
+                threads.clone(),
+            )));
         }
         Ok(HttpIngress {
             shared,
@@ -126,6 +139,7 @@ impl HttpIngress {
             stop,
             accept_loops,
             graceful,
+            threads,
         })
     }
 
@@ -160,6 +174,7 @@ impl HttpIngress {
                 tracing::warn!("HTTP connections still open after the shutdown grace; closing");
             }
         }
+        self.threads.stop();
         self.shared.conn.shutdown().await;
     }
 }
@@ -177,6 +192,7 @@ async fn accept_loop(
     listener: TcpListener,
     each: Arc<Listener>,
     graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+    threads: Arc<ConnectionThreads>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -200,6 +216,9 @@ async fn accept_loop(
         else {
             return;
         };
-        tokio::spawn(connection::serve(each.clone(), stream, peer, watcher));
+        let each = each.clone();
+        threads.serve(stream, move |stream| {
+            connection::serve(each, stream, peer, watcher)
+        });
     }
 }
