@@ -135,16 +135,31 @@ impl<K: std::hash::Hash + Eq + Copy + Send, V: Buffered> BufferedCache<K, V> {
     }
 }
 
+/// What a [`Flushed`] metric adds in before it is collected.
+pub trait Flush: Send + Sync {
+    fn flush(&self);
+}
+
+impl<K, V> Flush for BufferedCache<K, V>
+where
+    K: std::hash::Hash + Eq + Copy + Send + Sync,
+    V: Buffered + Send + Sync,
+{
+    fn flush(&self) {
+        BufferedCache::flush(self);
+    }
+}
+
 /// A metric whose collection first adds in what threads buffered for it ([`BufferedCache`]).
 #[derive(Clone)]
 pub struct Flushed<C> {
     metric: C,
-    flush: Arc<dyn Fn() + Send + Sync>,
+    buffers: Arc<dyn Flush>,
 }
 
 impl<C> Flushed<C> {
-    pub fn new(metric: C, flush: Arc<dyn Fn() + Send + Sync>) -> Flushed<C> {
-        Flushed { metric, flush }
+    pub fn new(metric: C, buffers: Arc<dyn Flush>) -> Flushed<C> {
+        Flushed { metric, buffers }
     }
 }
 
@@ -154,7 +169,7 @@ impl<C: Collector> Collector for Flushed<C> {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        (self.flush)();
+        self.buffers.flush();
         self.metric.collect()
     }
 }
@@ -181,12 +196,8 @@ mod tests {
         let registry = Registry::new();
         let vec = HistogramVec::new(HistogramOpts::new("t_seconds", "t"), &["k"]).unwrap();
         let cache: Arc<BufferedCache<usize, Histogram>> = Arc::default();
-        let flush = cache.clone();
         registry
-            .register(Box::new(Flushed::new(
-                vec.clone(),
-                Arc::new(move || flush.flush()),
-            )))
+            .register(Box::new(Flushed::new(vec.clone(), cache.clone())))
             .unwrap();
         let observe = |i: usize| {
             cache.observe(

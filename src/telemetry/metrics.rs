@@ -292,31 +292,21 @@ impl ServiceMetrics {
             const_labels: labels.clone(),
             registry,
         };
-        let (server, client, ack) = (
-            m.server_handles.clone(),
-            m.client_handles.clone(),
-            m.ack_handles.clone(),
-        );
-        let flush_server: Arc<dyn Fn() + Send + Sync> = Arc::new(move || server.flush());
-        let flush_client: Arc<dyn Fn() + Send + Sync> = Arc::new(move || client.flush());
-        let flush_ack: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ack.flush());
+        let (server, client) = (m.server_handles.clone(), m.client_handles.clone());
         register(
             &m.registry,
-            Flushed::new(m.server_duration.clone(), flush_server.clone()),
+            Flushed::new(m.server_duration.clone(), server.clone()),
         );
+        register(&m.registry, Flushed::new(m.server_body.clone(), server));
         register(
             &m.registry,
-            Flushed::new(m.server_body.clone(), flush_server),
+            Flushed::new(m.client_duration.clone(), client.clone()),
         );
+        register(&m.registry, Flushed::new(m.client_requests.clone(), client));
         register(
             &m.registry,
-            Flushed::new(m.client_duration.clone(), flush_client.clone()),
+            Flushed::new(m.client_ack.clone(), m.ack_handles.clone()),
         );
-        register(
-            &m.registry,
-            Flushed::new(m.client_requests.clone(), flush_client),
-        );
-        register(&m.registry, Flushed::new(m.client_ack.clone(), flush_ack));
         for g in cache {
             register(&m.registry, g);
         }

@@ -59,23 +59,20 @@ impl IngressMetrics {
             durations: Arc::default(),
             bodies: Arc::default(),
         };
-        let (durations, bodies) = (m.durations.clone(), m.bodies.clone());
-        let flush_durations: Arc<dyn Fn() + Send + Sync> = Arc::new(move || durations.flush());
-        let flush_bodies: Arc<dyn Fn() + Send + Sync> = Arc::new(move || bodies.flush());
         register(
             &service.registry,
-            Flushed::new(m.duration.clone(), flush_durations),
+            Flushed::new(m.duration.clone(), m.durations.clone()),
         );
         register(&service.registry, m.in_flight.clone());
         register(&service.registry, m.open_connections.clone());
         register(&service.registry, m.parked_connections.clone());
         register(
             &service.registry,
-            Flushed::new(m.request_body.clone(), flush_bodies.clone()),
+            Flushed::new(m.request_body.clone(), m.bodies.clone()),
         );
         register(
             &service.registry,
-            Flushed::new(m.response_body.clone(), flush_bodies),
+            Flushed::new(m.response_body.clone(), m.bodies.clone()),
         );
         m
     }
